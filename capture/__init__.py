@@ -1,0 +1,15 @@
+"""Paik's GPU side: load a Wan pipeline, generate while capturing exact cross-attention maps,
+keep them in a store and write them as a bundle.
+
+The seam with the instrument is small and documented here:
+
+- :func:`capture.bundle.open_bundle` opens a bundle directory lazily and returns a
+  :class:`capture.bundle.Bundle`, whose ``select(token, step, block, head, reduce)`` returns an
+  ``[F', H', W']`` array.
+- :class:`capture.store.CaptureStore` is the live, on-device form of the same data.
+
+This package never imports OpenGL; importing it does not import diffusers either (that happens
+when a model is loaded).
+"""
+
+__version__ = "0.1.0"

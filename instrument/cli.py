@@ -1,0 +1,64 @@
+"""The ``paik`` command: one dispatcher; each package registers its own subcommands.
+
+Subcommand modules expose ``register(sub, bench)``, adding parsers to ``sub`` (top level) and
+``bench`` (``paik bench ...``) with ``set_defaults(func=handler)``. Handlers take the parsed
+args and return an exit code. Heavy imports (torch, diffusers, moderngl) happen inside the
+handlers, so ``paik --help`` is instant and the instrument never imports diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from capture.errors import PaikError
+
+# modules that register subcommands; a module not written yet is simply absent
+COMMAND_MODULES = ("capture.cli", "instrument.commands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paik",
+        description="Paik: generate video with Wan while capturing its cross-attention, and play the maps live.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench_parser = sub.add_parser("bench", help="measure speed and memory on this machine")
+    bench = bench_parser.add_subparsers(dest="bench", metavar="WHAT")
+    bench_parser.set_defaults(func=lambda args: (bench_parser.print_help(), 2)[1])
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub, bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="paik: %(levelname)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except PaikError as e:
+        if args.verbose:
+            raise
+        print(f"paik: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("paik: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
