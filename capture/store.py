@@ -1,0 +1,106 @@
+"""The capture store: preallocated device tensors that hold every captured map, and the recorder
+that the processors write through.
+
+Layout (float16, probabilities in [0, 1]; fp16 keeps 3 decimal digits there, bf16 only 2)::
+
+    maps     [step, block, head, token, F', H', W']   attention of each video position to a token
+    padding  [step, block, head, F', H', W']          attention to all padding keys together
+
+``head`` has length 1 when heads are averaged at capture time (``heads="mean"``). Steps, blocks
+and tokens are the captured subsets, listed in :class:`Layout`. Video positions are frame-major
+(index = f*H'*W' + h*W' + w), which is why a plain reshape gives [F', H', W'].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import PaikError
+from .layout import GiB, Layout
+
+
+class CaptureStore:
+    """Preallocated maps for one generation, on ``device`` (the GPU when there is one)."""
+
+    def __init__(self, layout: Layout, device: torch.device | str):
+        self.layout = layout
+        self.device = torch.device(device)
+        lay = layout
+        s, b, h = len(lay.steps), len(lay.blocks), lay.heads
+        f, hh, ww = lay.latent
+        try:
+            self.maps = torch.zeros(s, b, h, len(lay.tokens), f, hh, ww, dtype=torch.float16, device=self.device)
+            self.padding = torch.zeros(s, b, h, f, hh, ww, dtype=torch.float16, device=self.device)
+            self.maps_uncond = self.padding_uncond = None
+            if lay.uncond_tokens:
+                self.maps_uncond = torch.zeros(
+                    s, b, h, len(lay.uncond_tokens), f, hh, ww, dtype=torch.float16, device=self.device
+                )
+                self.padding_uncond = torch.zeros_like(self.padding)
+        except torch.OutOfMemoryError:
+            raise PaikError(
+                f"the capture store ({lay.bytes / GiB:.2f} GiB) does not fit on {self.device}; "
+                "capture less: --heads mean, --steps every:N, --blocks A-B, or fewer --tokens"
+            ) from None
+        self.step_slot = {step: i for i, step in enumerate(lay.steps)}
+        self.block_slot = {block: i for i, block in enumerate(lay.blocks)}
+
+
+class Recorder:
+    """Tracks where the pipeline is (step, pass, expert) and hands processors the slice of the
+    store to write. All bookkeeping is host-side Python: the hot path never synchronizes."""
+
+    def __init__(self, store: CaptureStore, capture_uncond: bool = False):
+        self.store = store
+        lay = store.layout
+        dev = store.device
+        self.token_index = torch.tensor(lay.tokens, dtype=torch.long, device=dev)
+        self.uncond_index = torch.tensor(lay.uncond_tokens, dtype=torch.long, device=dev)
+        self.capture_uncond = capture_uncond and bool(lay.uncond_tokens)
+        self.step: int | None = None
+        self.pass_name: str | None = None
+        self.expert: str | None = None
+        self.sigma: float | None = None
+        self._passes_this_step = 0
+        self._counted_step = 0  # used only when a pipeline sets no cache context
+        self.outputs: dict[str, torch.Tensor] = {}  # this step's noise predictions by pass
+        self.sample: torch.Tensor | None = None  # the latent the step started from
+        self.experts: dict[int, str] = {}  # step -> expert that made it
+
+    # -- called by PassHook ------------------------------------------------------------------
+    def begin_pass(self, name, step, sigma, expert, sample):
+        if step is None:  # no cache context: count passes (cond first, as WanPipeline does)
+            name = "cond" if self._passes_this_step == 0 else "uncond"
+            step = self._counted_step
+        self.pass_name, self.step, self.sigma, self.expert = name, step, sigma, expert
+        self.experts[step] = expert
+        if name == "cond":
+            self.sample = sample
+        self._passes_this_step += 1
+
+    def end_pass(self, output):
+        self.outputs[self.pass_name] = output
+        self.pass_name = None
+
+    def end_step(self):
+        """Called once per denoising step, after the scheduler step."""
+        self._passes_this_step = 0
+        self._counted_step += 1
+
+    # -- called by CaptureProcessor ----------------------------------------------------------
+    def target(self, block: int):
+        """Where this block's maps go in the current pass, or None if this pass is not captured."""
+        st = self.store
+        slot = st.step_slot.get(self.step)
+        b = st.block_slot.get(block)
+        if slot is None or b is None:
+            return None
+        lay = st.layout
+        n = lay.positions
+        if self.pass_name == "cond":
+            maps, pad, index, n_real = st.maps, st.padding, self.token_index, lay.n_real
+        elif self.pass_name == "uncond" and self.capture_uncond:
+            maps, pad, index, n_real = st.maps_uncond, st.padding_uncond, self.uncond_index, lay.n_real_uncond
+        else:
+            return None
+        return maps[slot, b].view(lay.heads, -1, n), pad[slot, b].view(lay.heads, n), index, n_real, lay.head_mean
