@@ -217,8 +217,11 @@ class Bundle:
             arrays = self.step_arrays(s)
             if key not in arrays:
                 raise PaikError("this bundle has no unconditional maps (generate with --capture-uncond)")
-            a = arrays[key][np.ix_(blocks, heads)] if pad else arrays[key][np.ix_(blocks, heads, toks)].sum(2)
-            a = a.astype(np.float32).reshape(-1, *lay.latent)  # [blocks*heads, F', H', W']
+            if pad:
+                a = arrays[key][np.ix_(blocks, heads)].astype(np.float32)
+            else:  # sum the phrase's pieces in float32: fp16 sums would round
+                a = arrays[key][np.ix_(blocks, heads, toks)].astype(np.float32).sum(2)
+            a = a.reshape(-1, *lay.latent)  # [blocks*heads, F', H', W']
             part = a.max(0) if reduce == "max" else a.sum(0)
             acc = part if acc is None else (np.maximum(acc, part) if reduce == "max" else acc + part)
         if reduce == "mean":

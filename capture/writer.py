@@ -124,6 +124,7 @@ class BundleWriter:
                 target = self.path / rel
                 tmp = target.with_name(f".{target.name}.tmp")
                 save_file({k: v.contiguous() for k, v in host.items()}, str(tmp))
+                os.chmod(tmp, 0o644)
                 os.replace(tmp, target)
                 self.manifest["steps"].append({**info, "file": rel})
                 self.manifest.setdefault("timings", {}).setdefault("write_s", []).append(

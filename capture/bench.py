@@ -1,0 +1,229 @@
+"""``paik bench capture``: what capture costs, on a full-size architecture with random weights.
+
+A denoising step is what WanPipeline does per step: a conditional and an unconditional forward
+of the transformer, each inside ``cache_context`` (so the capture hook sees the real pass
+names). Variants alternate (none, capture, none, capture, ...) so slow drift of clocks or
+temperature hits both; each variant's figure is its best repeat. Peak memory is measured per
+variant from a clean allocator state; the capture store is allocated inside its variant, so
+its peak includes the maps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+
+import torch
+
+from .errors import PaikError
+from .layout import GiB, Layout
+from .processor import attach, detach, real_token_probs
+from .store import CaptureStore, Recorder
+
+CONFIGS = {
+    "wan2.1-1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
+    "wan2.1-14b": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
+    "tiny": dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=3),
+}
+
+
+def build_transformer(name: str, device, dtype):
+    from diffusers import WanTransformer3DModel
+
+    c = CONFIGS[name]
+    text_dim = 32 if name == "tiny" else 4096
+    with torch.device(device):
+        model = WanTransformer3DModel(  # the Wan2.1 configs of Wan-AI/Wan2.1-T2V-*-Diffusers
+            patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=text_dim, freq_dim=256,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **c,
+        )
+    model = model.to(dtype).eval()
+    # as from_pretrained does: these stay float32 in the real model, so they cost what they cost there
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, param in model.named_parameters():
+        if keep.intersection(name.split(".")):
+            param.data = param.data.float()
+    return model, text_dim
+
+
+def run_bench(args) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise PaikError("paik bench capture needs a CUDA GPU (use --device cpu with --config tiny to try it here)")
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model, text_dim = build_transformer(args.config, dev, dtype)
+    c = model.config
+    lf, lh, lw = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    grid = (lf, lh // 2, lw // 2)
+    positions = grid[0] * grid[1] * grid[2]
+    n_real, seq = args.tokens, 512
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    latents = torch.randn(1, 16, lf, lh, lw, generator=gen).to(dev, dtype)
+    ctx = torch.zeros(1, seq, text_dim)
+    ctx[:, :n_real] = torch.randn(1, n_real, text_dim, generator=gen)
+    nctx = torch.zeros(1, seq, text_dim)
+    nctx[:, :40] = torch.randn(1, 40, text_dim, generator=gen)
+    ctx, nctx = ctx.to(dev, dtype), nctx.to(dev, dtype)
+    name = torch.cuda.get_device_name(dev) if cuda else "cpu"
+    print(f"paik bench capture: {name}, {args.config} ({c.num_layers} blocks x {c.num_attention_heads} heads), "
+          f"{args.height}x{args.width}x{args.frames} -> {grid[0]}x{grid[1]}x{grid[2]} = {positions} video tokens, "
+          f"{n_real} real tokens, {args.steps} steps (cond+uncond), {dtype}".replace("torch.", ""), flush=True)
+
+    layout = Layout(steps=list(range(args.steps)), blocks=list(range(c.num_layers)), heads=c.num_attention_heads,
+                    head_mean=False, n_heads=c.num_attention_heads, tokens=list(range(n_real)), latent=grid,
+                    n_real=n_real, seq_len=seq)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def denoise(n_steps: int, on_step=None):
+        for i in range(n_steps):
+            t = torch.tensor([1000.0 * (1 - i / max(n_steps, 1))], device=dev)
+            kw = dict(step_index=i, sigma=float(t) / 1000, num_inference_steps=n_steps)
+            with model.cache_context("cond", **kw):
+                model(latents, t, ctx, return_dict=False)
+            with model.cache_context("uncond", **kw):
+                model(latents, t, nctx, return_dict=False)
+            if on_step is not None:
+                on_step(i)
+
+    def measure(variant: str) -> dict:
+        import gc
+
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        saved = store = writer = tmp = None
+        on_step = None
+        if variant != "none":
+            store = CaptureStore(layout, dev)
+            recorder = Recorder(store)
+            saved = attach(model, recorder, "transformer", layout.blocks)
+            on_step = lambda i: recorder.end_step()  # noqa: E731
+            if variant == "capture+write":
+                from .writer import BundleWriter
+
+                tmp = tempfile.mkdtemp(prefix="paik-bench-", dir=args.write)
+                writer = BundleWriter(tmp, {"layout": layout.to_json(), "tokens": []}, overwrite=True)
+
+                def on_step(i):  # noqa: F811
+                    writer.add_step({"index": i, "timestep": 0.0, "sigma": None, "expert": "transformer"},
+                                    {"maps": store.maps[i], "padding": store.padding[i]})
+                    recorder.end_step()
+        try:
+            with torch.inference_mode():
+                if saved is None:
+                    denoise(1)  # warm-up outside the timed region
+                else:
+                    _warm(model, recorder, denoise)
+                sync()
+                t0 = time.perf_counter()
+                denoise(args.steps, on_step)
+                if writer is not None:
+                    writer.close()
+                sync()
+                seconds = time.perf_counter() - t0
+        finally:
+            if saved is not None:
+                detach(model, saved)
+        peak = torch.cuda.max_memory_allocated(dev) / GiB if cuda else float("nan")
+        result = {"variant": variant, "ms_per_step": 1e3 * seconds / args.steps, "peak_gib": peak}
+        if tmp:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        del store
+        return result
+
+    variants = ["none", "capture"] + (["capture+write"] if args.write else [])
+    runs = []
+    for r in range(args.repeats):
+        for v in variants:
+            res = measure(v)
+            print(f"  repeat {r}: {v:14s} {res['ms_per_step']:9.1f} ms/step  peak {res['peak_gib']:.2f} GiB"
+                  if cuda else f"  repeat {r}: {v:14s} {res['ms_per_step']:9.1f} ms/step",
+                  flush=True)
+            runs.append(res)
+    best = {v: min((x for x in runs if x["variant"] == v), key=lambda x: x["ms_per_step"]) for v in variants}
+    base = best["none"]
+    map_gib = layout.bytes / GiB
+    print(f"\n{'variant':16s}{'ms/step':>10s}{'ratio':>8s}{'peak GiB':>10s}")
+    for v in variants:
+        b = best[v]
+        print(f"{v:16s}{b['ms_per_step']:10.1f}{b['ms_per_step'] / base['ms_per_step']:8.3f}{b['peak_gib']:10.2f}")
+    cap = best["capture"]
+    budget = base["peak_gib"] + map_gib + 0.5
+    print(f"\nmaps + padding stored: {map_gib:.2f} GiB ({args.steps} steps x {c.num_layers} blocks x "
+          f"{c.num_attention_heads} heads x {n_real} tokens x {positions} positions, float16)")
+    print(f"time ratio capture/none = {cap['ms_per_step'] / base['ms_per_step']:.3f} (goal <= 1.02); "
+          f"peak {cap['peak_gib']:.2f} GiB vs none + maps + 0.5 = {budget:.2f} GiB "
+          f"({'within' if cap['peak_gib'] <= budget else 'OVER'})")
+    out = {"device": name, "config": args.config, "grid": grid, "tokens": n_real, "steps": args.steps,
+           "map_gib": map_gib, "best": best, "runs": runs,
+           "ratio": cap["ms_per_step"] / base["ms_per_step"], "peak_budget_gib": budget}
+    if args.check:
+        out["check"] = check_against_reference(model, layout, dev, latents, ctx)
+        print(f"max |capture - fp32 softmax over all {seq} keys| = {out['check']['max_abs_err']:.2e} "
+              f"(goal <= 1e-3), max |sum - 1| = {out['check']['max_sum_err']:.2e}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+def _warm(model, recorder, denoise):
+    """One step through the capture path, not timed (kernels, allocator)."""
+    denoise(1, lambda i: recorder.end_step())
+    recorder._counted_step = 0
+
+
+def reference_probs(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """softmax(QK^T/sqrt(d)) over ALL keys in float32, independent of the real+1 shortcut:
+    query [S, H, D], key [L, H, D] -> [H, L, S]."""
+    logits = torch.einsum("shd,lhd->hls", query.float(), key.float()) / math.sqrt(query.shape[-1])
+    return torch.softmax(logits, dim=1)
+
+
+def check_against_reference(model, layout: Layout, dev, latents, ctx, blocks=(0, 15, 29)) -> dict:
+    """Capture one cond forward and compare blocks against :func:`reference_probs` computed from
+    q and k recorded by forward hooks on ``attn2.norm_q`` / ``attn2.norm_k``."""
+    blocks = [b for b in blocks if b < len(model.blocks)]
+    one = Layout(**{**layout.__dict__, "steps": [0]})
+    store = CaptureStore(one, dev)
+    recorder = Recorder(store)
+    qk, handles = {}, []
+    for b in blocks:
+        a = model.blocks[b].attn2
+        handles.append(a.norm_q.register_forward_hook(lambda m, i, o, b=b: qk.__setitem__((b, "q"), o)))
+        handles.append(a.norm_k.register_forward_hook(lambda m, i, o, b=b: qk.__setitem__((b, "k"), o)))
+    saved = attach(model, recorder, "transformer", layout.blocks)
+    try:
+        with torch.inference_mode(), model.cache_context("cond", step_index=0, sigma=1.0):
+            model(latents, torch.tensor([900.0], device=dev), ctx, return_dict=False)
+    finally:
+        detach(model, saved)
+        for h in handles:
+            h.remove()
+    heads, n = layout.n_heads, layout.n_real
+    err = sum_err = 0.0
+    for b in blocks:
+        q = qk[(b, "q")][0].unflatten(-1, (heads, -1))
+        k = qk[(b, "k")][0].unflatten(-1, (heads, -1))
+        ref = reference_probs(q, k)  # [H, L, S]
+        got = store.maps[0, layout.blocks.index(b)].float().flatten(2)  # [H, T, S]
+        pad = store.padding[0, layout.blocks.index(b)].float().flatten(1)
+        err = max(err, (got - ref[:, layout.tokens]).abs().max().item(),
+                  (pad - ref[:, n:].sum(1)).abs().max().item())
+        sum_err = max(sum_err, (got.sum(1) + pad - 1).abs().max().item())
+        del ref
+    return {"blocks": blocks, "max_abs_err": err, "max_sum_err": sum_err}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: paik bench capture")

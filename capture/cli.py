@@ -1,0 +1,110 @@
+"""Subcommands of the capture side: ``paik generate``, ``paik info``, ``paik bench capture``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .models import ALIASES, DEFAULT_MODEL, TINY
+
+
+def register(sub, bench) -> None:
+    g = sub.add_parser(
+        "generate", help="generate a video while capturing cross-attention maps into a bundle",
+        description="Generate a video with a Wan pipeline and capture the exact cross-attention map of every "
+                    "chosen prompt token, per step, block and head, into a bundle directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g.add_argument("prompt", help="the text prompt")
+    g.add_argument("--out", "-o", required=True, help="bundle directory to write")
+    g.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))}")
+    g.add_argument("--negative", default=None, help="negative prompt")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: 50; 4 for tiny models)")
+    g.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: 81; 121 for TI2V-5B; 9 tiny)")
+    g.add_argument("--height", type=int, default=None, help="multiple of 16 (32 for TI2V-5B); default 480")
+    g.add_argument("--width", type=int, default=None, help="multiple of 16 (32 for TI2V-5B); default 832")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--guidance-2", type=float, default=None,
+                   help="guidance of Wan2.2 A14B's low-noise expert (default: --guidance)")
+    g.add_argument("--flow-shift", type=float, default=None, help="scheduler flow shift (default: the model's)")
+    g.add_argument("--fps", type=float, default=16.0, help="frame rate of the written video")
+    g.add_argument("--tokens", default=None,
+                   help='words or phrases to capture, e.g. kiss,"soccer ball",eos (default: every real token)')
+    g.add_argument("--capture-steps", default="all", metavar="SPEC",
+                   help="steps to capture: all, every:N, a list 0,12,24 or a range 0-9")
+    g.add_argument("--blocks", default="all", metavar="SPEC", help="blocks to capture: all, a list or a range")
+    g.add_argument("--heads", default="all", choices=["all", "mean"], help="keep every head, or their mean")
+    g.add_argument("--capture-uncond", action="store_true",
+                   help="also capture the unconditional (negative prompt) pass")
+    g.add_argument("--max-capture-gb", type=float, default=None,
+                   help="refuse captures larger than this (default: what fits beside the model)")
+    g.add_argument("--max-sequence-length", type=int, default=512, help="text length the prompt is padded to")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--offload", default=None, choices=["model", "sequential"], help="CPU offload for small GPUs")
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    g.add_argument("--preview", default="latent", choices=["latent", "decode", "none"],
+                   help="per-step previews of the denoised estimate: cheap latent projection, full VAE decode, none")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    g.set_defaults(func=_generate)
+
+    i = sub.add_parser("info", help="summarize a capture bundle")
+    i.add_argument("bundle")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=_info)
+
+    b = bench.add_parser(
+        "capture", help="time and memory of capture vs none on the full-size Wan2.1-1.3B architecture",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Builds the Wan2.1-1.3B transformer from its config with random weights (the same cost as the "
+                    "real one) on the GPU and times denoising steps (cond + uncond forward) without capture and "
+                    "with capture of every block, head and token into the preallocated store.",
+    )
+    b.add_argument("--steps", type=int, default=25, help="denoising steps per measurement (the paper: 25)")
+    b.add_argument("--frames", type=int, default=61)
+    b.add_argument("--height", type=int, default=480)
+    b.add_argument("--width", type=int, default=832)
+    b.add_argument("--tokens", type=int, default=32, help="real prompt tokens")
+    b.add_argument("--repeats", type=int, default=2, help="alternating repeats of each variant")
+    b.add_argument("--config", default="wan2.1-1.3b", choices=["wan2.1-1.3b", "wan2.1-14b", "tiny"],
+                   help="transformer architecture")
+    b.add_argument("--check", action="store_true", help="also check maps against an fp32 512-key reference")
+    b.add_argument("--write", default=None, metavar="DIR",
+                   help="also time capture plus writing every step to a bundle in DIR")
+    b.add_argument("--json", default=None, help="write the results as JSON here")
+    b.add_argument("--device", default="cuda")
+    b.set_defaults(func=_bench)
+
+
+def _generate(args) -> int:
+    from .generate import GenerateOptions, generate
+    from .tokens import split_token_list
+
+    opts = GenerateOptions(
+        prompt=args.prompt, out=args.out, model=args.model, negative=args.negative, seed=args.seed,
+        steps=args.steps, frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
+        guidance_2=args.guidance_2, flow_shift=args.flow_shift, fps=args.fps,
+        tokens=split_token_list(args.tokens) if args.tokens else [], capture_steps=args.capture_steps,
+        capture_blocks=args.blocks, heads=args.heads, capture_uncond=args.capture_uncond,
+        max_capture_gb=args.max_capture_gb, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
+        offload=args.offload, device=args.device, preview=args.preview, overwrite=args.overwrite, quiet=args.quiet,
+    )
+    generate(opts)
+    return 0
+
+
+def _info(args) -> int:
+    import json
+
+    from .bundle import open_bundle
+
+    b = open_bundle(args.bundle)
+    print(json.dumps(b.manifest, indent=1, ensure_ascii=False) if args.json else b.summary())
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)

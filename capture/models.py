@@ -1,0 +1,157 @@
+"""Loading Wan pipelines: a hub id, a local diffusers folder, or a built-in tiny model.
+
+Supported: Wan2.1 T2V 1.3B and 14B, Wan2.2 T2V A14B (two experts: ``transformer`` for high
+noise, ``transformer_2`` after ``boundary_ratio``) and Wan2.2 TI2V-5B (VAE 16x, expanded
+timesteps), all through ``diffusers.WanPipeline``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PaikError
+
+ALIASES = {
+    "wan2.1-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "wan2.1-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "wan2.2-a14b": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    "wan2.2-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+}
+TINY = {"tiny": "t2v", "tiny-t2v": "t2v", "tiny-a14b": "a14b", "tiny-ti2v": "ti2v"}
+DEFAULT_MODEL = "tiny"
+
+
+@dataclass
+class ModelInfo:
+    id: str  # what the user asked for (alias resolved)
+    path: str  # what from_pretrained was given
+    family: str  # wan2.1-t2v | wan2.2-a14b | wan2.2-ti2v
+    experts: list[str]  # transformer attribute names present
+    spatial: int  # VAE spatial factor
+    temporal: int  # VAE temporal factor
+    patch: tuple[int, int, int]
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    dim: int
+    ffn_dim: int
+    boundary_ratio: float | None
+    flow_shift: float | None
+
+    @property
+    def spatial_multiple(self) -> int:
+        return self.spatial * self.patch[1]
+
+    def latent_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """F', H', W': the transformer's token grid (video positions are frame-major)."""
+        return ((frames - 1) // self.temporal + 1) // self.patch[0], height // self.spatial // self.patch[1], \
+            width // self.spatial // self.patch[2]
+
+    def to_json(self, pipe) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["transformer_config"] = dict(pipe.transformer.config) if pipe.transformer is not None else None
+        t2 = getattr(pipe, "transformer_2", None)
+        d["transformer_2_config"] = dict(t2.config) if t2 is not None else None
+        d["scheduler"] = {"class": type(pipe.scheduler).__name__, **dict(pipe.scheduler.config)}
+        return _jsonable(d)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def resolve_model(spec: str | None) -> tuple[str, str]:
+    """(id, path) for a model spec: a tiny alias, a known alias, a local folder or a hub id."""
+    spec = (spec or DEFAULT_MODEL).strip()
+    if spec.lower() in TINY:
+        from .tiny import ensure_tiny
+
+        return spec.lower(), str(ensure_tiny(TINY[spec.lower()]))
+    spec = ALIASES.get(spec.lower(), spec)
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").is_file():
+            raise PaikError(f"--model {spec}: folder has no model_index.json; expected a diffusers Wan pipeline folder")
+        return spec, str(p)
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        known = ", ".join(list(TINY) + list(ALIASES))
+        raise PaikError(f"--model {spec!r}: no such folder, and not a hub id (owner/name) or a known name ({known})")
+    return spec, spec
+
+
+def load_pipeline(spec: str | None, dtype: str = "auto", device: str | None = None, offload: str | None = None):
+    """Load a WanPipeline. Returns (pipe, ModelInfo, device).
+
+    ``dtype``: auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32 — for the
+    transformer(s) and text encoder; the VAE stays float32 as Wan's authors recommend.
+    ``offload``: None, "model" or "sequential" (diffusers' CPU offload, for 24 GB cards)."""
+    import torch
+    import transformers
+    from diffusers import AutoencoderKLWan, WanPipeline
+    from diffusers.utils import logging as dlogging
+
+    dlogging.disable_progress_bar()  # our own progress bar is the one that matters
+    transformers.utils.logging.disable_progress_bar()
+
+    model_id, path = resolve_model(spec)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if offload and not device.startswith("cuda"):
+        raise PaikError("--offload needs a CUDA device (it moves weights between CPU and GPU)")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    try:
+        torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    except KeyError:
+        raise PaikError(f"--dtype {dtype!r}: expected auto, bfloat16, float16 or float32") from None
+    try:
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=torch.float32)
+        pipe = WanPipeline.from_pretrained(path, vae=vae, dtype=torch_dtype)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = ("HF_HUB_OFFLINE is set, so nothing is downloaded: download it once with network, or pass a local folder"
+                if offline else "check the id, your network, and that you accepted the model's license on the hub")
+        raise PaikError(f"--model {model_id}: could not load it ({str(e).splitlines()[0]}); {hint}") from None
+    if getattr(pipe, "transformer", None) is None and getattr(pipe, "transformer_2", None) is None:
+        raise PaikError(f"--model {model_id}: not a Wan text-to-video pipeline")
+
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload:
+        raise PaikError(f"--offload {offload!r}: expected model or sequential")
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, describe(pipe, model_id, path), device
+
+
+def describe(pipe, model_id: str, path: str) -> ModelInfo:
+    experts = [n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is not None]
+    t = getattr(pipe, experts[0])
+    c = t.config
+    expand = bool(getattr(pipe.config, "expand_timesteps", False))
+    two = len(experts) == 2
+    family = "wan2.2-a14b" if two else ("wan2.2-ti2v" if expand else "wan2.1-t2v")
+    return ModelInfo(
+        id=model_id, path=path, family=family, experts=experts,
+        spatial=int(pipe.vae_scale_factor_spatial), temporal=int(pipe.vae_scale_factor_temporal),
+        patch=tuple(c.patch_size), num_layers=int(c.num_layers), num_heads=int(c.num_attention_heads),
+        head_dim=int(c.attention_head_dim), dim=int(c.num_attention_heads * c.attention_head_dim),
+        ffn_dim=int(c.ffn_dim), boundary_ratio=getattr(pipe.config, "boundary_ratio", None),
+        flow_shift=pipe.scheduler.config.get("flow_shift", pipe.scheduler.config.get("shift")),
+    )
+
+
+def set_flow_shift(pipe, shift: float) -> None:
+    """Rebuild the scheduler with another flow shift (Wan: 3.0 for 480p, 5.0 for 720p)."""
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=shift, shift=shift)
