@@ -39,22 +39,39 @@ def real_token_probs(query: torch.Tensor, key: torch.Tensor, n_real: int) -> tup
 
     query: [S, H, D] (normed, one video), key: [L, H, D] with keys ``n_real..L-1`` identical
     (the zero padding). Returns ``probs`` [H, n_real, S] and ``pad`` [H, S], float32, with
-    ``probs.sum(1) + pad == 1``. Logits are computed in float32 from the model's own q and k:
-    bf16 logits would be off by up to ~0.4% of their size, which moves probabilities by more
-    than 1e-3.
+    ``probs.sum(1) + pad == 1``. Logits are accumulated and kept in float32 from the model's own
+    q and k: bf16 logits would be off by up to ~0.4% of their size, which moves probabilities by
+    more than 1e-3.
     """
     length = key.shape[0]
     n_pad = length - n_real
-    scale = 1.0 / math.sqrt(query.shape[-1])
-    kk = key[: n_real + (1 if n_pad else 0)].float().transpose(0, 1)  # [H, n+1, D]
-    q = query.float().permute(1, 2, 0)  # [H, D, S]
-    logits = torch.bmm(kk, q).mul_(scale)  # [H, n+1, S]
+    kk = key[: n_real + (1 if n_pad else 0)].transpose(0, 1)  # [H, n+1, D]
+    q = query.permute(1, 2, 0)  # [H, D, S], a view: q is never copied
+    logits = _bmm_fp32(kk, q).mul_(1.0 / math.sqrt(query.shape[-1]))  # [H, n+1, S]
     if n_pad:
-        logits[:, n_real].add_(math.log(n_pad))
-    logits.sub_(torch.logsumexp(logits, dim=1, keepdim=True)).exp_()
+        logits[:, n_real].add_(math.log(n_pad))  # one logit stands for n_pad identical ones
+    probs = torch.softmax(logits, dim=1)
     if n_pad:
-        return logits[:, :n_real], logits[:, n_real]
-    return logits, torch.zeros_like(logits[:, 0])
+        return probs[:, :n_real], probs[:, n_real]
+    return probs, torch.zeros_like(probs[:, 0])
+
+
+_FP32_OUT_BMM: bool | None = None
+
+
+def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with float32 accumulation and output. For 16-bit CUDA inputs, cuBLAS does this
+    directly (``out_dtype``), sparing a float32 copy of the query; products of 16-bit values are
+    exact in float32 either way."""
+    global _FP32_OUT_BMM
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and _FP32_OUT_BMM is not False:
+        try:
+            out = torch.bmm(a, b, out_dtype=torch.float32)
+            _FP32_OUT_BMM = True
+            return out
+        except (TypeError, RuntimeError, NotImplementedError):  # older torch: no out_dtype
+            _FP32_OUT_BMM = False
+    return torch.bmm(a.float(), b.float())
 
 
 class CaptureProcessor(WanAttnProcessor):
@@ -89,7 +106,7 @@ class CaptureProcessor(WanAttnProcessor):
         if target is not None:
             maps_out, pad_out, token_index, n_real, head_mean = target
             probs, pad = real_token_probs(query[0], key[0], n_real)
-            sel = probs.index_select(1, token_index)  # [H, T, S]
+            sel = probs if token_index is None else probs.index_select(1, token_index)  # [H, T, S]
             if head_mean:
                 sel, pad = sel.mean(0, keepdim=True), pad.mean(0, keepdim=True)
             maps_out.copy_(sel)

@@ -54,8 +54,9 @@ class Recorder:
         self.store = store
         lay = store.layout
         dev = store.device
-        self.token_index = torch.tensor(lay.tokens, dtype=torch.long, device=dev)
-        self.uncond_index = torch.tensor(lay.uncond_tokens, dtype=torch.long, device=dev)
+        # None when every real token is captured in order: a slice, no gather
+        self.token_index = _index(lay.tokens, lay.n_real, dev)
+        self.uncond_index = _index(lay.uncond_tokens, lay.n_real_uncond, dev)
         self.capture_uncond = capture_uncond and bool(lay.uncond_tokens)
         self.step: int | None = None
         self.pass_name: str | None = None
@@ -104,3 +105,9 @@ class Recorder:
         else:
             return None
         return maps[slot, b].view(lay.heads, -1, n), pad[slot, b].view(lay.heads, n), index, n_real, lay.head_mean
+
+
+def _index(tokens: list[int], n_real: int, device) -> torch.Tensor | None:
+    if tokens == list(range(n_real)):
+        return None
+    return torch.tensor(tokens, dtype=torch.long, device=device)

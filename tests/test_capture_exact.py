@@ -150,10 +150,10 @@ def _record_qk(pipe):
             cur = {}
 
             def hq(m, i, o, cur=cur):
-                cur["q"] = o.detach().clone()
+                cur["q"] = o.detach().cpu()
 
             def hk(m, i, o, cur=cur, b=b, name=name, heads=a.heads):
-                calls.append((name, b, cur["q"].unflatten(-1, (heads, -1))[0], o.detach().clone().unflatten(
+                calls.append((name, b, cur["q"].unflatten(-1, (heads, -1))[0], o.detach().cpu().unflatten(
                     -1, (heads, -1))[0]))
 
             handles += [a.norm_q.register_forward_hook(hq), a.norm_k.register_forward_hook(hk)]
