@@ -27,7 +27,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 AXES = ("step", "block", "head")
-_RAW_LIMIT = 8  # step x block slices read directly before the per-token table pays off
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,11 @@ class Reducer:
             self._results.move_to_end(sel)
             return hit
         heads_reduced = sel.heads is None and "head" not in sel.keep
-        if heads_reduced and len(sel.steps) * len(sel.blocks) > _RAW_LIMIT:
+        slices = len(sel.steps) * len(sel.blocks)
+        # the table costs a read of the token's whole capture once; a selection touching more
+        # than a quarter of it (mean over everything) pays for it, smaller ones read directly
+        built = (sel.tokens, "full" if self.torch is not None else sel.reduce) in self._tables
+        if heads_reduced and (built or slices > self.n_steps * self.n_blocks / 4):
             out = self._from_table(sel)
         else:
             out = self._from_raw(sel)

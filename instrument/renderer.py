@@ -61,10 +61,14 @@ class Renderer:
         sweep_t = time if p.view == "sweep" else None
         if self._changed("cells", (pl, p.step, p.block, p.view, sweep_t)):
             taps, bg = views.cell_table(p, self.src.dims, pl, time)
-            cells = np.zeros((len(bg), 3, 4), np.float32)
-            cells[:, :2] = taps
-            cells[:, 2, 0] = bg
-            self.cells_tex = self._data_texture(self.cells_tex, cells, 4)
+            self.one = (tuple(taps[0, 0]), tuple(taps[0, 1]), float(bg[0]))
+            if len(bg) > 1:  # grids: a table texture, written only when the selection moves
+                cells = np.zeros((len(bg), 3, 4), np.float32)
+                cells[:, :2] = taps
+                cells[:, 2, 0] = bg
+                self.cells_tex = self._data_texture(self.cells_tex, cells, 4)
+            elif self.cells_tex is None:
+                self.cells_tex = self._data_texture(None, np.zeros((1, 3, 4), np.float32), 4)
         if self._changed("lut", p.colormap):
             if self.lut is not None:
                 self.lut.release()
@@ -142,6 +146,7 @@ class Renderer:
             ("u_premultiply", bool(premultiply)),
             ("u_bg_count", n), ("u_bg_cols", cols), ("u_bg_tile", tuple(float(x) for x in size)),
             ("u_bg_nearest_time", bool(nearest)),
+            ("u_one_tiles", self.one[0]), ("u_one_weights", self.one[1]), ("u_one_bg", self.one[2]),
         ):
             prog.set(name, value)
         self.ctx.viewport = viewport

@@ -62,7 +62,16 @@ def sweep_step(t: float, n_steps: int) -> float:
     return min(max(t, 0.0), 1.0) * (n_steps - 1)
 
 
+def _name(pos: float, names: tuple[int, ...]) -> str:
+    """A position as the model index users know: 'step 12', or '12.50' between two."""
+    i = int(math.floor(pos))
+    if pos - i < 1e-6 or i + 1 >= len(names):
+        return str(names[min(i, len(names) - 1)])
+    return f"{names[i] + (pos - i) * (names[i + 1] - names[i]):.2f}"
+
+
 def plan(p: Params, d: Dims, tokens: tuple[int, ...], word: str) -> Plan:
+    step_s, block_s = _name(p.step, d.step_names), _name(p.block, d.block_names)
     steps, _ = _pair(p.step, d.n_steps)
     blocks, _ = _pair(p.block, d.n_blocks)
     heads = None if p.head < 0 else (p.head,)
@@ -74,33 +83,33 @@ def plan(p: Params, d: Dims, tokens: tuple[int, ...], word: str) -> Plan:
             heads = None
             hname = f"{p.reduce} of heads"
         sel = Selection(tokens, steps, blocks, heads, ("step", "block"), p.reduce)
-        return Plan(sel, 1, 1, ("",), f"'{word}'  step {p.step:.2f}  block {p.block:.2f}  {hname}")
+        return Plan(sel, 1, 1, ("",), f"'{word}'  step {step_s}  block {block_s}  {hname}")
     if view == "blocks":
         sel = Selection(tokens, steps, all_b, heads, ("step",), p.reduce)
-        return Plan(sel, 1, 1, ("",), f"'{word}'  step {p.step:.2f}  {p.reduce} of blocks, {hname}")
+        return Plan(sel, 1, 1, ("",), f"'{word}'  step {step_s}  {p.reduce} of blocks, {hname}")
     if view == "steps":
         sel = Selection(tokens, all_s, blocks, heads, ("block",), p.reduce)
-        return Plan(sel, 1, 1, ("",), f"'{word}'  block {p.block:.2f}  {p.reduce} of steps, {hname}")
+        return Plan(sel, 1, 1, ("",), f"'{word}'  block {block_s}  {p.reduce} of steps, {hname}")
     if view == "grand":
         sel = Selection(tokens, all_s, all_b, heads, (), p.reduce)
         return Plan(sel, 1, 1, ("",), f"'{word}'  {p.reduce} of steps, blocks, {hname}")
     if view == "sweep":
         sel = Selection(tokens, all_s, blocks, heads, ("step", "block"), p.reduce)
-        return Plan(sel, 1, 1, ("",), f"'{word}'  sweep of steps  block {p.block:.2f}  {hname}")
+        return Plan(sel, 1, 1, ("",), f"'{word}'  sweep of steps  block {block_s}  {hname}")
     if view == "grid-blocks":
         sel = Selection(tokens, steps, all_b, heads, ("step", "block"), p.reduce)
         rows, cols = grid_shape(d.n_blocks, d.aspect)
         labels = tuple(f"block {b}" for b in d.block_names)
-        return Plan(sel, rows, cols, labels, f"'{word}'  step {p.step:.2f}  every block  {hname}")
+        return Plan(sel, rows, cols, labels, f"'{word}'  step {step_s}  every block  {hname}")
     if view == "grid-steps":
         sel = Selection(tokens, all_s, blocks, heads, ("step", "block"), p.reduce)
         rows, cols = grid_shape(d.n_steps, d.aspect)
         labels = tuple(f"step {s}" for s in d.step_names)
-        return Plan(sel, rows, cols, labels, f"'{word}'  block {p.block:.2f}  every step  {hname}")
+        return Plan(sel, rows, cols, labels, f"'{word}'  block {block_s}  every step  {hname}")
     if view == "grid-heads-steps":
         sel = Selection(tokens, all_s, blocks, None, ("step", "block", "head"), p.reduce)
         labels = tuple(f"s{s} h{h}" for s in d.step_names for h in range(d.n_heads))
-        return Plan(sel, d.n_steps, d.n_heads, labels, f"'{word}'  block {p.block:.2f}  heads x steps")
+        return Plan(sel, d.n_steps, d.n_heads, labels, f"'{word}'  block {block_s}  heads x steps")
     raise ValueError(view)
 
 

@@ -1,0 +1,244 @@
+"""The instrument's subcommands: ``paik play``, ``paik render``, ``paik grid``, ``paik bench render``.
+
+Parsing and user errors live here; the work is in window.py, offline.py and bench.py, imported
+inside the handlers so ``paik --help`` stays instant and needs no GL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from capture.errors import PaikError
+
+from .params import BACKGROUNDS, COMPOSITES, NORMS, REDUCES, VIEWS, Params
+
+GRID_VIEWS = {"blocks": "grid-blocks", "steps": "grid-steps", "heads-steps": "grid-heads-steps", "grand": "grand"}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, like 1920x1080") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return w, h
+
+
+def _clip(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two percentiles LO,HI, like 1,99.5") from None
+    if not (0 <= lo < hi <= 100):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LO < HI <= 100")
+    return lo, hi
+
+
+def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
+    g = ap.add_argument_group("what to show")
+    g.add_argument("--token", help="word or phrase of the prompt, 'eos', or #N for piece N (default: the first word)")
+    if positions:
+        g.add_argument("--step", help="denoising step (model index; 12.5 crossfades steps 12 and 13)")
+        g.add_argument("--block", help="transformer block (model index; fractions crossfade)")
+    g.add_argument("--head", type=int, default=-1, help="attention head; -1 reduces over heads (default)")
+    g.add_argument("--reduce", choices=REDUCES, default="mean", help="how reduced axes combine (default mean)")
+    g = ap.add_argument_group("how it looks")
+    g.add_argument("--colormap", default="magma", help="viridis, magma, inferno, plasma, turbo, grayscale, jet, "
+                   "or any presets/colormaps/NAME.json (default magma)")
+    g.add_argument("--norm", choices=NORMS, default="global", help="normalization range (default global)")
+    g.add_argument("--clip", type=_clip, default=(0.0, 100.0), metavar="LO,HI",
+                   help="percentiles mapped to the colormap's ends (default 0,100 = min,max)")
+    g.add_argument("--gain", type=float, default=1.0)
+    g.add_argument("--gamma", type=float, default=1.0)
+    g.add_argument("--threshold", type=float, default=0.0, help="normalized values below are transparent")
+    g.add_argument("--composite", choices=COMPOSITES, default="heatmap", help="how maps meet the background")
+    g.add_argument("--background", choices=BACKGROUNDS, default="video", help="video, per-step preview, or none")
+    g.add_argument("--opacity", type=float, default=0.7, help="map opacity for overlay/multiply/screen")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="where maps are reduced (auto: CUDA when torch sees one)")
+
+
+def _model_pos(value: str | None, names: tuple[int, ...], axis: str) -> float:
+    """A model index as typed (int or fraction) -> position among the captured ones."""
+    if value is None:
+        return 0.0
+    try:
+        x = float(value)
+    except ValueError:
+        raise PaikError(f"--{axis} {value!r}: expected a number") from None
+    from .offline import _ranges
+
+    lo, hi = math.floor(x), math.ceil(x)
+    if lo not in names or hi not in names:
+        raise PaikError(f"--{axis} {value} is not in this bundle; captured {axis}s: {_ranges(names)}")
+    i = names.index(lo)
+    return i + (x - lo) / max(hi - lo, 1) * (names.index(hi) - i)
+
+
+def _params(args, src, view: str) -> Params:
+    from . import colormaps
+
+    p = Params().bind(len(src.words), src.dims.n_steps, src.dims.n_blocks, src.dims.n_heads, colormaps.available())
+    if args.colormap not in p.colormaps:
+        raise PaikError(f"unknown colormap {args.colormap!r}; available: {', '.join(p.colormaps)}")
+    if args.head != -1 and not 0 <= args.head < src.dims.n_heads:
+        raise PaikError(f"--head {args.head} is out of range: this bundle stores {src.dims.n_heads} heads "
+                        f"(0..{src.dims.n_heads - 1}), or -1 for all")
+    for name, value, lo, hi in (("gain", args.gain, 0, 16), ("gamma", args.gamma, 0.05, 8),
+                                ("threshold", args.threshold, 0, 1), ("opacity", args.opacity, 0, 1)):
+        if not lo <= value <= hi:
+            raise PaikError(f"--{name} {value} is out of range ({lo}..{hi})")
+    p.token = src.word_index(args.token) if args.token else 0
+    p.n_tokens = len(src.words)
+    p.step = _model_pos(getattr(args, "step", None), src.dims.step_names, "step")
+    p.block = _model_pos(getattr(args, "block", None), src.dims.block_names, "block")
+    p.head, p.reduce, p.view = args.head, args.reduce, view
+    p.colormap, p.norm, (p.clip_lo, p.clip_hi) = args.colormap, args.norm, args.clip
+    p.gain, p.gamma, p.threshold = args.gain, args.gamma, args.threshold
+    p.composite, p.background, p.opacity = args.composite, args.background, args.opacity
+    return p
+
+
+def _source(args):
+    from .source import Source
+
+    return Source.open(args.bundle, args.device)
+
+
+# -- handlers ------------------------------------------------------------------------------------
+def cmd_play(args) -> int:
+    from .window import play
+
+    src = _source(args)
+    p = _params(args, src, args.view)
+    return play(src, p, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor, vsync=not args.no_vsync,
+                max_frames=args.frames, screenshot=args.screenshot)
+
+
+def cmd_render(args) -> int:
+    from .offline import fit_duration, render_video
+
+    src = _source(args)
+    p = _params(args, src, args.view)
+    size = args.size or src.video_size
+    fps = args.fps or src.fps
+    if not (fps > 0 and math.isfinite(fps)):
+        raise PaikError(f"--fps must be positive, not {args.fps}")
+    duration = fit_duration(args.duration, src)
+    out = Path(args.out)
+    codec = args.codec
+    n = render_video(src, p, out, size, fps, duration, codec, progress=not args.quiet)
+    print(f"wrote {out} ({n} frames, {size[0]}x{size[1]} @ {fps:g} fps, {codec})")
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from .offline import grid_figures, positions
+
+    view = GRID_VIEWS[args.view]
+    src = _source(args)
+    step_list, block_list = args.steps, args.blocks
+    p = _params(args, src, view)
+    if view == "grid-blocks":
+        values = positions(step_list, src.dims.step_names, "step", [0])
+    elif view == "grand":
+        values = [0.0]
+    else:
+        values = positions(block_list, src.dims.block_names, "block", [src.dims.block_names[len(src.dims.block_names) // 2]])
+    times = []
+    for part in args.time.split(","):
+        try:
+            t = float(part)
+        except ValueError:
+            raise PaikError(f"--time {args.time!r}: expected positions in the video like 0,1 (0 first, 1 last frame)") from None
+        if not 0 <= t <= 1:
+            raise PaikError(f"--time {t}: positions run from 0 (first frame) to 1 (last frame)")
+        times.append(t)
+    label = src.words[p.token].label
+    paths = grid_figures(src, p, Path(args.out), view, values, times, args.cell_width, args.gap, label)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_bench_render(args) -> int:
+    from . import bench
+
+    bundle = None
+    if args.bundle:
+        from capture.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)
+    views = args.views.split(",") if args.views else list(VIEWS)
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise PaikError(f"--views: unknown {', '.join(bad)}; views: {', '.join(VIEWS)}")
+    print(bench.HEADER, flush=True)
+    rows = bench.run(bundle, sizes=args.sizes, frames=args.frames, views=views, device=args.device,
+                     log=lambda s: print(s, flush=True) if not s.startswith(("GL", "capture")) else print(s, file=sys.stderr))
+    worst = {}
+    for r in rows:
+        worst[r.size] = max(worst.get(r.size, 0.0), r.p99_ms)
+    print("worst p99: " + ", ".join(f"{k} {v:.3f} ms" for k, v in worst.items()))
+    if args.json:
+        bench.write_json(rows, Path(args.json), {"frames": args.frames})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub, bench) -> None:
+    views = ", ".join(VIEWS)
+    ap = sub.add_parser("play", help="play a bundle's attention live in a window",
+                        description="Play a capture live. Press F1 in the window for the keys. Views: " + views)
+    ap.add_argument("bundle", help="bundle directory (from 'paik generate --out DIR')")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--size", type=_size, default=(1280, 720), help="window size WxH (default 1280x720)")
+    ap.add_argument("--fullscreen", action="store_true", help="fullscreen on --monitor")
+    ap.add_argument("--monitor", type=int, default=0, help="monitor index for fullscreen (default 0)")
+    ap.add_argument("--no-vsync", action="store_true", help="do not wait for the display's refresh")
+    ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: quit after N frames
+    ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # tests: save the last frame
+    _look_flags(ap)
+    ap.set_defaults(func=cmd_play)
+
+    ap = sub.add_parser("render", help="render a view to a video file, headless",
+                        description="Render a view headless (EGL) to H.264 or ProRes 4444. Views: " + views)
+    ap.add_argument("bundle")
+    ap.add_argument("--out", required=True, help="output file (.mp4 for h264, .mov for prores)")
+    ap.add_argument("--view", choices=VIEWS, default="sweep", help="default sweep (the step sweep)")
+    ap.add_argument("--size", type=_size, help="WxH (default: the video's size)")
+    ap.add_argument("--fps", type=float, help="frames per second (default: the video's)")
+    ap.add_argument("--duration", type=float, help="seconds; the whole video is spanned (default: its length)")
+    ap.add_argument("--codec", choices=("h264", "prores"), default="h264",
+                    help="h264 (alpha premultiplied over black) or prores (4444 with alpha, .mov)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    _look_flags(ap)
+    ap.set_defaults(func=cmd_render)
+
+    ap = sub.add_parser("grid", help="labelled PNG grids like the paper's figures",
+                        description="Write labelled PNG grids: every block at given steps (Fig. 3), every step "
+                                    "at given blocks (Fig. 4), heads x steps (Fig. 5), or the grand average (Fig. 6).")
+    ap.add_argument("bundle")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--view", choices=tuple(GRID_VIEWS), default="blocks")
+    ap.add_argument("--steps", "--step", dest="steps", help="for --view blocks: steps like 0,12,24, 'last' or 'all' (default 0)")
+    ap.add_argument("--blocks", "--block", dest="blocks", help="for --view steps/heads-steps: blocks like 15 (default: the middle)")
+    ap.add_argument("--time", default="0", help="positions in the video, 0 = first frame, 1 = last (default 0), e.g. 0,1")
+    ap.add_argument("--cell-width", type=int, default=208, help="pixels per cell (default 208)")
+    ap.add_argument("--gap", type=int, default=2, help="pixels between cells (default 2)")
+    _look_flags(ap, positions=False)
+    ap.set_defaults(func=cmd_grid)
+
+    ap = bench.add_parser("render", help="GPU time per frame of every view at 1080p and 4K (GL timer queries)")
+    ap.add_argument("--bundle", help="a bundle to use (default: in-memory capture of Wan2.1-1.3B's layout)")
+    ap.add_argument("--sizes", type=lambda s: [_size(x) for x in s.split(",")], default=[(1920, 1080), (3840, 2160)],
+                    help="comma-separated WxH (default 1920x1080,3840x2160)")
+    ap.add_argument("--frames", type=int, default=120, help="timed frames per view and size (default 120)")
+    ap.add_argument("--views", help="comma-separated subset of: " + views)
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.add_argument("--json", help="also write the table as JSON here")
+    ap.set_defaults(func=cmd_bench_render)
