@@ -248,8 +248,9 @@ class Bundle:
         heads = f"mean of {lay.n_heads}" if lay.head_mean else str(lay.heads)
         planned = m.get("planned_steps", lay.steps)
         size = sum(p.stat().st_size for p in (self.path / "maps").glob("*.safetensors"))
+        status = {"running": "running, or stopped without closing"}.get(self.status, self.status)
         lines = [
-            f"bundle   {self.path}  ({self.status}, {size / 1024**3:.2f} GiB of maps)",
+            f"bundle   {self.path}  ({status}, {size / 1024**3:.2f} GiB of maps)",
             f"prompt   {m.get('prompt', '')!r}",
             f"negative {m.get('negative_prompt', '')!r}" if m.get("negative_prompt") else None,
             f"model    {m.get('model', {}).get('id', '?')}  ({m.get('model', {}).get('family', '?')})",

@@ -1,0 +1,318 @@
+"""What a user can get wrong, and what a crash leaves behind: interrupted runs keep their finished
+steps, bad inputs get a message (never a traceback), bundles open lazily and reject junk."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from capture.bundle import open_bundle, read_safetensors
+from capture.errors import BundleError, PaikError
+from capture.generate import GenerateOptions, generate
+from capture.layout import Layout
+from capture.models import load_pipeline
+from capture.plan import MemoryPlan, check_video_size, parse_indices
+from capture.tokens import resolve_tokens, split_token_list, token_table
+from capture.writer import BundleWriter
+from instrument.cli import main as paik
+
+PROMPT = "a red circle and a kissing cat"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pipeline("tiny")
+
+
+@pytest.fixture(scope="module")
+def table(tiny):
+    return token_table(tiny[0].tokenizer, PROMPT)
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+def test_words_phrases_and_pieces(table):
+    def pick(*q):
+        return [g.tokens for g in resolve_tokens(table, list(q))]
+
+    assert pick("kissing") == [(5, 6)]  # a multi-piece word keeps its pieces
+    assert pick("Red circle") == [(1, 2)]  # phrase, any case
+    assert pick("a") == [(0,)] and pick("a@2") == [(4,)]  # occurrences
+    assert pick("eos") == [(8,)] and pick("</s>") == [(8,)]
+    assert pick("#7") == [(7,)]
+    assert split_token_list('kiss,"soccer ball", eos') == ["kiss", "soccer ball", "eos"]
+
+
+@pytest.mark.parametrize("query, message", [
+    ("dog", "is not in the prompt"), ("a@3", "occurs only 2 time"), ("#99", "has 9 pieces"), ("#x", "piece index"),
+])
+def test_unknown_words_list_the_prompt(table, query, message):
+    with pytest.raises(PaikError, match=message) as e:
+        resolve_tokens(table, [query])
+    if "prompt" in message:
+        assert "a red circle and a kissing cat </s>" in str(e.value)
+
+
+# -- plans and sizes ---------------------------------------------------------------------------
+
+def test_index_specs():
+    assert parse_indices("all", 4, "blocks") == [0, 1, 2, 3]
+    assert parse_indices("every:10", 25, "capture-steps") == [0, 10, 20, 24]
+    assert parse_indices("0-2,7,-1", 30, "blocks") == [0, 1, 2, 7, 29]
+    for bad in ("30", "5-2", "x", "every:0"):
+        with pytest.raises(PaikError):
+            parse_indices(bad, 30, "blocks")
+
+
+def test_video_size_messages():
+    check_video_size(480, 832, 81, 16, 4)
+    with pytest.raises(PaikError, match=r"--height 470 must be a positive multiple of 16 \(try 464 or 480\)"):
+        check_video_size(470, 832, 81, 16, 4)
+    with pytest.raises(PaikError, match=r"--frames 80 must be 4k\+1 \(try 77 or 81\)"):
+        check_video_size(480, 832, 80, 16, 4)
+
+
+def test_memory_plan_matches_the_store_and_suggests_what_fits():
+    from capture.store import CaptureStore
+
+    lay = Layout(steps=list(range(25)), blocks=list(range(30)), heads=12, head_mean=False, n_heads=12,
+                 tokens=list(range(32)), latent=(16, 30, 52), n_real=32, seq_len=512)
+    # the paper's settings: 25 x 30 x 12 x 32 x 24,960 x 2 bytes = 13.4 GiB of maps, + padding
+    assert lay.bytes == 25 * 30 * 12 * 33 * 24960 * 2
+    small = Layout(**{**lay.__dict__, "steps": [0, 1], "blocks": [0, 1], "latent": (2, 3, 4)})
+    st = CaptureStore(small, "cpu")
+    assert small.bytes == st.maps.numel() * 2 + st.padding.numel() * 2
+    plan = MemoryPlan(lay, 4 * 1024**3, "cuda")
+    with pytest.raises(PaikError) as e:
+        plan.check()
+    text = str(e.value)
+    assert "13.8" in text and "--capture-steps every:" in text and "--heads mean" in text
+    for tip in plan.suggestions():
+        if tip == "--heads mean":
+            assert lay.bytes / 12 <= plan.budget_bytes
+
+
+# -- generation: interruption and crashes ------------------------------------------------------
+
+def _opts(out, **kw):
+    base = dict(prompt=PROMPT, out=str(out), steps=4, frames=9, height=64, width=64, quiet=True)
+    return GenerateOptions(**{**base, **kw})
+
+
+def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch):
+    pipe = tiny[0]
+    real_step = pipe.scheduler.step
+    calls = {"n": 0}
+
+    def step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(pipe.scheduler, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        generate(_opts(tmp_path / "b"), loaded=tiny)
+    b = open_bundle(tmp_path / "b")
+    assert b.status == "interrupted" and b.step_indices == [0, 1]
+    assert b.video_path is None
+    assert b.select("kissing", step=1, block=None, head=None).shape == b.layout.latent
+    # the model is left as it was: no capture processor, no hook
+    from capture.processor import CaptureProcessor
+
+    assert not any(isinstance(blk.attn2.processor, CaptureProcessor) for blk in pipe.transformer.blocks)
+
+
+def test_crash_is_recorded_and_keeps_steps(tiny, tmp_path, monkeypatch):
+    pipe = tiny[0]
+    monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("decoder broke")))
+    with pytest.raises(RuntimeError):
+        generate(_opts(tmp_path / "b"), loaded=tiny)
+    b = open_bundle(tmp_path / "b")
+    assert b.status == "failed" and "decoder broke" in b.manifest["error"]
+    assert b.step_indices == [0, 1, 2, 3]
+
+
+def test_sigkill_mid_run_leaves_a_bundle_that_opens(tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "instrument.cli", "generate", PROMPT, "--out", str(out), "--steps", "200",
+         "--frames", "17", "--height", "128", "--width", "128", "--quiet"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            m = out / "manifest.json"
+            if m.is_file() and len(json.loads(m.read_text())["steps"]) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"generate ended early: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no steps written in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    b = open_bundle(out)
+    assert b.status == "running" and len(b.step_indices) >= 3
+    for s in b.step_indices:
+        assert np.isfinite(b.select("cat", step=s)).all()
+    assert not list((out / "maps").glob("step_*.safetensors"))[len(b.step_indices) + 1:]
+
+
+# -- bundles: lazy, and junk is rejected --------------------------------------------------------
+
+def _layout(steps=3):
+    return Layout(steps=list(range(steps)), blocks=list(range(30)), heads=12, head_mean=False, n_heads=12,
+                  tokens=list(range(32)), latent=(16, 30, 52), n_real=32, seq_len=512)
+
+
+def _sparse_bundle(path: Path, steps=3) -> Path:
+    """A full-size bundle (0.57 GiB of maps a step) whose files are sparse: nothing on disk, so
+    opening and selecting prove that only the touched pages are read."""
+    lay = _layout(steps)
+    tokens = [{"index": i, "id": i, "piece": f"▁w{i}", "word": f"w{i}", "word_index": i, "special": False}
+              for i in range(32)]
+    path.mkdir()
+    (path / "maps").mkdir()
+    hdr_maps = [30, 12, 32, 16, 30, 52]
+    hdr_pad = [30, 12, 16, 30, 52]
+    n_maps = int(np.prod(hdr_maps)) * 2
+    n_pad = int(np.prod(hdr_pad)) * 2
+    header = json.dumps({"maps": {"dtype": "F16", "shape": hdr_maps, "data_offsets": [0, n_maps]},
+                         "padding": {"dtype": "F16", "shape": hdr_pad, "data_offsets": [n_maps, n_maps + n_pad]}})
+    header += " " * (-len(header) % 8)
+    steps_info = []
+    for s in range(steps):
+        f = path / f"maps/step_{s:04d}.safetensors"
+        with open(f, "wb") as fh:
+            fh.write(len(header).to_bytes(8, "little") + header.encode())
+            fh.truncate(8 + len(header) + n_maps + n_pad)
+        steps_info.append({"index": s, "timestep": 999.0 - s, "sigma": 1.0, "expert": "transformer",
+                           "file": f"maps/step_{s:04d}.safetensors"})
+    manifest = {"format": "paik-bundle", "format_version": 1, "status": "complete", "layout": lay.to_json(),
+                "tokens": tokens, "steps": steps_info}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_open_is_lazy_on_a_large_bundle(tmp_path):
+    path = _sparse_bundle(tmp_path / "big")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    b = open_bundle(path)
+    m = b.select("w3", step=1, block=7, head=2)
+    elapsed = time.perf_counter() - t0
+    grew_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert m.shape == (16, 30, 52) and (m == 0).all()
+    assert elapsed < 1.0 and grew_mib < 100, (elapsed, grew_mib)
+
+
+def test_junk_bundles_are_clear_errors(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle"):
+        open_bundle(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        open_bundle(tmp_path / "empty")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"name": "something else"}')
+    with pytest.raises(BundleError, match="not a Paik bundle"):
+        open_bundle(foreign)
+    (foreign / "manifest.json").write_text('{"format": "paik-bundle", "format_vers')
+    with pytest.raises(BundleError, match="corrupt manifest"):
+        open_bundle(foreign)
+    # a step file cut short
+    path = _sparse_bundle(tmp_path / "cut", steps=2)
+    f = path / "maps/step_0001.safetensors"
+    os.truncate(f, f.stat().st_size // 2)
+    b = open_bundle(path)
+    assert b.select("w0", step=0, block=0, head=0).shape == (16, 30, 52)
+    with pytest.raises(BundleError, match="truncated"):
+        b.select("w0", step=1, block=0, head=0)
+    f.write_bytes(b"\xff" * 16)
+    with pytest.raises(BundleError, match="not a readable safetensors"):
+        read_safetensors(f)
+
+
+def test_selection_errors_name_what_exists(tmp_path):
+    b = open_bundle(_sparse_bundle(tmp_path / "b", steps=2))
+    with pytest.raises(PaikError, match=r"step 5 is not in this bundle; available steps: 0-1"):
+        b.select("w0", step=5)
+    with pytest.raises(PaikError, match=r"block 30 is not in this bundle; available blocks: 0-29"):
+        b.select("w0", block=30)
+    with pytest.raises(PaikError, match="is not in the prompt"):
+        b.select("kiss")
+    with pytest.raises(PaikError, match="reduce must be"):
+        b.select("w0", reduce="median")
+
+
+def test_reductions_against_numpy(tmp_path):
+    lay = Layout(steps=[0, 1], blocks=[0, 2], heads=2, head_mean=False, n_heads=2, tokens=[0, 1], latent=(2, 2, 3),
+                 n_real=2, seq_len=8)
+    tokens = [{"index": i, "id": i, "piece": p, "word": w, "word_index": 0 if i < 2 else 1, "special": False}
+              for i, (p, w) in enumerate([("▁kiss", "kissing"), ("ing", "kissing")])]
+    w = BundleWriter(tmp_path / "r", {"layout": lay.to_json(), "tokens": tokens})
+    g = torch.Generator().manual_seed(0)
+    data = {}
+    for s in (0, 1):
+        maps = torch.rand(2, 2, 2, 2, 2, 3, generator=g).half()
+        data[s] = maps.float().numpy()
+        w.add_step({"index": s, "timestep": 0.0, "sigma": None, "expert": "transformer"},
+                   {"maps": maps, "padding": torch.zeros(2, 2, 2, 2, 3).half()})
+    w.close()
+    b = open_bundle(tmp_path / "r")
+    all_ = np.stack([data[0], data[1]])  # [step, block, head, token, F, H, W]
+    word = all_.sum(3)
+    assert np.allclose(b.select("kissing"), word.mean((0, 1, 2)), atol=1e-6)
+    assert np.allclose(b.select("kissing", reduce="max"), word.max((0, 1, 2)), atol=1e-6)
+    assert np.allclose(b.select("#1", step=1, block=2, head=None), all_[1, 1, :, 1].mean(0), atol=1e-6)
+    assert np.allclose(b.select(0, step=[0, 1], block=0, head=1, reduce="max"), all_[:, 0, 1, 0].max(0), atol=1e-6)
+
+
+# -- the command line: messages, not tracebacks -------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", PROMPT, "--out", "{tmp}/x", "--height", "70"], "--height 70 must be a positive multiple of 16"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--frames", "10"], "--frames 10 must be 4k+1"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--tokens", "dog"], "'dog' is not in the prompt"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--model", "{tmp}/missing"], "no such folder"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--model", "notamodel"], "not a hub id"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--blocks", "0-9"], "out of range: valid values are 0..2"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--capture-uncond", "--guidance", "1"], "needs classifier-free"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--max-capture-gb", "0.0000001"], "does not fit"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--guidance-2", "3"], "--guidance-2 is for Wan2.2"),
+    (["generate", " ", "--out", "{tmp}/x"], "the prompt is empty"),
+    (["info", "{tmp}/nothing"], "no such bundle directory"),
+])
+def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
+    code = paik([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_cli_generate_and_info(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert paik(["generate", PROMPT, "--out", str(out), "--tokens", 'kissing,"red circle"', "--heads", "mean",
+                 "--capture-steps", "every:2", "--quiet"]) == 0
+    assert paik(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "complete" in text and "[step 3/3, block 3, head mean of 2, token 4," in text
+    assert "'kissing' -> [5, 6]" in text
+    # an existing bundle is not overwritten by accident
+    assert paik(["generate", PROMPT, "--out", str(out), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
