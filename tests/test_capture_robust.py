@@ -316,3 +316,18 @@ def test_cli_generate_and_info(tmp_path, capsys):
     # an existing bundle is not overwritten by accident
     assert paik(["generate", PROMPT, "--out", str(out), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_decoded_previews_per_step(tiny, tmp_path):
+    import av
+
+    generate(_opts(tmp_path / "p", preview="decode", capture_steps="0,3"), loaded=tiny)
+    b = open_bundle(tmp_path / "p")
+    assert b.step_indices == [0, 3]
+    for s in (0, 3):
+        with av.open(str(tmp_path / "p" / "previews" / f"step_{s:04d}.mp4")) as c:
+            frames = list(c.decode(video=0))
+        assert len(frames) == 9 and (frames[0].width, frames[0].height) == (64, 64)
+        p = b.preview(s)
+        assert p.shape == (*b.layout.latent[:1], 8, 8, 3) and p.dtype == np.uint8
+        assert b.step_arrays(s)["x0"].shape == (16, *b.layout.latent[:1], 8, 8)
