@@ -115,6 +115,7 @@ def cmd_play(args) -> int:
 
     src = _source(args)
     p = _params(args, src, args.view)
+    p.help = args.show_keys
     return play(src, p, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor, vsync=not args.no_vsync,
                 max_frames=args.frames, screenshot=args.screenshot)
 
@@ -200,6 +201,7 @@ def register(sub, bench) -> None:
     ap.add_argument("--fullscreen", action="store_true", help="fullscreen on --monitor")
     ap.add_argument("--monitor", type=int, default=0, help="monitor index for fullscreen (default 0)")
     ap.add_argument("--no-vsync", action="store_true", help="do not wait for the display's refresh")
+    ap.add_argument("--show-keys", action="store_true", help="start with the key overlay shown (F1 toggles it)")
     ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: quit after N frames
     ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # tests: save the last frame
     _look_flags(ap)
@@ -242,3 +244,13 @@ def register(sub, bench) -> None:
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.set_defaults(func=cmd_bench_render)
+
+
+def default_look_args(**overrides) -> argparse.Namespace:
+    """The parsed defaults of the shared view flags (for callers that build Params without a CLI)."""
+    ap = argparse.ArgumentParser()
+    _look_flags(ap)
+    args = ap.parse_args([])
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args

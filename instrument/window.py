@@ -141,8 +141,11 @@ def _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot) -> int:
         except PaikError as e:
             state["errors"], state["changed"] = [str(e)], now
         title = renderer.plan.title if renderer.plan else ""
-        if p.help:
-            overlay.draw("help", "\n".join(keys.help_lines()), (fw, fh), "top-left")
+        if p.help:  # two columns: the whole list is taller than most windows
+            lines = keys.help_lines()
+            half = (len(lines) + 1) // 2
+            overlay.draw("help", "\n".join(lines[:half]), (fw, fh), "top-left")
+            overlay.draw("help2", "\n".join(lines[half:]), (fw, fh), "top-right")
         if now - state["changed"] < 2.5 or p.help:
             status = (f"{title}\nview {p.view}  {p.colormap}  norm {p.norm} [{p.clip_lo:g}, {p.clip_hi:g}]  "
                       f"gain {p.gain:.2f}  gamma {p.gamma:.2f}  thr {p.threshold:.2f}  {p.composite} over "
