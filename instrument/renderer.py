@@ -74,8 +74,10 @@ class Renderer:
                 self.lut.release()
             self.lut = self.ctx.texture((256, 1), 3, colormaps.lut_bytes(p.colormap))
             self.lut.repeat_x = self.lut.repeat_y = False
-        if self._changed("bg", p.background):
-            self._set_background(p.background)
+        # the heatmap alone needs no background: do not decode the video for it (first frame fast)
+        bg_mode = "none" if p.composite == "heatmap" else p.background
+        if self._changed("bg", bg_mode):
+            self._set_background(bg_mode)
 
     def _changed(self, key: str, value) -> bool:
         if key in self._keys and self._keys[key] == value:
