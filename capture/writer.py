@@ -15,11 +15,33 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from .bundle import FORMAT, FORMAT_VERSION, MANIFEST, STEP_FILE
 from .errors import PaikError
+
+
+_ST_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8",
+              np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a standard safetensors file (8-byte header length, JSON header, raw little-endian
+    data). Plain ``file.write`` of each buffer releases the GIL while the disk works, so the
+    writer thread never holds up the generation thread's kernel launches."""
+    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in tensors.items()}
+    header, offset = {}, 0
+    for k, a in arrays.items():
+        header[k] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for a in arrays.values():
+            f.write(memoryview(a.reshape(-1)).cast("B"))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -123,8 +145,7 @@ class BundleWriter:
                 rel = STEP_FILE.format(info["index"])
                 target = self.path / rel
                 tmp = target.with_name(f".{target.name}.tmp")
-                save_file({k: v.contiguous() for k, v in host.items()}, str(tmp))
-                os.chmod(tmp, 0o644)
+                write_safetensors(tmp, host)
                 os.replace(tmp, target)
                 self.manifest["steps"].append({**info, "file": rel})
                 self.manifest.setdefault("timings", {}).setdefault("write_s", []).append(

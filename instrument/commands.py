@@ -113,11 +113,22 @@ def _source(args):
 def cmd_play(args) -> int:
     from .window import play
 
+    from .outputs.live import from_args, report
+
+    outputs = from_args(args, args.size)  # flag errors before any GL
     src = _source(args)
     p = _params(args, src, args.view)
     p.help = args.show_keys
-    return play(src, p, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor, vsync=not args.no_vsync,
-                max_frames=args.frames, screenshot=args.screenshot)
+    p.record = bool(args.record)
+    if args.headless:
+        from .headless_play import play_headless
+
+        play_headless(src, p, outputs, fps=args.out_fps, frames=args.frames, seconds=args.seconds,
+                      fixed_step=args.fixed_step)
+        return report(outputs)
+    rc = play(src, p, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor, vsync=not args.no_vsync,
+              max_frames=args.frames, screenshot=args.screenshot, outputs=outputs)
+    return report(outputs) or rc
 
 
 def cmd_render(args) -> int:
@@ -204,6 +215,13 @@ def register(sub, bench) -> None:
     ap.add_argument("--show-keys", action="store_true", help="start with the key overlay shown (F1 toggles it)")
     ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: quit after N frames
     ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # tests: save the last frame
+    ap.add_argument("--headless", action="store_true",
+                    help="no window: render offscreen (EGL) at --size for --record/--out, played by OSC/MIDI")
+    ap.add_argument("--seconds", type=float, help="--headless: stop after this many seconds (default: Ctrl-C)")
+    ap.add_argument("--fixed-step", action="store_true", help=argparse.SUPPRESS)  # tests: frame/fps clock, no sleep
+    from .outputs import add_play_flags
+
+    add_play_flags(ap)
     _look_flags(ap)
     ap.set_defaults(func=cmd_play)
 

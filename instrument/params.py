@@ -68,6 +68,8 @@ SPECS: dict[str, Spec] = {
     "speed": Spec("float", 1.0, -8.0, 8.0, help="playback rate (1 = the video's fps)"),
     "playing": Spec("bool", True),
     "help": Spec("bool", False, help="show the key overlay"),
+    "record": Spec("bool", False, help="record the output to a file while on (paik play --record FILE; each take "
+                   "after the first gets _2, _3 ...)"),
 }
 
 
@@ -96,6 +98,7 @@ class Params:
     speed: float = 1.0
     playing: bool = True
     help: bool = False
+    record: bool = False
     # bundle-dependent bounds (counts); not parameters themselves
     n_tokens: int = field(default=1, repr=False)
     n_steps: int = field(default=1, repr=False)

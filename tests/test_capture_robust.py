@@ -331,3 +331,21 @@ def test_decoded_previews_per_step(tiny, tmp_path):
         p = b.preview(s)
         assert p.shape == (*b.layout.latent[:1], 8, 8, 3) and p.dtype == np.uint8
         assert b.step_arrays(s)["x0"].shape == (16, *b.layout.latent[:1], 8, 8)
+
+
+def test_step_files_are_standard_safetensors(tmp_path):
+    """Decode what we encoded with safetensors' own reader: other tools can read bundles."""
+    from safetensors import safe_open
+
+    from capture.writer import write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    t = {"maps": torch.rand(2, 3, 4, 5, generator=g).half(), "preview": torch.randint(0, 255, (3, 4, 3), dtype=torch.uint8),
+         "x0": torch.randn(7, generator=g)}
+    write_safetensors(tmp_path / "s.safetensors", t)
+    with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == set(t)
+        for k in t:
+            assert torch.equal(f.get_tensor(k), t[k])
+    mm = read_safetensors(tmp_path / "s.safetensors")
+    assert np.array_equal(mm["maps"], t["maps"].numpy())
