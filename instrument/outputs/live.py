@@ -1,0 +1,279 @@
+"""The one object the play loops call for everything that leaves the instrument.
+
+Once per frame, after the loop has drained its command queue, :meth:`Outputs.frame`:
+
+1. hands finished readbacks (queued one iteration earlier) to their consumers;
+2. starts or stops the recording when the ``record`` parameter changed (a key, an OSC
+   message or a MIDI control: they all set the parameter through the command queue);
+3. for each output size whose frame is due (each output keeps its own rate on a
+   :class:`~instrument.record.Cadence`), draws the view once into a texture of that size,
+   publishes the texture to Syphon/Spout and queues an asynchronous readback for the rest.
+
+The window's own size, vsync and overlays never reach an output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capture.errors import PaikError
+
+from ..readback import AsyncReader, Target
+from ..record import Cadence, Recorder, default_path, numbered
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecordSettings:
+    path: Path | None  # None: paik-DATE-TIME.mp4 in the current directory
+    size: tuple[int, int]
+    fps: float
+    codec: str = "h264"
+    crf: int = 18
+    preset: str = "veryfast"
+
+
+@dataclass
+class _Member:
+    cadence: Cadence
+    sink: object = None  # a Sink, or None for the recorder
+    recorder: Recorder | None = None
+    active: bool = True
+
+    def deliver(self, arr, index):
+        if self.recorder is not None:
+            self.recorder.submit(arr, index)
+        else:
+            self.sink.send(arr, index)
+
+
+@dataclass
+class _Group:
+    size: tuple[int, int]
+    components: int
+    target: Target
+    reader: AsyncReader | None = None
+    members: list = field(default_factory=list)
+
+
+class Outputs:
+    def __init__(self, ctx, renderer, sinks=(), record: RecordSettings | None = None, gap: float = 2.0):
+        self.ctx = ctx
+        self.renderer = renderer
+        self.gap = gap
+        self.sinks = list(sinks)
+        self.settings = record
+        self.groups: dict[tuple, _Group] = {}
+        self.recorder: Recorder | None = None
+        self.rec_member: _Member | None = None
+        self.takes: list[Path] = []
+        self.closing: list[threading.Thread] = []
+        self.error: str | None = None
+        self.error_at = -1e9
+        self._wanted = False
+        self.summary: list[dict] = []
+        self._done: list[tuple[Recorder, _Member]] = []  # finished takes
+        for s in self.sinks:
+            self._group(s.size, s.components).members.append(_Member(Cadence(s.fps), sink=s))
+
+    def __bool__(self) -> bool:
+        return bool(self.sinks) or self.settings is not None
+
+    def _group(self, size, components) -> _Group:
+        key = (tuple(size), components)
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = _Group(tuple(size), components, Target(self.ctx, size))
+        return g
+
+    # -- per frame ------------------------------------------------------------------------------
+    def frame(self, p, t: float, now: float) -> None:
+        """Called once per loop iteration with the bank ``p``, video position ``t`` and the loop's
+        clock ``now`` (seconds; wall time live, frame/fps in fixed-step runs)."""
+        for g in self.groups.values():
+            if g.reader is not None:
+                g.reader.tick()
+                self._deliver(g.reader.ready())
+        # edge-triggered: a take that failed to start is retried only when record is set again
+        want = bool(getattr(p, "record", False))
+        if want and not self._wanted:
+            self._start_recording()
+        elif not want and self.recorder is not None:
+            self._stop_recording()
+        self._wanted = want
+        for g in self.groups.values():
+            due = []
+            for m in g.members:
+                if m.active:
+                    k = m.cadence.tick(now)
+                    if k is not None:
+                        due.append((m, k))
+            if not due:
+                continue
+            w, h = g.size
+            g.target.use()
+            self.renderer.draw(p, t, (0, 0, w, h), gap=self.gap, premultiply=g.components == 3)
+            pixels = []
+            for m, k in due:
+                if m.sink is not None and m.sink.kind == "texture":
+                    m.sink.publish(g.target.texture, g.size)
+                else:
+                    pixels.append((m, k))
+            if pixels:
+                if g.reader is None:
+                    g.reader = AsyncReader(self.ctx, g.size, g.components)
+                if g.reader.full():  # the GPU is more than a ring behind: wait for the oldest
+                    self._deliver(g.reader.flush())
+                g.reader.start(g.target, tag=pixels)
+
+    def _deliver(self, frames) -> None:
+        for arr, tag in frames:
+            for m, k in tag:
+                if m.active:
+                    m.deliver(arr, k)
+
+    # -- recording ------------------------------------------------------------------------------
+    def _start_recording(self) -> bool:
+        s = self.settings
+        if s is None:
+            self._fail("recording is not set up here")
+            return False
+        path = s.path or default_path(s.codec)
+        n = len(self.takes) + 1
+        path = numbered(path, n)
+        while n > 1 and path.exists():  # never overwrite an earlier take
+            n += 1
+            path = numbered(s.path or path, n)
+        try:
+            rec = Recorder(path, s.size, s.fps, s.codec, s.crf, s.preset)
+        except PaikError as e:
+            self._fail(str(e))
+            return False
+        self.recorder = rec
+        self.takes.append(path)
+        g = self._group(s.size, rec.components)
+        self.rec_member = _Member(Cadence(s.fps), recorder=rec)
+        g.members.append(self.rec_member)
+        return True
+
+    def _stop_recording(self) -> None:
+        rec, member = self.recorder, self.rec_member
+        g = self.groups[(tuple(rec.size), rec.components)]
+        if g.reader is not None:  # frames already rendered for this take still go in
+            self._deliver(g.reader.flush())
+        member.active = False
+        g.members.remove(member)
+        self._done.append((rec, member))
+        self.recorder = self.rec_member = None
+        # finishing the file waits for the encoder: not on the render thread
+        th = threading.Thread(target=self._finish, args=(rec,), name="paik-record-close")
+        th.start()
+        self.closing.append(th)
+
+    def _finish(self, rec: Recorder) -> None:
+        try:
+            rec.close()
+        except PaikError as e:
+            self._fail(str(e))
+
+
+    def _fail(self, msg: str) -> None:
+        log.error("%s", msg)
+        self.error, self.error_at = msg, time.perf_counter()
+
+    # -- what the screen says -------------------------------------------------------------------
+    def lines(self) -> tuple[list[str], list[str]]:
+        """(status lines, warning lines) for the window's overlay."""
+        info, warn = [], []
+        rec = self.recorder
+        if rec is not None:
+            secs = self.rec_member.cadence.next / rec.fps
+            info.append(f"REC {int(secs // 60):02d}:{secs % 60:04.1f}  {rec.path.name}  "
+                        f"{rec.size[0]}x{rec.size[1]} @ {rec.fps:g}")
+            if rec.behind:
+                warn.append(f"recording: the encoder is behind ({rec.dropped} frames dropped, {rec.backlog()} queued)")
+            if rec.error:
+                warn.append(f"recording failed: {rec.error}")
+        for s in self.sinks:
+            msg = s.status()
+            if msg:
+                warn.append(msg)
+        if self.error and time.perf_counter() - self.error_at < 5:
+            warn.append(self.error)
+        return info, warn
+
+    def close(self) -> list[dict]:
+        """Deliver what is in flight, finish the recording, close every output. Returns the
+        stats of every take (path, frames, late, dropped)."""
+        for g in self.groups.values():
+            if g.reader is not None:
+                self._deliver(g.reader.flush())
+        if self.recorder is not None:
+            self._stop_recording()
+        for th in self.closing:
+            th.join()
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as e:  # noqa: BLE001
+                log.error("closing %s: %s", getattr(s, "label", s), e)
+        for g in self.groups.values():
+            if g.reader is not None:
+                g.reader.release()
+            g.target.release()
+        self.groups.clear()
+        self.summary = [{"path": str(rec.path), "frames": rec.written, "repeated": rec.repeated, "late": m.cadence.late,
+                 "dropped": rec.dropped, "error": rec.error} for rec, m in self._done]
+        return self.summary
+
+
+def from_args(args, size: tuple[int, int]):
+    """Check ``paik play``'s output flags now (before any GL) and return the factory the loops
+    call with their context and renderer: ``make(ctx, renderer) -> Outputs``."""
+    from . import open_output, parse_outs
+    from ..record import _check
+
+    specs = parse_outs(args.out)
+    out_size = args.out_size or size
+    fps = args.out_fps
+    path = Path(args.record) if args.record else None
+    if path is not None:
+        _check(path, out_size, args.record_codec)
+    settings = RecordSettings(path, out_size, fps, args.record_codec)
+
+    def make(ctx, renderer) -> Outputs:
+        sinks = []
+        try:
+            for spec in specs:
+                sinks.append(open_output(spec, out_size, fps))
+                log.info("sending %s (%dx%d @ %g fps)", spec, *sinks[-1].size, sinks[-1].fps)
+        except BaseException:
+            for s in sinks:
+                s.close()
+            raise
+        outs = Outputs(ctx, renderer, sinks, settings)
+        make.instances.append(outs)
+        return outs
+
+    make.instances = []  # the CLI reports the takes of these after the loop
+    return make
+
+
+def report(make) -> int:
+    """Print where each take went (the CLI's last words); 1 if a take failed, else 0."""
+    rc = 0
+    for outs in make.instances:
+        for take in outs.summary:
+            if take["error"]:
+                print(f"paik: error: recording {take['path']} failed: {take['error']}", file=sys.stderr)
+                rc = 1
+                continue
+            extra = [f"{take[k]} {k}" for k in ("late", "dropped") if take[k]]
+            print(f"wrote {take['path']} ({take['frames']} frames{', ' + ', '.join(extra) if extra else ''})")
+    return rc
