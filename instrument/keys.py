@@ -44,7 +44,7 @@ BINDINGS: list[tuple[str, bool, Command, str]] = [
     ("J", False, Command("clip_lo", "nudge", 0.5), "clip bottom: lower percentile +0.5"),
     ("J", True, Command("clip_lo", "nudge", -0.5), "lower percentile -0.5"),
     ("SPACE", False, Command("playing", "toggle"), "play / pause"),
-    ("F9", False, Command("record", "toggle"), "record on / off (paik play --record FILE)"),
+    ("F10", False, Command("record", "toggle"), "record on / off (paik play --record FILE)"),
     ("PERIOD", False, Command("time", "nudge", 0.01), "time +1%"),
     ("COMMA", False, Command("time", "nudge", -0.01), "time -1%"),
     ("HOME", False, Command("time", "set", 0.0), "back to the first frame"),
