@@ -202,6 +202,42 @@ def cmd_bench_render(args) -> int:
     return 0
 
 
+def cmd_bench_record(args) -> int:
+    from . import bench_record
+
+    bundle = None
+    if args.bundle:
+        from capture.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)
+    if not args.seconds > 0:
+        raise PaikError(f"--seconds must be positive, not {args.seconds}")
+    print(bench_record.HEADER, flush=True)
+    rows = bench_record.run(bundle, configs=args.configs, seconds=args.seconds, codec=args.codec, view=args.view,
+                            device=args.device, keep=args.keep,
+                            log=lambda s: print(s, file=sys.stderr if s.startswith("GL") else sys.stdout, flush=True))
+    lost = sum(r.late + r.dropped for r in rows)
+    print("none late or dropped" if lost == 0 else f"late or dropped frames: {lost}")
+    if args.json:
+        bench_record.write_json(rows, Path(args.json), {"seconds": args.seconds, "codec": args.codec})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _configs(text: str):
+    out = []
+    for part in text.split(","):
+        size, _, fps = part.partition("@")
+        try:
+            rate = float(fps) if fps else 60.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected WxH@FPS, like 1920x1080@60") from None
+        if not 0 < rate <= 1000:
+            raise argparse.ArgumentTypeError(f"{part!r}: the rate must be between 0 and 1000")
+        out.append((_size(size), rate))
+    return out
+
+
 def register(sub, bench) -> None:
     views = ", ".join(VIEWS)
     ap = sub.add_parser("play", help="play a bundle's attention live in a window",
@@ -262,6 +298,20 @@ def register(sub, bench) -> None:
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.set_defaults(func=cmd_bench_render)
+
+    ap = bench.add_parser("record", help="frame time and lost frames while recording at 1080p60 and 4K30, headless",
+                          description="Render headless at each WxH@FPS while recording (as 'paik play --headless "
+                                      "--record' does) and report frame-time p50/p99 and late or dropped frames.")
+    ap.add_argument("--bundle", help="a bundle to use (default: in-memory capture of Wan2.1-1.3B's layout)")
+    ap.add_argument("--configs", type=_configs, default=[((1920, 1080), 60.0), ((3840, 2160), 30.0)],
+                    metavar="WxH@FPS,...", help="comma-separated (default 1920x1080@60,3840x2160@30)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds per configuration (default 60)")
+    ap.add_argument("--codec", choices=("h264", "prores"), default="h264")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.add_argument("--keep", help="keep the recordings in this directory (default: deleted)")
+    ap.add_argument("--json", help="also write the table as JSON here")
+    ap.set_defaults(func=cmd_bench_record)
 
 
 def default_look_args(**overrides) -> argparse.Namespace:

@@ -175,8 +175,8 @@ class Recorder:
                 index, arr = item
                 if index <= self._last_index:  # a slot is written once
                     continue
-                img = np.ascontiguousarray(arr[::-1])  # GL rows are bottom-up
-                frame = av.VideoFrame.from_ndarray(img, format=self._src_fmt)
+                # GL rows are bottom-up: PyAV copies a flipped view row by row (no extra copy)
+                frame = av.VideoFrame.from_ndarray(arr[::-1], format=self._src_fmt)
                 # convert once: a repeated picture costs only the (cheap) encode of a still frame
                 frame = frame.reformat(format=self.stream.pix_fmt)
                 if prev is not None:

@@ -54,6 +54,11 @@ class _Member:
 
 
 @dataclass
+class _Drawn:
+    fbo: object  # a framebuffer the loop drew into (duck-types readback.Target for reading)
+
+
+@dataclass
 class _Group:
     size: tuple[int, int]
     components: int
@@ -93,9 +98,12 @@ class Outputs:
         return g
 
     # -- per frame ------------------------------------------------------------------------------
-    def frame(self, p, t: float, now: float) -> None:
+    def frame(self, p, t: float, now: float, drawn=None) -> None:
         """Called once per loop iteration with the bank ``p``, video position ``t`` and the loop's
-        clock ``now`` (seconds; wall time live, frame/fps in fixed-step runs)."""
+        clock ``now`` (seconds; wall time live, frame/fps in fixed-step runs).
+
+        ``drawn`` = (framebuffer, (w, h)): what the loop has just drawn (premultiplied, no
+        overlays yet). Pixel outputs of that very size read it back instead of drawing again."""
         for g in self.groups.values():
             if g.reader is not None:
                 g.reader.tick()
@@ -117,8 +125,14 @@ class Outputs:
             if not due:
                 continue
             w, h = g.size
-            g.target.use()
-            self.renderer.draw(p, t, (0, 0, w, h), gap=self.gap, premultiply=g.components == 3)
+            source = g.target
+            reuse = (drawn is not None and tuple(drawn[1]) == g.size and g.components == 3
+                     and all(m.sink is None or m.sink.kind == "pixels" for m, _ in due))
+            if reuse:
+                source = _Drawn(drawn[0])
+            else:
+                g.target.use()
+                self.renderer.draw(p, t, (0, 0, w, h), gap=self.gap, premultiply=g.components == 3)
             pixels = []
             for m, k in due:
                 if m.sink is not None and m.sink.kind == "texture":
@@ -130,7 +144,7 @@ class Outputs:
                     g.reader = AsyncReader(self.ctx, g.size, g.components)
                 if g.reader.full():  # the GPU is more than a ring behind: wait for the oldest
                     self._deliver(g.reader.flush())
-                g.reader.start(g.target, tag=pixels)
+                g.reader.start(source, tag=pixels)
 
     def _deliver(self, frames) -> None:
         for arr, tag in frames:
