@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import queue
+import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -67,10 +68,15 @@ SPECS: dict[str, Spec] = {
     "time": Spec("float", 0.0, 0.0, 1.0, help="position in the video, 0..1"),
     "speed": Spec("float", 1.0, -8.0, 8.0, help="playback rate (1 = the video's fps)"),
     "playing": Spec("bool", True),
+    "tempo": Spec("float", 0.0, 0.0, 300.0, help="BPM of the playhead (0 = the video's own pace x speed); MIDI clock sets it"),
+    "beats": Spec("float", 16.0, 1.0, 256.0, help="beats per pass through the video (and the step sweep) when tempo > 0"),
+    "smooth": Spec("float", 0.05, 0.0, 5.0, help="seconds continuous parameters take to glide to a new value (0 = jump)"),
     "help": Spec("bool", False, help="show the key overlay"),
     "record": Spec("bool", False, help="record the output to a file while on (paik play --record FILE; each take "
                    "after the first gets _2, _3 ...)"),
 }
+# continuous parameters glide (see instrument/live.py); time is the playhead and never glides
+SMOOTHED = ("step", "block", "clip_lo", "clip_hi", "gain", "gamma", "threshold", "opacity", "speed")
 
 
 @dataclass
@@ -97,6 +103,9 @@ class Params:
     time: float = 0.0
     speed: float = 1.0
     playing: bool = True
+    tempo: float = 0.0
+    beats: float = 16.0
+    smooth: float = 0.05
     help: bool = False
     record: bool = False
     # bundle-dependent bounds (counts); not parameters themselves
@@ -131,15 +140,53 @@ class Params:
 
 @dataclass(frozen=True)
 class Command:
-    """One change to the bank: ``op`` is "set" (value), "nudge" (add value, clamped), "toggle"
-    (bools) or "cycle" (enums and ints: step by value, wrapping)."""
+    """One change to the bank: ``op`` is "set" (value; out of range is an error), "nudge" (add
+    value, clamped), "toggle" (bools), "cycle" (enums and ints: step by value, wrapping), "norm"
+    (a 0..1 position along the range or list of choices: faders), "reset" (the default), or
+    "pickup" (value = (position 0..1, previous position or None): a fader under soft takeover,
+    resolved by :class:`instrument.live.Live`). ``source`` names who sent it ("key", "osc",
+    "midi:<port>:<control>", ...); names outside the bank are actions (see instrument/grammar.py)."""
 
     name: str
     op: str = "set"
     value: Any = None
+    source: str = ""
 
 
-def _coerce(p: Params, name: str, value):
+OPS = ("set", "nudge", "toggle", "cycle", "norm", "reset", "pickup")
+
+
+def normalized(p: Params, name: str, value=None) -> float:
+    """The value (default: the current one) as a 0..1 position, as a fader or LED would show it."""
+    spec = SPECS[name]
+    v = getattr(p, name) if value is None else value
+    if spec.kind == "bool":
+        return 1.0 if v else 0.0
+    if spec.kind == "enum":
+        choices = p.choices(name)
+        return choices.index(v) / max(len(choices) - 1, 1) if v in choices else 0.0
+    lo, hi = p.bounds(name)
+    return 0.0 if hi <= lo else min(1.0, max(0.0, (float(v) - lo) / (hi - lo)))
+
+
+def denormalized(p: Params, name: str, x: float):
+    """A 0..1 position -> a value of the parameter (enums: equal bands per choice)."""
+    x = float(x)
+    if not (math.isfinite(x) and -1e-9 <= x <= 1 + 1e-9):
+        raise PaikError(f"{name}: a normalized value must lie in 0..1, not {x!r}")
+    x = min(1.0, max(0.0, x))
+    spec = SPECS[name]
+    if spec.kind == "bool":
+        return x >= 0.5
+    if spec.kind == "enum":
+        choices = p.choices(name)
+        return choices[min(int(x * len(choices)), len(choices) - 1)]
+    lo, hi = p.bounds(name)
+    v = lo + x * (hi - lo)
+    return int(round(v)) if spec.kind == "int" else v
+
+
+def _coerce(p: Params, name: str, value, strict: bool = False):
     spec = SPECS.get(name)
     if spec is None:
         raise PaikError(f"unknown parameter {name!r}; parameters: {', '.join(SPECS)}")
@@ -162,6 +209,8 @@ def _coerce(p: Params, name: str, value):
     if not math.isfinite(x):
         raise PaikError(f"{name} must be finite, not {value!r}")
     lo, hi = p.bounds(name)
+    if strict and ((lo is not None and x < lo - 1e-9) or (hi is not None and x > hi + 1e-9)):
+        raise PaikError(f"{name} {x:g} is out of range ({lo:g}..{hi:g})")
     x = max(lo, x) if lo is not None else x
     x = min(hi, x) if hi is not None else x
     return int(round(x)) if spec.kind == "int" else x
@@ -173,8 +222,13 @@ def apply(p: Params, cmd: Command) -> None:
     if spec is None:
         raise PaikError(f"unknown parameter {cmd.name!r}; parameters: {', '.join(SPECS)}")
     cur = getattr(p, cmd.name)
+    strict = False
     if cmd.op == "set":
-        new = cmd.value
+        new, strict = cmd.value, True
+    elif cmd.op == "norm":
+        new = denormalized(p, cmd.name, cmd.value)
+    elif cmd.op == "reset":
+        new = spec.default
     elif cmd.op == "toggle":
         if spec.kind != "bool":
             raise PaikError(f"{cmd.name} is not on/off")
@@ -194,8 +248,8 @@ def apply(p: Params, cmd: Command) -> None:
         else:
             raise PaikError(f"{cmd.name} cannot be cycled")
     else:
-        raise PaikError(f"unknown operation {cmd.op!r} (set, nudge, toggle, cycle)")
-    setattr(p, cmd.name, _coerce(p, cmd.name, new))
+        raise PaikError(f"unknown operation {cmd.op!r} ({', '.join(OPS[:-1])})")
+    setattr(p, cmd.name, _coerce(p, cmd.name, new, strict))
 
 
 class CommandQueue:
@@ -204,22 +258,35 @@ class CommandQueue:
 
     def __init__(self):
         self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._ready = threading.Event()
 
     def put(self, cmd: Command) -> None:
         self._q.put(cmd)
+        self._ready.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a command (a loop that renders on demand)."""
+        return self._ready.wait(max(0.0, timeout))
+
+    def take(self) -> list[Command]:
+        """Every pending command, in order (the caller applies them)."""
+        self._ready.clear()
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                return out
 
     def drain(self, p: Params) -> list[str]:
         """Apply every pending command; returns the error messages of those that failed."""
         errors = []
-        while True:
-            try:
-                cmd = self._q.get_nowait()
-            except queue.Empty:
-                return errors
+        for cmd in self.take():
             try:
                 apply(p, cmd)
             except PaikError as e:
                 errors.append(str(e))
+        return errors
 
 
 def param_names() -> list[str]:
