@@ -111,8 +111,9 @@ def _source(args):
 
 # -- handlers ------------------------------------------------------------------------------------
 def cmd_play(args) -> int:
-    from .window import play
+    import signal
 
+    from .control import Control
     from .outputs.live import from_args, report
 
     outputs = from_args(args, args.size)  # flag errors before any GL
@@ -120,14 +121,23 @@ def cmd_play(args) -> int:
     p = _params(args, src, args.view)
     p.help = args.show_keys
     p.record = bool(args.record)
-    if args.headless:
-        from .headless_play import play_headless
 
-        play_headless(src, p, outputs, fps=args.out_fps, frames=args.frames, seconds=args.seconds,
-                      fixed_step=args.fixed_step)
-        return report(outputs)
-    rc = play(src, p, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor, vsync=not args.no_vsync,
-              max_frames=args.frames, screenshot=args.screenshot, outputs=outputs)
+    def stop(_sig, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends the show cleanly
+    # keys, OSC, MIDI and the console all reach the bank through ctl.live (instrument/live.py)
+    with Control.from_args(args, src, p) as ctl:
+        if args.headless:
+            from .headless import play_headless
+
+            rc = play_headless(ctl.live, size=args.size, fps=args.out_fps, max_frames=args.frames,
+                               run_for=args.seconds, fixed_step=args.fixed_step, outputs=outputs)
+        else:
+            from .window import play
+
+            rc = play(ctl.live, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor,
+                      vsync=not args.no_vsync, max_frames=args.frames, screenshot=args.screenshot, outputs=outputs)
     return report(outputs) or rc
 
 
@@ -252,13 +262,16 @@ def register(sub, bench) -> None:
     ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: quit after N frames
     ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # tests: save the last frame
     ap.add_argument("--headless", action="store_true",
-                    help="no window: render offscreen (EGL) at --size for --record/--out, played by OSC/MIDI")
+                    help="no window: render offscreen (EGL) at --size (--out-fps frames a second, and at once when a "
+                         "control changes) for --record/--out, played by OSC/MIDI/console until stopped")
     ap.add_argument("--seconds", type=float, help="--headless: stop after this many seconds (default: Ctrl-C)")
     ap.add_argument("--fixed-step", action="store_true", help=argparse.SUPPRESS)  # tests: frame/fps clock, no sleep
+    from .control import add_flags
     from .outputs import add_play_flags
 
     add_play_flags(ap)
     _look_flags(ap)
+    add_flags(ap)
     ap.set_defaults(func=cmd_play)
 
     ap = sub.add_parser("render", help="render a view to a video file, headless",

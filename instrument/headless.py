@@ -44,3 +44,66 @@ class Offscreen:
 
     def release(self) -> None:
         self.fbo.release()
+
+
+def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | None = None,
+                  run_for: float | None = None, stop=None, on_frame=None, fixed_step: bool = False,
+                  outputs=None) -> int:
+    """``paik play --headless``: render offscreen at ``fps`` and, between ticks, as soon as a
+    command arrives (a control change is drawn at once, not at the next tick). Stops after
+    ``max_frames`` frames, ``run_for`` seconds, when ``stop`` (a threading.Event) is set, or on
+    Ctrl-C / SIGTERM. ``on_frame(done_time, params)`` runs after each finished frame.
+    ``outputs`` is the factory from :func:`instrument.outputs.live.from_args` (recording, NDI...);
+    ``fixed_step`` runs on a frame/fps clock without sleeping (deterministic tests)."""
+    import time
+
+    from .renderer import Renderer
+
+    ctx = egl_context()
+    off = Offscreen(ctx, size)
+    off.use()
+    renderer = Renderer(ctx, live.src)
+    outs = outputs(ctx, renderer) if outputs is not None else None
+    w, h = size
+    period = 1.0 / fps if fps > 0 else 1.0
+    start = next_tick = time.perf_counter()
+    frames = 0
+    try:
+        while stop is None or not stop.is_set():
+            if fixed_step:
+                now = frames * period
+                if run_for is not None and now >= run_for:
+                    break
+            else:
+                now = time.perf_counter()
+                if run_for is not None and now - start >= run_for:
+                    break
+                live.inbox.wait(next_tick - now)  # returns early when a command is put
+                now = time.perf_counter()
+                if now >= next_tick:
+                    next_tick = max(next_tick + period, now)
+            p = live.update(now)
+            if renderer.src is not live.src:  # a bundle was loaded
+                renderer = Renderer(ctx, live.src)
+                if outs is not None:
+                    outs.renderer = renderer
+            off.use()
+            try:
+                renderer.draw(p, p.time, (0, 0, w, h), gap=2.0)
+                if outs is not None:
+                    outs.frame(p, p.time, now - (0 if fixed_step else start), drawn=(off.fbo, size))
+            except PaikError as e:
+                live.error(str(e), kind="render")
+            ctx.finish()
+            done = time.perf_counter()
+            live.rendered(lambda: off.read()[..., :3].copy())
+            if on_frame is not None:
+                on_frame(done, p)
+            frames += 1
+            if max_frames is not None and frames >= max_frames:
+                break
+    finally:
+        if outs is not None:
+            outs.close()
+        off.release()
+    return 0

@@ -53,12 +53,17 @@ BINDINGS: list[tuple[str, bool, Command, str]] = [
     ("F1", False, Command("help", "toggle"), "this help"),
     ("SLASH", True, Command("help", "toggle"), "this help (?)"),
 ]
+# scenes 1-8 on F2-F9 (actions, not parameters: applied by instrument.live.Live)
+SCENE_BINDINGS: list[tuple[str, bool, Command, str]] = [
+    *[(f"F{i + 1}", False, Command("scene", "recall", str(i)), f"recall scene {i}") for i in range(1, 9)],
+    *[(f"F{i + 1}", True, Command("scene", "save", str(i)), f"save scene {i}") for i in range(1, 9)],
+]
 # handled by the window itself (not parameters)
 WINDOW_KEYS = [("F", "fullscreen on/off"), ("ESCAPE / Q", "quit")]
 
 
 def lookup(key: str, shift: bool) -> Command | None:
-    for k, s, cmd, _ in BINDINGS:
+    for k, s, cmd, _ in BINDINGS + SCENE_BINDINGS:
         if k == key and s == shift:
             return cmd
     if shift:  # keys without a shifted binding do the same with shift held
@@ -79,5 +84,6 @@ def help_lines() -> list[str]:
             continue
         name = _SHOW.get(key, key)
         out.append(f"{'Shift+' if shift else ''}{name:<6} {text}")
+    out += ["F2-F9  recall scene 1-8", "Shift+F2-F9 save scene 1-8"]
     out += [f"{k:<6} {t}" for k, t in WINDOW_KEYS]
     return out

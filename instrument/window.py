@@ -14,26 +14,11 @@ import numpy as np
 from capture.errors import PaikError
 
 from . import keys
-from .params import Command, CommandQueue, Params
+from .live import Live
+from .params import Command
 from .renderer import Renderer
-from .source import Source
 
 log = logging.getLogger(__name__)
-
-
-class Clock:
-    """The playhead: a position 0..1 in the video, advanced by wall time x speed while playing."""
-
-    def __init__(self, duration: float):
-        self.duration = max(duration, 1e-3)
-        self.last = None
-
-    def advance(self, p: Params, now: float) -> float:
-        dt = 0.0 if self.last is None else now - self.last
-        self.last = now
-        if p.playing:
-            p.time = (p.time + dt * p.speed / self.duration) % 1.0
-        return p.time
 
 
 def _init_glfw():
@@ -44,8 +29,8 @@ def _init_glfw():
     return glfw
 
 
-def play(src: Source, p: Params, size=(1280, 720), fullscreen=False, monitor: int = 0, vsync=True,
-         max_frames: int | None = None, screenshot=None) -> int:
+def play(live: Live, size=(1280, 720), fullscreen=False, monitor: int = 0, vsync=True,
+         max_frames: int | None = None, screenshot=None, outputs=None) -> int:
     glfw = _init_glfw()
     try:
         monitors = glfw.get_monitors() or []
@@ -59,6 +44,7 @@ def play(src: Source, p: Params, size=(1280, 720), fullscreen=False, monitor: in
         glfw.window_hint(glfw.OPENGL_FORWARD_COMPAT, True)  # macOS only gives 3.3 core this way
         glfw.window_hint(glfw.RESIZABLE, True)
         mon = monitors[monitor] if monitors else None
+        src = live.src
         title = f"paik - {src.bundle.manifest.get('prompt', src.bundle.path)}"
         if fullscreen:
             mode = glfw.get_video_mode(mon)
@@ -69,20 +55,31 @@ def play(src: Source, p: Params, size=(1280, 720), fullscreen=False, monitor: in
             raise PaikError("could not create an OpenGL 3.3 core window on this display")
         glfw.make_context_current(win)
         glfw.swap_interval(1 if vsync else 0)
-        return _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot)
+        return _loop(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs)
     finally:
         glfw.terminate()
 
 
-def _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot) -> int:
+def _loop(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs=None) -> int:
+    opened: list = []  # the loop's Outputs, closed (recording finished) however the loop ends
+    try:
+        return _frames(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, opened.append)
+    finally:
+        for o in opened:
+            o.close()
+
+
+def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs, keep) -> int:
     import moderngl
 
     from .overlay import Overlay
 
     ctx = moderngl.create_context()
-    renderer = Renderer(ctx, src)
+    renderer = Renderer(ctx, live.src)
     overlay = Overlay(ctx)
-    inbox = CommandQueue()
+    outs = outputs(ctx, renderer) if outputs is not None else None
+    if outs is not None:
+        keep(outs)
     state = {"windowed": (100, 100, 1280, 720), "errors": [], "changed": 0.0}
 
     def on_key(_w, key, _scancode, action, mods):
@@ -97,7 +94,7 @@ def _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot) -> int:
         name = next((n[4:] for n in dir(glfw) if n.startswith("KEY_") and getattr(glfw, n) == key), None)
         cmd = keys.lookup(name, bool(mods & glfw.MOD_SHIFT)) if name else None
         if cmd is not None:
-            inbox.put(cmd)
+            live.put(Command(cmd.name, cmd.op, cmd.value, "key"))
 
     def toggle_fullscreen():
         if glfw.get_window_monitor(win):
@@ -112,20 +109,25 @@ def _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot) -> int:
             glfw.set_window_monitor(win, mon, 0, 0, mode.size.width, mode.size.height, mode.refresh_rate)
 
     glfw.set_key_callback(win, on_key)
-    clock = Clock(src.duration())
     frames, next_poll = 0, 0.0
-    last_values = p.values()
+    last_values = live.target.values()
+    seen_errors = 0
     while not glfw.window_should_close(win):
         glfw.poll_events()
         now = _time.perf_counter()
-        errs = inbox.drain(p)
-        if errs:
-            state["errors"], state["changed"] = errs, now
-        if p.values() != last_values:
+        p = live.update(now)
+        if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
+            renderer = Renderer(ctx, live.src)
+            if outs is not None:
+                outs.renderer = renderer
+        if live.rlog.count != seen_errors and live.errors:
+            seen_errors = live.rlog.count
+            state["errors"], state["changed"] = [m for _, m in live.errors][-3:], now
+        if live.target.values() != last_values:
             state["changed"] = now
-            last_values = p.values()
-        t = clock.advance(p, now)
-        last_values["time"] = p.time  # the playhead moving is not a change worth a status line
+            last_values = live.target.values()
+        t = p.time
+        last_values["time"] = live.target.time  # the playhead moving is not a change worth a status line
         if now >= next_poll:  # stat() a few files 4x a second, not every frame
             renderer.program.poll()
             overlay.program.poll()
@@ -138,6 +140,8 @@ def _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot) -> int:
         ctx.clear(0, 0, 0, 1)
         try:
             renderer.draw(p, t, (0, 0, fw, fh), gap=2.0)
+            if outs is not None:  # before the overlays: outputs get the picture only
+                outs.frame(p, t, now)
         except PaikError as e:
             state["errors"], state["changed"] = [str(e)], now
         title = renderer.plan.title if renderer.plan else ""
@@ -156,6 +160,9 @@ def _loop(glfw, win, src, p, monitors, monitor, max_frames, screenshot) -> int:
         if problems:
             overlay.draw("error", "\n".join(x for x in problems if x)[:2000], (fw, fh), "top-right",
                          color=(255, 90, 90, 255))
+        if live.snapshots:
+            live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
+                                                np.uint8).reshape(fh, fw, 3)[::-1].copy())
         frames += 1
         if max_frames is not None and frames >= max_frames:
             if screenshot:
