@@ -141,7 +141,7 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
         try:
             renderer.draw(p, t, (0, 0, fw, fh), gap=2.0)
             if outs is not None:  # before the overlays: outputs get the picture only
-                outs.frame(p, t, now)
+                outs.frame(p, t, now, drawn=(ctx.screen, (fw, fh)))  # same size: read it, no redraw
         except PaikError as e:
             state["errors"], state["changed"] = [str(e)], now
         title = renderer.plan.title if renderer.plan else ""
@@ -157,6 +157,11 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             overlay.draw("status", status, (fw, fh), "bottom-left")
         problems = ([renderer.program.error] if renderer.program.error else []) + (
             state["errors"] if now - state["changed"] < 4 else [])
+        if outs is not None:  # REC time and take; an encoder falling behind is a problem
+            rec_lines, out_warnings = outs.lines()
+            problems += out_warnings
+            if rec_lines:
+                overlay.draw("rec", "\n".join(rec_lines), (fw, fh), "bottom-right", color=(255, 90, 90, 255))
         if problems:
             overlay.draw("error", "\n".join(x for x in problems if x)[:2000], (fw, fh), "top-right",
                          color=(255, 90, 90, 255))

@@ -104,6 +104,15 @@ class Outputs:
 
         ``drawn`` = (framebuffer, (w, h)): what the loop has just drawn (premultiplied, no
         overlays yet). Pixel outputs of that very size read it back instead of drawing again."""
+        prev_fbo, prev_viewport = self.ctx.fbo, self.ctx.viewport
+        try:
+            self._frame(p, t, now, drawn)
+        finally:  # the caller goes on drawing (overlays) where it was
+            if prev_fbo is not None:
+                prev_fbo.use()
+            self.ctx.viewport = prev_viewport
+
+    def _frame(self, p, t, now, drawn) -> None:
         for g in self.groups.values():
             if g.reader is not None:
                 g.reader.tick()
