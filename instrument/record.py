@@ -35,8 +35,10 @@ class Cadence:
     """The output's frame grid: which frame index (if any) a loop iteration at ``now`` delivers.
 
     Phase-locked rather than rounded: a loop running at the output's rate with jitter delivers
-    every index once; a loop that falls more than 1.5 frames behind jumps ahead and counts the
+    every index once, a faster loop delivers on the ticks nearest the grid; a loop that falls more than 1.5 frames behind jumps ahead and counts the
     skipped indices as ``late`` (the recorder repeats a picture for them)."""
+
+    EARLY = 0.3  # a tick this much of a frame early still takes the slot (loop jitter)
 
     def __init__(self, fps: float):
         self.fps = float(fps)
@@ -48,7 +50,7 @@ class Cadence:
         if self.t0 is None:
             self.t0 = now
         pos = (now - self.t0) * self.fps
-        if pos < self.next - 0.5:
+        if pos < self.next - self.EARLY:
             return None
         k = self.next
         if pos >= self.next + 1.5:
@@ -104,8 +106,9 @@ class Recorder:
         if codec == "h264":
             st = self.container.add_stream("libx264", rate=rate)
             st.pix_fmt = "yuv420p"
-            # a keyframe every second keeps seeking in the recording cheap
-            st.options = {"crf": str(crf), "preset": preset, "g": str(max(1, round(fps)))}
+            # a keyframe every second keeps seeking cheap; no B-frames: timestamps start at 0 in a
+            # fragmented file (no edit list) and fewer frames wait inside the encoder at a crash
+            st.options = {"crf": str(crf), "preset": preset, "g": str(max(1, round(fps))), "bf": "0"}
             self._src_fmt = "rgb24"
         else:
             st = self.container.add_stream("prores_ks", rate=rate)

@@ -108,7 +108,7 @@ class Outputs:
         try:
             self._frame(p, t, now, drawn)
         finally:  # the caller goes on drawing (overlays) where it was
-            if prev_fbo is not None:
+            if prev_fbo is not None and type(prev_fbo.mglo).__name__ != "InvalidObject":  # not released
                 prev_fbo.use()
             self.ctx.viewport = prev_viewport
 

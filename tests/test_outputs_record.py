@@ -1,0 +1,179 @@
+"""Live recording: real EGL renders, real PyAV encode and decode.
+
+The recorder is driven the way the play loops drive it (Outputs.frame once per iteration, with
+the loop's clock), on a fixed clock so the frame grid is exact; every decoded frame is compared
+with the same view rendered headless at the same video position.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from instrument_fixtures import make_bundle
+
+SIZE = (64, 48)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    from instrument.headless import egl_context
+
+    return egl_context()
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    from instrument.source import Source
+
+    b = tmp_path_factory.mktemp("rec") / "b"
+    make_bundle(b, steps=2, blocks=2, heads=1, video=False, preview=False)
+    return Source.open(b, "cpu")
+
+
+def params(src, **kw):
+    from instrument import colormaps
+    from instrument.params import Params
+
+    d = src.dims
+    p = Params().bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, colormaps.available())
+    p.token, p.view, p.colormap, p.background = 2, "single", "turbo", "none"
+    for k, v in kw.items():
+        setattr(p, k, v)
+    return p
+
+
+def reference(ctx, src, p, t, premultiply=True):
+    """[H, W, 4] top row first: the view rendered headless at video position t."""
+    from instrument.headless import Offscreen
+    from instrument.renderer import Renderer
+
+    off = Offscreen(ctx, SIZE)
+    off.use()
+    Renderer(ctx, src).draw(p, t, (0, 0, *SIZE), gap=2.0, premultiply=premultiply)
+    img = off.read().copy()
+    off.release()
+    return img
+
+
+def yuv420(rgb):
+    """rgb -> yuv420p -> rgb with FFmpeg's converter: the reference a lossless H.264 would match."""
+    import av
+
+    f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+    return f.to_ndarray(format="rgb24").astype(int)
+
+
+def decode(path, fmt="rgb24"):
+    import av
+
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        frames = [(f.pts, f.to_ndarray(format=fmt)) for f in c.decode(st)]
+        return st.average_rate, st.time_base, frames
+
+
+def run(ctx, src, p, settings, times, record_at=None):
+    """Drive Outputs like a loop at settings.fps; record_at(i) -> bool sets p.record per frame."""
+    from instrument.outputs.live import Outputs
+    from instrument.renderer import Renderer
+
+    outs = Outputs(ctx, Renderer(ctx, src), [], settings)
+    for i, t in enumerate(times):
+        p.record = True if record_at is None else record_at(i)
+        outs.frame(p, t, i / settings.fps)
+    return outs.close(), outs
+
+
+def test_recording_has_the_frames_rate_and_pixels_of_the_renders(ctx, src, tmp_path):
+    from instrument.outputs.live import RecordSettings
+
+    p = params(src)
+    times = [i / 11 for i in range(12)]
+    path = tmp_path / "take.mp4"
+    takes, _ = run(ctx, src, p, RecordSettings(path, SIZE, 12.0, crf=0), times)
+    assert takes == [{"path": str(path), "frames": 12, "repeated": 0, "late": 0, "dropped": 0, "error": None}]
+    rate, tb, frames = decode(path)
+    assert rate == 12 and len(frames) == 12
+    assert [pts * tb for pts, _ in frames] == [Fraction(i, 12) for i in range(12)]
+    diffs = []
+    for (_, got), t in zip(frames, times):
+        want = yuv420(reference(ctx, src, p, t)[..., :3])  # what 4:2:0 chroma alone costs
+        assert got.shape == want.shape
+        diffs.append(np.abs(got.astype(int) - want).mean())
+    assert max(diffs) < 0.5, diffs  # crf 0: lossless after 4:2:0
+    # and the frames differ from each other the way the renders do (the blob moves over time)
+    assert np.abs(frames[0][1].astype(int) - frames[-1][1].astype(int)).mean() > 5
+
+
+def test_takes_toggle_on_the_record_parameter_and_late_slots_repeat_a_frame(ctx, src, tmp_path):
+    from instrument.outputs.live import Outputs, RecordSettings
+    from instrument.renderer import Renderer
+
+    p = params(src)
+    path = tmp_path / "live.mp4"
+    outs = Outputs(ctx, Renderer(ctx, src), [], RecordSettings(path, SIZE, 10.0, crf=0))
+    # 0..0.5 s recording; off at 0.6; on again at 0.8; the loop stalls at 1.0 for 0.33 s
+    clock = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.33, 1.4, 1.5]
+    for now in clock:
+        p.record = not (0.55 < now < 0.75)
+        outs.frame(p, now / 2, now)
+    lines, warnings = outs.lines()
+    assert lines and lines[0].startswith("REC") and "live_2.mp4" in lines[0] and not warnings
+    takes = outs.close()
+    assert [t["path"] for t in takes] == [str(path), str(tmp_path / "live_2.mp4")]
+    assert takes[0]["frames"] == 6 and takes[0]["late"] == 0
+    # second take from 0.8: slots 0, 1, 2 at 0.8..1.0; slots 3, 4 (1.1, 1.2) missed; 5, 6, 7
+    assert takes[1]["late"] == 2 and takes[1]["repeated"] == 2
+    _, _, frames = decode(takes[1]["path"])
+    assert len(frames) == takes[1]["frames"] == 8
+    assert np.array_equal(frames[2][1], frames[3][1]) and np.array_equal(frames[2][1], frames[4][1]), \
+        "late slots repeat the previous picture"
+    assert not np.array_equal(frames[4][1], frames[5][1])
+
+
+def test_prores_recording_keeps_straight_alpha(ctx, src, tmp_path):
+    from instrument.outputs.live import RecordSettings
+
+    p = params(src, composite="alpha")
+    path = tmp_path / "alpha.mov"
+    takes, _ = run(ctx, src, p, RecordSettings(path, SIZE, 8.0, codec="prores"), [0.25, 0.5, 0.75])
+    assert takes[0]["frames"] == 3
+    _, _, frames = decode(path, fmt="rgba")
+    assert len(frames) == 3
+    for (_, got), t in zip(frames, [0.25, 0.5, 0.75]):
+        want = reference(ctx, src, p, t, premultiply=False).astype(int)
+        assert np.abs(got.astype(int) - want).mean() < 2.0
+        assert got[..., 3].min() < 50 and got[..., 3].max() > 200, "alpha varies with the map"
+
+
+def test_recording_user_errors_are_clear(tmp_path):
+    from capture.errors import PaikError
+    from instrument.record import Recorder
+
+    with pytest.raises(PaikError, match="even width"):
+        Recorder(tmp_path / "a.mp4", (63, 48), 30)
+    with pytest.raises(PaikError, match=r"\.mov"):
+        Recorder(tmp_path / "a.mp4", (64, 48), 30, codec="prores")
+    with pytest.raises(PaikError, match=r"\.mp4"):
+        Recorder(tmp_path / "a.avi", (64, 48), 30)
+
+
+def test_cadence_phase_locks_to_the_output_rate():
+    from instrument.record import Cadence
+
+    c = Cadence(30)
+    rng = np.random.default_rng(0)
+    # a 60 Hz loop with +-4 ms jitter delivers every 30 fps slot exactly once
+    got = [c.tick(i / 60 + rng.uniform(-0.004, 0.004)) for i in range(600)]
+    slots = [k for k in got if k is not None]
+    assert slots == list(range(len(slots))) and 295 <= len(slots) <= 301 and c.late == 0
+    # without jitter, exactly every other tick, starting with the first
+    c = Cadence(30)
+    assert [i for i in range(8) if c.tick(i / 60) is not None] == [0, 2, 4, 6]
+    # a 30 Hz loop that stalls 200 ms jumps ahead and counts the skipped slots as late
+    c = Cadence(30)
+    ks = [c.tick(t) for t in [0, 1 / 30, 2 / 30, 2 / 30 + 0.2]]
+    assert ks == [0, 1, 2, 8] and c.late == 5
