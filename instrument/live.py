@@ -53,6 +53,8 @@ class RateLimitedLog:
                 return
             self._state[kind] = (now, 0)
         more = f" (and {suppressed} more like this)" if suppressed else ""
+        if len(message) > 300:
+            message = message[:300] + "..."
         self.logger.warning("%s%s", message, more)
 
 
@@ -107,7 +109,8 @@ class Live:
                 cur = getattr(s, name)
                 lo, hi = t.bounds(name)
                 snap = 1e-4 * max(hi - lo, 1e-6)
-                setattr(s, name, goal if abs(goal - cur) <= snap else cur + (goal - cur) * alpha)
+                new = cur + (goal - cur) * alpha
+                setattr(s, name, goal if abs(goal - new) <= snap else new)  # arrive exactly
             else:
                 setattr(s, name, goal)
         s.n_tokens = t.n_tokens

@@ -23,8 +23,11 @@ import socket
 import threading
 from dataclasses import dataclass
 
+import struct
+
+from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_message import OscMessage, ParseError
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_packet import OscPacket
 
 from capture.errors import PaikError
 
@@ -232,6 +235,28 @@ def state_messages(values: dict, names, live_params: Params) -> list[bytes]:
     return out
 
 
+def parse_packet(data: bytes, depth: int = 0) -> list[OscMessage]:
+    """The messages of a datagram (bundles walked here: python-osc logs to the root logger, once
+    per bad element, and drops what it cannot identify; this raises instead)."""
+    if OscMessage.dgram_is_message(data):
+        return [OscMessage(data)]
+    if not OscBundle.dgram_is_bundle(data):
+        raise ParseError("neither an OSC message nor a bundle")
+    if depth > 8 or len(data) < 16:
+        raise ParseError("bundle too short or nested too deep")
+    out, i = [], 16  # "#bundle\0" + 8-byte time tag (ignored: messages apply at once)
+    while i < len(data):
+        if i + 4 > len(data):
+            raise ParseError("truncated bundle element size")
+        size = struct.unpack(">i", data[i:i + 4])[0]
+        i += 4
+        if size <= 0 or size % 4 or i + size > len(data):
+            raise ParseError(f"bundle element of size {size} does not fit")
+        out += parse_packet(data[i:i + size], depth + 1)
+        i += size
+    return out
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -306,7 +331,7 @@ class OscServer:
             self.rlog("osc-deny", f"osc: ignored a packet from {addr[0]} (not in --osc-allow)")
             return
         try:
-            messages = [m.message for m in OscPacket(data).messages]
+            messages = parse_packet(data)
         except Exception as e:  # python-osc raises ParseError, but also struct/Unicode/Index errors
             self.rlog("osc-parse", f"osc: malformed packet from {addr[0]}:{addr[1]} ({len(data)} bytes): {e}")
             return
