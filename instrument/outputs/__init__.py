@@ -132,7 +132,7 @@ def add_play_flags(ap) -> None:
 
     g = ap.add_argument_group("recording and live outputs")
     g.add_argument("--record", metavar="FILE",
-                   help="record from the start to FILE (.mp4 H.264, or .mov with --record-codec prores); F9, "
+                   help="record from the start to FILE (.mp4 H.264, or .mov with --record-codec prores); F10, "
                         "OSC or MIDI (parameter 'record') stop and start it, each new take as FILE_2, FILE_3 ...")
     g.add_argument("--record-codec", choices=("h264", "prores"), default="h264",
                    help="h264 (yuv420p, alpha premultiplied over black) or prores (4444 with alpha, .mov)")

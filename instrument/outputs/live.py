@@ -37,6 +37,7 @@ class RecordSettings:
     codec: str = "h264"
     crf: int = 18
     preset: str = "veryfast"
+    on_take: object = None  # called with a take's summary when its file is finished (any thread)
 
 
 @dataclass
@@ -195,16 +196,22 @@ class Outputs:
         self._done.append((rec, member))
         self.recorder = self.rec_member = None
         # finishing the file waits for the encoder: not on the render thread
-        th = threading.Thread(target=self._finish, args=(rec,), name="paik-record-close")
+        th = threading.Thread(target=self._finish, args=(rec, member), name="paik-record-close")
         th.start()
         self.closing.append(th)
 
-    def _finish(self, rec: Recorder) -> None:
+    def _finish(self, rec: Recorder, member: _Member) -> None:
         try:
             rec.close()
         except PaikError as e:
             self._fail(str(e))
+        if self.settings.on_take is not None:  # as each take ends, not only at exit
+            self.settings.on_take(self._take(rec, member))
 
+    @staticmethod
+    def _take(rec: Recorder, member: _Member) -> dict:
+        return {"path": str(rec.path), "frames": rec.written, "repeated": rec.repeated, "late": member.cadence.late,
+                "dropped": rec.dropped, "error": rec.error}
 
     def _fail(self, msg: str) -> None:
         log.error("%s", msg)
@@ -251,8 +258,7 @@ class Outputs:
                 g.reader.release()
             g.target.release()
         self.groups.clear()
-        self.summary = [{"path": str(rec.path), "frames": rec.written, "repeated": rec.repeated, "late": m.cadence.late,
-                 "dropped": rec.dropped, "error": rec.error} for rec, m in self._done]
+        self.summary = [self._take(rec, m) for rec, m in self._done]
         return self.summary
 
 
@@ -268,7 +274,7 @@ def from_args(args, size: tuple[int, int]):
     path = Path(args.record) if args.record else None
     if path is not None:
         _check(path, out_size, args.record_codec)
-    settings = RecordSettings(path, out_size, fps, args.record_codec)
+    settings = RecordSettings(path, out_size, fps, args.record_codec, on_take=announce)
 
     def make(ctx, renderer) -> Outputs:
         sinks = []
@@ -288,15 +294,15 @@ def from_args(args, size: tuple[int, int]):
     return make
 
 
+def announce(take: dict) -> None:
+    """The CLI's line for a finished take (printed as it ends: a show may end with Ctrl-C)."""
+    if take["error"]:
+        print(f"paik: error: recording {take['path']} failed: {take['error']}", file=sys.stderr, flush=True)
+        return
+    extra = [f"{take[k]} {k}" for k in ("late", "dropped") if take[k]]
+    print(f"wrote {take['path']} ({take['frames']} frames{', ' + ', '.join(extra) if extra else ''})", flush=True)
+
+
 def report(make) -> int:
-    """Print where each take went (the CLI's last words); 1 if a take failed, else 0."""
-    rc = 0
-    for outs in make.instances:
-        for take in outs.summary:
-            if take["error"]:
-                print(f"paik: error: recording {take['path']} failed: {take['error']}", file=sys.stderr)
-                rc = 1
-                continue
-            extra = [f"{take[k]} {k}" for k in ("late", "dropped") if take[k]]
-            print(f"wrote {take['path']} ({take['frames']} frames{', ' + ', '.join(extra) if extra else ''})")
-    return rc
+    """The exit code after the loops: 1 if a take failed (each was announced as it ended)."""
+    return int(any(take["error"] for outs in make.instances for take in outs.summary))
