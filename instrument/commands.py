@@ -248,6 +248,31 @@ def _configs(text: str):
     return out
 
 
+def cmd_bench_latency(args) -> int:
+    from . import bench_latency
+
+    bundle = None
+    if args.bundle:
+        from capture.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)
+    if args.messages < 2 or not args.rate > 0:
+        raise PaikError("--messages must be at least 2 and --rate positive")
+    from .headless import egl_context
+
+    ctx = egl_context()
+    gl = f"{ctx.info['GL_RENDERER']} | {ctx.info['GL_VERSION']}"
+    ctx.release()
+    print(f"GL: {gl}", file=sys.stderr, flush=True)
+    print(f"{'size':>10} {'messages':>8} {'rate':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'missed':>6}", flush=True)
+    for size in args.sizes:
+        r = bench_latency.run(bundle, size=size, messages=args.messages, rate=args.rate, view=args.view,
+                              device=args.device)
+        print(f"{r['size']:>10} {r['messages']:>8} {r['rate_hz']:>6g} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+              f"{r['max_ms']:8.2f} {r['missed']:>6}", flush=True)
+    return 0
+
+
 def register(sub, bench) -> None:
     views = ", ".join(VIEWS)
     ap = sub.add_parser("play", help="play a bundle's attention live in a window",
@@ -311,6 +336,18 @@ def register(sub, bench) -> None:
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.set_defaults(func=cmd_bench_render)
+
+    ap = bench.add_parser("latency", help="OSC packet to the first frame that shows it (p50/p99), headless",
+                          description="Send /paik/step over UDP at --rate Hz (alternating two steps) to a headless "
+                                      "instrument and time each packet until the first finished frame drawn from it.")
+    ap.add_argument("--bundle", help="a bundle to use (default: in-memory capture of Wan2.1-1.3B's layout)")
+    ap.add_argument("--sizes", type=lambda s: [_size(x) for x in s.split(",")], default=[(1280, 720)],
+                    help="comma-separated WxH of the rendered frame (default 1280x720)")
+    ap.add_argument("--messages", type=int, default=1000, help="OSC messages (default 1000)")
+    ap.add_argument("--rate", type=float, default=60.0, help="messages per second (default 60)")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.set_defaults(func=cmd_bench_latency)
 
     ap = bench.add_parser("record", help="frame time and lost frames while recording at 1080p60 and 4K30, headless",
                           description="Render headless at each WxH@FPS while recording (as 'paik play --headless "

@@ -487,6 +487,8 @@ class MidiHub:
         else:
             c = Control(kind, number, msg.channel, command=grammar.parse(target, "midi"), mode="trigger")
         port.controller.map.put(c)  # plays at once
+        if kind == "cc":
+            port.controller._last[c.key()] = msg.value / 127.0  # where it is: pickup can cross from here
         if self.learned is None:
             self.learned = MidiMap("learned", (_stem(port.name),), list(port.controller.map.controls),
                                    port.controller.map.clock)
