@@ -127,6 +127,7 @@ class Recorder:
         self.error: str | None = None
         self.started = time.perf_counter()
         self._last_index = -1
+        self.last_slot = -1  # the last slot offered, taken or dropped: the file runs to it
         self._thread = threading.Thread(target=self._run, name=f"paik-record {self.path.name}", daemon=True)
         self._thread.start()
         log.info("recording %s (%dx%d @ %g fps, %s)", self.path, size[0], size[1], fps, codec)
@@ -136,6 +137,7 @@ class Recorder:
         """Queue one frame for grid slot ``index``; False (and counted) if the encoder is behind."""
         if self.error is not None:
             return False
+        self.last_slot = max(self.last_slot, index)
         try:
             self._q.put_nowait((index, frame))
             return True
@@ -188,6 +190,10 @@ class Recorder:
                         self.repeated += 1
                 self._encode(frame, index)
                 self._last_index, prev = index, frame
+            if prev is not None:  # slots dropped at the very end still take their time in the file
+                for k in range(self._last_index + 1, self.last_slot + 1):
+                    self._encode(prev, k)
+                    self.repeated += 1
             for pkt in self.stream.encode():
                 self.container.mux(pkt)
         except Exception as e:  # keep the file valid; say why on close

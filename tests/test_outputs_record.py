@@ -177,3 +177,39 @@ def test_cadence_phase_locks_to_the_output_rate():
     c = Cadence(30)
     ks = [c.tick(t) for t in [0, 1 / 30, 2 / 30, 2 / 30 + 0.2]]
     assert ks == [0, 1, 2, 8] and c.late == 5
+
+
+def test_an_encoder_that_falls_behind_drops_says_so_and_keeps_the_timeline(ctx, src, tmp_path, monkeypatch, caplog):
+    import threading
+
+    from instrument.outputs.live import Outputs, RecordSettings
+    from instrument.record import Recorder
+    from instrument.renderer import Renderer
+
+    gate = threading.Event()
+    real = Recorder._encode
+
+    def stuck(self, frame, index):  # an encoder that cannot keep up until released
+        gate.wait(10)
+        real(self, frame, index)
+
+    monkeypatch.setattr(Recorder, "_encode", stuck)
+    frame_bytes = SIZE[0] * SIZE[1] * 3
+    monkeypatch.setattr(Recorder.__init__, "__defaults__", (18, "veryfast", 4 * frame_bytes))  # a 4-frame queue
+    p = params(src)
+    p.record = True
+    path = tmp_path / "slow.mp4"
+    outs = Outputs(ctx, Renderer(ctx, src), [], RecordSettings(path, SIZE, 10.0))
+    with caplog.at_level("WARNING"):
+        for i in range(12):
+            outs.frame(p, i / 11, i / 10)
+    _, warnings = outs.lines()
+    assert any("encoder is behind" in w for w in warnings), warnings
+    assert any("encoder is behind" in r.getMessage() for r in caplog.records)
+    gate.set()
+    take = outs.close()[0]
+    assert take["dropped"] >= 5 and take["late"] == 0
+    # every slot is in the file: a dropped frame's slot repeats the previous picture
+    assert take["frames"] == 12 and take["repeated"] == take["dropped"]
+    _, _, frames = decode(path)
+    assert len(frames) == 12
