@@ -1,0 +1,81 @@
+"""Subcommands of the shapes world: ``paik train`` (the built-in ``paik-shapes`` model),
+``paik bench shapes`` and ``paik bench faithfulness``. Registered from :mod:`capture.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub, bench) -> None:
+    from .train import add_arguments
+
+    t = sub.add_parser("train", help="train the built-in paik-shapes model (VAE, then transformer)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train a small Wan (real diffusers classes) on procedural shape videos; resumable, "
+                                   "time-budgeted. Writes OUT/ckpt/ and OUT/paik-shapes.tar.")
+    add_arguments(t)
+    t.set_defaults(func=_train)
+
+    for name, helptext in (("shapes", "do generated videos show the named shapes in the named colours?"),
+                           ("faithfulness", "does each object word's cross-attention land on that object?")):
+        b = bench.add_parser(name, help=helptext, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        b.add_argument("--model", "-m", default="paik-shapes", help="model (a paik-shapes folder or name)")
+        b.add_argument("--split", default="heldout", choices=["eval", "heldout"],
+                       help="eval: unseen seeds; heldout: unseen seeds with unseen (colour, shape) pairs")
+        b.add_argument("--clips", type=int, default=16 if name == "shapes" else 8)
+        b.add_argument("--start", type=int, default=0, help="first clip seed of the split")
+        b.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+        b.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
+        b.add_argument("--device", default=None)
+        b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        b.add_argument("--json", default=None, help="write the results as JSON here")
+        if name == "faithfulness":
+            b.add_argument("--mode", default="both", choices=["known", "generated", "both"],
+                           help="known: rendered clips noised to each step (true masks); generated: paik generate "
+                                "with masks detected in its video")
+            b.add_argument("--threshold", type=float, default=0.5, help="IoU: map >= threshold x its maximum")
+        b.set_defaults(func=_bench_shapes if name == "shapes" else _bench_faith)
+
+
+def _train(args) -> int:
+    from .train import run
+
+    return run(args)
+
+
+def _load(args):
+    import torch
+
+    from .models import load_pipeline
+
+    torch.set_num_threads(args.threads)
+    return load_pipeline(args.model, "float32" if (args.device or "cpu") == "cpu" and not torch.cuda.is_available()
+                         else "auto", args.device)
+
+
+def _bench_shapes(args) -> int:
+    from .faithfulness import _log, shape_rate
+
+    r = shape_rate(_load(args), args.split, args.clips, args.steps, args.guidance, args.start, log=_log)
+    print(f"{r['split']}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, guidance {r['guidance']}")
+    print(f"  named colour present      {r['colour_present']:.3f}")
+    print(f"  named colour + shape      {r['colour_and_shape']:.3f}")
+    print(f"  clips with every object   {r['clips_all_correct']:.3f}")
+    print("  per shape: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["per_shape"].items())))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    return 0
+
+
+def _bench_faith(args) -> int:
+    from .faithfulness import _log, faithfulness, format_report
+
+    r = faithfulness(_load(args), args.split, args.clips, args.steps, args.mode, args.threshold, args.guidance,
+                     args.start, log=_log)
+    print(format_report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    return 0

@@ -1,0 +1,491 @@
+"""Train ``paik-shapes``: a small Wan (the real diffusers classes) on the procedural shapes world
+of :mod:`capture.shapes`, saved as a diffusers folder that ``WanPipeline.from_pretrained`` loads
+offline.
+
+Stage 1 trains the VAE (``AutoencoderKLWan``, 8x spatial / 4x temporal, z_dim 16 as Wan2.1) on
+shape videos (L1 + MSE, objects weighted up, a small KL), then writes per-channel
+``latents_mean``/``latents_std`` into its config. Stage 2 freezes it and a randomly initialised
+umT5 encoder (fixed seed; the shipped tokenizer) and trains ``WanTransformer3DModel`` with flow
+matching exactly as ``WanPipeline`` samples: ``x_t = (1-s) x0 + s noise``, target
+``noise - x0``, timestep ``1000 s``, prompt embeddings from the pipeline's own
+``_get_t5_prompt_embeds`` (real tokens then zeros up to 512), 10% empty captions for CFG.
+
+Runs resume from ``--resume DIR`` (a previous ``--out``); each run stops cleanly before
+``--time-budget`` seconds, saving checkpoints (each file < 16 MB) and the packed model::
+
+    OUT/ckpt/state.json, vae.safetensors, vae_optim.pt, dit.safetensors, dit_ema.safetensors, dit_optim.pt
+    OUT/paik-shapes.tar      the diffusers folder ``paik-shapes/`` (what the repository ships)
+
+``python -m capture.train --help`` (or ``paik train``) lists the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import shapes
+
+MODEL_NAME = "paik-shapes"
+# Sizes the model is trained and generated at: (frames, height, width, steps, guidance, flow_shift)
+GEN_DEFAULTS = {"frames": 17, "height": 128, "width": 128, "steps": 20, "guidance": 5.0, "flow_shift": 3.0}
+MAX_SEQ = 512  # WanPipeline's max_sequence_length: padding length matters to the softmax
+
+CONFIGS = {
+    # what ships: ~3.4M transformer, ~1.6M VAE, ~0.5M text encoder
+    "default": {"vae_base": 16, "vae_mult": [1, 2, 3, 3], "text_dim": 128, "text_layers": 2, "text_heads": 4,
+                "heads": 4, "head_dim": 48, "layers": 6, "ffn": 576},
+    # for CPU smoke tests only
+    "smoke": {"vae_base": 4, "vae_mult": [1, 1, 1, 1], "text_dim": 32, "text_layers": 1, "text_heads": 2,
+              "heads": 2, "head_dim": 12, "layers": 2, "ffn": 32},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_components(config: str = "default", seed: int = 0) -> dict:
+    """``WanPipeline(**...)`` keyword arguments with fresh weights (float32, CPU)."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .tiny import load_tokenizer
+
+    c = CONFIGS[config]
+    tokenizer = load_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(base_dim=c["vae_base"], z_dim=16, dim_mult=c["vae_mult"], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        torch.manual_seed(seed + 1)
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=c["text_dim"], d_kv=c["text_dim"] // c["text_heads"],
+            d_ff=2 * c["text_dim"], num_layers=c["text_layers"], num_heads=c["text_heads"],
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+            dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        ))
+        torch.manual_seed(seed + 2)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=c["heads"], attention_head_dim=c["head_dim"], in_channels=16,
+            out_channels=16, text_dim=c["text_dim"], freq_dim=256, ffn_dim=c["ffn"], num_layers=c["layers"],
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=GEN_DEFAULTS["flow_shift"])
+    return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def _save_optim(opt, path: Path) -> None:
+    import torch
+
+    sd = opt.state_dict()
+    for st in sd["state"].values():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.is_floating_point() and v.numel() > 1:
+                st[k] = v.to(torch.bfloat16).cpu()  # keeps each file under 16 MB
+    torch.save(sd, path)
+
+
+def _load_optim(opt, path: Path) -> None:
+    import torch
+
+    if path.is_file():
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        for st in sd["state"].values():
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.dtype == torch.bfloat16:
+                    st[k] = v.float()
+        opt.load_state_dict(sd)
+
+
+def _save_weights(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def _load_weights(model, path: Path) -> bool:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return False
+    model.load_state_dict(load_file(str(path)))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+class ClipSource:
+    """Training clips rendered on the device, numbered from ``start`` so resumed runs see new
+    clips (seed = ``start`` + count)."""
+
+    def __init__(self, start: int, frames: int, size: int, device):
+        self.next = start
+        self.frames, self.size, self.device = frames, size, device
+
+    def take(self, n: int):
+        batch = shapes.scenes("train", self.next, n, self.frames)
+        self.next += n
+        video, masks = shapes.render(batch, self.size, self.device)
+        return video, masks, [s.caption for s in batch]
+
+
+def _lr(base: float, frac: float, step: int, warmup: int) -> float:
+    w = min(1.0, (step + 1) / warmup)
+    return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: VAE
+# ---------------------------------------------------------------------------------------------
+
+def train_vae(vae, args, state, deadline: float, ckpt: Path, device):
+    import torch
+
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    _load_optim(opt, ckpt / "vae_optim.pt")
+    src = ClipSource(state["clips_seen"], args.frames, args.size, device)
+    pool_v, pool_m, _ = src.take(args.vae_pool)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
+    t_start, step0 = time.time(), state["vae_step"]
+    span = max(1.0, deadline - t_start)
+    smooth = None
+    g = torch.Generator(device="cpu").manual_seed(args.seed + step0)
+    while state["vae_step"] < args.vae_steps and time.time() < deadline:
+        step = state["vae_step"]
+        # refresh part of the pool with new clips
+        if args.vae_refresh:
+            v, m, _ = src.take(args.vae_refresh)
+            idx = torch.randint(len(pool_v), (args.vae_refresh,), generator=g)
+            pool_v[idx], pool_m[idx] = v, m
+        idx = torch.randint(len(pool_v), (args.vae_batch,), generator=g)
+        x, m = pool_v[idx], pool_m[idx].any(1, keepdim=True)
+        if args.vae_crop and args.vae_crop < args.size:
+            oy, ox = torch.randint(0, args.size - args.vae_crop + 1, (2,), generator=g).tolist()
+            x = x[..., oy:oy + args.vae_crop, ox:ox + args.vae_crop]
+            m = m[..., oy:oy + args.vae_crop, ox:ox + args.vae_crop]
+        for group in opt.param_groups:
+            group["lr"] = _lr(args.vae_lr, (time.time() - t_start) / span, step - step0, 100)
+        with autocast:
+            post = vae.encode(x).latent_dist
+            z = post.sample()
+            rec = vae.decode(z).sample
+        rec = rec.float()
+        w = 1.0 + args.object_weight * m.float()
+        err = rec - x
+        recon = (w * (err.abs() + err.square())).mean() / w.mean()
+        kl = 0.5 * (post.mean.float().square() + post.logvar.float().exp() - 1 - post.logvar.float()).mean()
+        loss = recon + args.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        state["vae_step"] += 1
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        if state["vae_step"] % args.log_every == 0 or state["vae_step"] == 1:
+            el = time.time() - t_start
+            log(f"vae step {state['vae_step']} loss {smooth:.4f} (recon {recon.item():.4f} kl {kl.item():.2f}) "
+                f"{(state['vae_step'] - step0) / max(el, 1e-6):.1f} it/s, {deadline - time.time():.0f}s left")
+    state["clips_seen"] = src.next
+    vae.eval().requires_grad_(False)
+    _save_weights(vae, ckpt / "vae.safetensors")
+    _save_optim(opt, ckpt / "vae_optim.pt")
+
+
+def latent_stats(vae, args, device, n: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the VAE's posterior means over ``n`` training clips."""
+    import torch
+
+    src = ClipSource(10_000_000 + args.seed, args.frames, args.size, device)
+    zs = []
+    with torch.no_grad():
+        for _ in range(max(1, n // 16)):
+            v, _, _ = src.take(min(16, n))
+            zs.append(vae.encode(v).latent_dist.mode().float())
+    z = torch.cat(zs).transpose(0, 1).reshape(16, -1)
+    return z.mean(1).tolist(), z.std(1).clamp(min=1e-3).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: transformer
+# ---------------------------------------------------------------------------------------------
+
+def encode_latents(vae, video, mean, std):
+    """x0 in the pipeline's normalized latent space."""
+    z = vae.encode(video).latent_dist.mode().float()
+    return (z - mean) / std
+
+
+def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
+    import torch
+
+    transformer, vae = pipe.transformer, pipe.vae
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+    transformer.train().requires_grad_(True)
+    decay, no_decay = [], []
+    for n_, p in transformer.named_parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.99))
+    _load_optim(opt, ckpt / "dit_optim.pt")
+    src = ClipSource(state["clips_seen"], args.frames, args.size, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
+
+    def fresh(n):
+        v, _, caps = src.take(n)
+        with torch.no_grad(), autocast:
+            return encode_latents(vae, v, mean, std), caps
+
+    t0 = time.time()
+    pool_x, pool_c = [], []
+    for i in range(0, args.pool, 64):
+        x, c = fresh(min(64, args.pool - i))
+        pool_x.append(x)
+        pool_c += c
+    pool_x = torch.cat(pool_x)
+    log(f"dit: latent pool of {len(pool_x)} clips {tuple(pool_x.shape[1:])} in {time.time() - t0:.1f}s "
+        f"(std {pool_x.std().item():.3f})")
+    g = torch.Generator(device="cpu").manual_seed(args.seed + 17 + state["dit_step"])
+    t_start, step0 = time.time(), state["dit_step"]
+    span = max(1.0, deadline - t_start)
+    smooth = None
+    shift = GEN_DEFAULTS["flow_shift"]
+    while state["dit_step"] < args.steps and time.time() < deadline:
+        step = state["dit_step"]
+        if args.refresh and step % args.refresh_every == 0:
+            x, c = fresh(args.refresh)
+            idx = torch.randint(len(pool_x), (args.refresh,), generator=g)
+            pool_x[idx] = x
+            for j, i in enumerate(idx.tolist()):
+                pool_c[i] = c[j]
+        idx = torch.randint(len(pool_x), (args.batch,), generator=g)
+        x0 = pool_x[idx]
+        caps = [pool_c[i] if torch.rand(1, generator=g).item() >= args.caption_dropout else "" for i in idx.tolist()]
+        with torch.no_grad():
+            emb = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device=device,
+                                             dtype=torch.float32)
+        u = torch.rand(args.batch, generator=g).to(device)
+        shifted = shift * u / (1 + (shift - 1) * u)
+        use_shift = (torch.rand(args.batch, generator=g) < 0.5).to(device)
+        s = torch.where(use_shift, shifted, u).clamp(1e-3, 1.0)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        sv = s.view(-1, 1, 1, 1, 1)
+        xt = (1 - sv) * x0 + sv * noise
+        target = noise - x0
+        for group in opt.param_groups:
+            group["lr"] = _lr(args.lr, (time.time() - t_start) / span, step - step0, args.warmup)
+        with autocast:
+            pred = transformer(hidden_states=xt, timestep=s * 1000.0, encoder_hidden_states=emb, return_dict=False)[0]
+        loss = (pred.float() - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(args.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), transformer.parameters()):
+                pe.lerp_(p.detach(), 1 - d)
+        state["dit_step"] += 1
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if state["dit_step"] % args.log_every == 0 or state["dit_step"] == 1:
+            el = time.time() - t_start
+            log(f"dit step {state['dit_step']} loss {smooth:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{(state['dit_step'] - step0) / max(el, 1e-6):.1f} it/s, {deadline - time.time():.0f}s left")
+    state["clips_seen"] = src.next
+    transformer.eval().requires_grad_(False)
+    _save_weights(transformer, ckpt / "dit.safetensors")
+    _save_weights(ema, ckpt / "dit_ema.safetensors")
+    _save_optim(opt, ckpt / "dit_optim.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+
+def export(components: dict, folder: Path, info: dict, dtype: str = "float16") -> Path:
+    """Save a WanPipeline folder: every model in ``dtype`` (Paik loads the VAE back as float32),
+    the shipped tokenizer files verbatim, and ``paik.json`` (how it was made, its defaults)."""
+    import copy
+
+    import torch
+    from diffusers import WanPipeline
+
+    from .tiny import TOKENIZER_DIR
+
+    td = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    comps = dict(components)
+    comps["transformer"] = copy.deepcopy(components["transformer"]).to("cpu", td)
+    comps["text_encoder"] = copy.deepcopy(components["text_encoder"]).to("cpu", td)
+    comps["vae"] = copy.deepcopy(components["vae"]).to("cpu", td)  # loaded back as float32
+    if folder.exists():
+        shutil.rmtree(folder)
+    WanPipeline(**comps).save_pretrained(folder)
+    tok = folder / "tokenizer"
+    shutil.rmtree(tok)
+    shutil.copytree(TOKENIZER_DIR, tok)
+    (folder / "paik.json").write_text(json.dumps({"name": MODEL_NAME, "defaults": GEN_DEFAULTS, **info}, indent=1)
+                                      + "\n", encoding="utf-8")
+    return folder
+
+
+def pack(folder: Path, tar_path: Path) -> Path:
+    with tarfile.open(tar_path, "w") as tf:
+        tf.add(folder, arcname=folder.name)
+    return tar_path
+
+
+def unpack(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract ``paik-shapes.tar`` into ``dest`` (e.g. capture/assets/); returns the folder."""
+    dest = Path(dest)
+    with tarfile.open(tar_path) as tf:
+        names = {n.split("/")[0] for n in tf.getnames()}
+        tf.extractall(dest, filter="data")
+    return dest / sorted(names)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder for ckpt/ and paik-shapes.tar")
+    p.add_argument("--resume", default=None, help="a previous --out (its ckpt/ folder) to continue from")
+    p.add_argument("--config", default="default", choices=list(CONFIGS))
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=420.0,
+                   help="seconds for the whole run; checkpoints and the packed model are saved before it ends")
+    p.add_argument("--reserve", type=float, default=25.0, help="seconds kept for saving and exporting")
+    p.add_argument("--frames", type=int, default=GEN_DEFAULTS["frames"])
+    p.add_argument("--size", type=int, default=GEN_DEFAULTS["height"])
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--stats-clips", type=int, default=256, help="clips for the VAE's latents_mean/std")
+    g = p.add_argument_group("stage 1: VAE")
+    g.add_argument("--vae-steps", type=int, default=3000, help="total VAE steps (stage 1 ends there)")
+    g.add_argument("--vae-time", type=float, default=0.35, help="fraction of the budget for stage 1 in this run")
+    g.add_argument("--vae-batch", type=int, default=16)
+    g.add_argument("--vae-crop", type=int, default=64, help="train on random crops this size (0: whole frames)")
+    g.add_argument("--vae-pool", type=int, default=256, help="clips kept rendered")
+    g.add_argument("--vae-refresh", type=int, default=4, help="new clips per step")
+    g.add_argument("--vae-lr", type=float, default=1e-3)
+    g.add_argument("--kl-weight", type=float, default=1e-4)
+    g.add_argument("--object-weight", type=float, default=3.0, help="extra loss weight on object pixels")
+    g = p.add_argument_group("stage 2: transformer")
+    g.add_argument("--steps", type=int, default=100000, help="total transformer steps")
+    g.add_argument("--batch", type=int, default=64)
+    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--warmup", type=int, default=200)
+    g.add_argument("--ema", type=float, default=0.999)
+    g.add_argument("--pool", type=int, default=4096, help="clips kept encoded as latents")
+    g.add_argument("--refresh", type=int, default=16, help="new clips every --refresh-every steps")
+    g.add_argument("--refresh-every", type=int, default=4)
+    g.add_argument("--caption-dropout", type=float, default=0.1)
+    g.add_argument("--export-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+
+
+def run(args) -> int:
+    import copy
+
+    import torch
+    from diffusers import WanPipeline
+    from diffusers.utils import logging as dlogging
+
+    t_begin = time.time()
+    dlogging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.out)
+    ckpt = out / "ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    if args.resume and Path(args.resume).resolve() != out.resolve():
+        src = Path(args.resume) / "ckpt"
+        if not (src / "state.json").is_file():
+            log(f"error: {src}/state.json not found")
+            return 2
+        for f in src.iterdir():
+            shutil.copy2(f, ckpt / f.name)
+    state = {"config": args.config, "seed": args.seed, "vae_step": 0, "dit_step": 0, "clips_seen": 0,
+             "latents_mean": None, "latents_std": None, "runs": []}
+    if (ckpt / "state.json").is_file():
+        state.update(json.loads((ckpt / "state.json").read_text()))
+        if state["config"] != args.config:
+            log(f"error: checkpoint is config {state['config']!r}, not {args.config!r}")
+            return 2
+        log(f"resuming: vae step {state['vae_step']}, dit step {state['dit_step']}")
+    comps = build_components(args.config, state["seed"])
+    vae, transformer = comps["vae"], comps["transformer"]
+    _load_weights(vae, ckpt / "vae.safetensors")
+    _load_weights(transformer, ckpt / "dit.safetensors")
+    ema = copy.deepcopy(transformer)
+    _load_weights(ema, ckpt / "dit_ema.safetensors")
+    for m in (vae, transformer, comps["text_encoder"], ema):
+        m.to(device)
+    comps["text_encoder"].eval().requires_grad_(False)
+    ema.eval().requires_grad_(False)
+    n_params = {k: sum(p.numel() for p in comps[k].parameters()) for k in ("vae", "text_encoder", "transformer")}
+    log(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
+        f"params {n_params}, budget {args.time_budget:.0f}s")
+    end = t_begin + args.time_budget - args.reserve
+
+    def save_state():
+        (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+    if state["latents_mean"] is None:  # stage 1, then the VAE is frozen for good
+        deadline = min(end, time.time() + args.vae_time * args.time_budget)
+        train_vae(vae, args, state, deadline, ckpt, device)
+        state["latents_mean"], state["latents_std"] = latent_stats(vae, args, device, args.stats_clips)
+        log(f"vae done at step {state['vae_step']}; latents mean {np.round(state['latents_mean'], 2).tolist()} "
+            f"std {np.round(state['latents_std'], 2).tolist()}")
+        save_state()
+    vae.register_to_config(latents_mean=state["latents_mean"], latents_std=state["latents_std"])
+    vae.eval().requires_grad_(False)
+    pipe = WanPipeline(**comps)
+    if time.time() < end:
+        train_dit(pipe, ema, args, state, end, ckpt, device)
+    state["runs"].append({"seconds": round(time.time() - t_begin, 1), "vae_step": state["vae_step"],
+                          "dit_step": state["dit_step"], "device": str(device),
+                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None})
+    save_state()
+    final = dict(comps, transformer=ema)
+    info = {"config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],
+            "clips_seen": state["clips_seen"], "runs": state["runs"], "transformer_weights": "EMA",
+            "heldout_pairs": sorted(map(list, shapes.HELDOUT_PAIRS))}
+    work = out / "export"
+    folder = export(final, work / MODEL_NAME, info, args.export_dtype)
+    tar = pack(folder, out / f"{MODEL_NAME}.tar")
+    shutil.rmtree(work)
+    log(f"wrote {tar} ({tar.stat().st_size / 1e6:.1f} MB) and {ckpt}; total {time.time() - t_begin:.0f}s")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m capture.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
