@@ -76,6 +76,10 @@ def register(sub, bench) -> None:
     b.add_argument("--device", default="cuda")
     b.set_defaults(func=_bench)
 
+    from .shapes_cli import register as register_shapes  # paik train, paik bench shapes|faithfulness
+
+    register_shapes(sub, bench)
+
 
 def _generate(args) -> int:
     from .generate import GenerateOptions, generate

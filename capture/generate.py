@@ -55,7 +55,7 @@ class GenerateOptions:
 
 
 # Sizes that make sense per model when the user gives none: (frames, height, width, steps)
-DEFAULTS = {"tiny": (9, 64, 64, 4), "wan2.2-ti2v": (121, 704, 1280, 50), "other": (81, 480, 832, 50)}
+DEFAULTS = {"tiny": (9, 64, 64, 4), "paik-shapes": (17, 128, 128, 20), "wan2.2-ti2v": (121, 704, 1280, 50), "other": (81, 480, 832, 50)}
 
 
 def _log(opts, msg):
@@ -99,7 +99,8 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
         loaded = load_pipeline(opts.model, opts.dtype, opts.device, opts.offload)
     pipe, info, device = loaded
     is_tiny = info.id.startswith("tiny")
-    d_frames, d_h, d_w, d_steps = DEFAULTS["tiny" if is_tiny else info.family if info.family in DEFAULTS else "other"]
+    d_frames, d_h, d_w, d_steps = DEFAULTS[info.id if info.id in DEFAULTS else "tiny" if is_tiny
+                                           else info.family if info.family in DEFAULTS else "other"]
     frames, height, width = opts.frames or d_frames, opts.height or d_h, opts.width or d_w
     steps = opts.steps or d_steps
     check_video_size(height, width, frames, info.spatial_multiple, info.temporal)

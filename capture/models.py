@@ -20,7 +20,9 @@ ALIASES = {
     "wan2.2-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
 }
 TINY = {"tiny": "t2v", "tiny-t2v": "t2v", "tiny-a14b": "a14b", "tiny-ti2v": "ti2v"}
-DEFAULT_MODEL = "tiny"
+# Models shipped in capture/assets/ (trained with `paik train`); the default once present.
+BUILTIN = {"paik-shapes": Path(__file__).resolve().parent / "assets" / "paik-shapes"}
+DEFAULT_MODEL = "paik-shapes" if (BUILTIN["paik-shapes"] / "model_index.json").is_file() else "tiny"
 
 
 @dataclass
@@ -75,6 +77,11 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
         from .tiny import ensure_tiny
 
         return spec.lower(), str(ensure_tiny(TINY[spec.lower()]))
+    if spec.lower() in BUILTIN:
+        if not (BUILTIN[spec.lower()] / "model_index.json").is_file():
+            raise PaikError(f"--model {spec}: not shipped in this copy ({BUILTIN[spec.lower()]} is missing); "
+                            "train it with 'paik train' (see README) or use --model tiny")
+        return spec.lower(), str(BUILTIN[spec.lower()])
     spec = ALIASES.get(spec.lower(), spec)
     p = Path(spec).expanduser()
     if p.exists():
@@ -82,7 +89,7 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
             raise PaikError(f"--model {spec}: folder has no model_index.json; expected a diffusers Wan pipeline folder")
         return spec, str(p)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        known = ", ".join(list(TINY) + list(ALIASES))
+        known = ", ".join(list(TINY) + list(BUILTIN) + list(ALIASES))
         raise PaikError(f"--model {spec!r}: no such folder, and not a hub id (owner/name) or a known name ({known})")
     return spec, spec
 
