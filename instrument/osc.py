@@ -83,9 +83,9 @@ def address_space(p: Params) -> list[Address]:
         Address(f"{PREFIX}/learn", ("s",), "MIDI learn: the next control moved plays this parameter (or command line)"),
         Address(f"{PREFIX}/learn/cancel", ("",), "disarm MIDI learn"),
         Address(f"{PREFIX}/learn/save", ("s",), "save the learned MIDI map as presets/midi/NAME.toml"),
-        Address(f"{PREFIX}/subscribe", ("", "i"), "send state to me now and on every change (optional reply port)"),
-        Address(f"{PREFIX}/unsubscribe", ("", "i"), "stop sending state to me"),
-        Address(f"{PREFIX}/state", ("", "i"), "send the whole state to me once (optional reply port)"),
+        Address(f"{PREFIX}/subscribe", ("", "i", "f"), "send state to me now and on every change (optional reply port)"),
+        Address(f"{PREFIX}/unsubscribe", ("", "i", "f"), "stop sending state to me"),
+        Address(f"{PREFIX}/state", ("", "i", "f"), "send the whole state to me once (optional reply port)"),
     ]
     return out
 
