@@ -82,7 +82,7 @@ def address_space(p: Params) -> list[Address]:
         Address(f"{PREFIX}/cmd", ("s",), "one line of the typed command grammar, e.g. 'step nudge 0.5'"),
         Address(f"{PREFIX}/learn", ("s",), "MIDI learn: the next control moved plays this parameter (or command line)"),
         Address(f"{PREFIX}/learn/cancel", ("",), "disarm MIDI learn"),
-        Address(f"{PREFIX}/learn/save", ("s",), "save the learned MIDI map as presets/midi/NAME.toml"),
+        Address(f"{PREFIX}/learn/save", ("s",), "save the learned MIDI map as ~/.config/paik/midi/NAME.toml"),
         Address(f"{PREFIX}/subscribe", ("", "i", "f"), "send state to me now and on every change (optional reply port)"),
         Address(f"{PREFIX}/unsubscribe", ("", "i", "f"), "stop sending state to me"),
         Address(f"{PREFIX}/state", ("", "i", "f"), "send the whole state to me once (optional reply port)"),
@@ -391,3 +391,50 @@ class OscServer:
                     self.sock.sendto(d, dest)
                 except OSError:
                     pass  # a subscriber that went away: UDP feedback is best effort
+
+
+def reference() -> str:
+    """The README's OSC tables, from the same list the server uses (``python -m instrument.osc``)."""
+    from . import colormaps
+
+    p = Params().bind(32, 25, 30, 12, colormaps.available())
+    space = address_space(p)
+    paths = {a.path for a in space}
+    rows = ["| parameter | `/paik/NAME` takes | range or choices | default | also `/paik/NAME/...` |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, spec in SPECS.items():
+        a = next(x for x in space if x.path == f"{PREFIX}/{name}")
+        if spec.kind == "enum":
+            rng = "a name in presets/colormaps" if name == "colormap" else ", ".join(p.choices(name))
+        elif spec.kind == "bool":
+            rng = "0 / 1"
+        elif spec.hi is None:
+            rng = f"{spec.lo:g} .. count - 1 (the bundle's)"
+        else:
+            rng = f"{spec.lo:g} .. {spec.hi:g}"
+        takes = {"token": "i (index) or s (word)", "head": "i (-1 = mean of heads)"}.get(
+            name, {"float": "f (or i)", "int": "i (or a whole f)", "bool": "i 0/1, T/F, or nothing (toggle)",
+                   "enum": "s (or i: index)"}[spec.kind])
+        also = " ".join(f"`{op}`" for op in ("norm", "nudge", "cycle", "toggle", "reset")
+                        if f"{PREFIX}/{name}/{op}" in paths)
+        rows.append(f"| `{name}` | {takes} | {rng} | {spec.default!r} | {also} |")
+        assert a.types
+    rows += ["", "`/norm f` takes 0..1 across the range (choices in equal bands), for faders and CHOPs; "
+             "`/nudge f` adds (clamped); `/cycle [i]` steps through choices (wraps); `/toggle` flips; "
+             "`/reset` restores the default. A value out of range is refused, not clamped.", "",
+             "| address | takes | does |", "| --- | --- | --- |"]
+    for a in space:
+        if a.param is None and a.path.count("/") >= 2 and a.path.split("/")[2] not in SPECS:
+            types = " or ".join(t if t else "nothing" for t in a.types)
+            rows.append(f"| `{a.path}` | {types} | {a.help} |")
+    rows += ["", "Sent to subscribers (after `/paik/subscribe`, once whole, then on every change):", "",
+             "| address | types | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{a}` | {t} | {m} |" for a, t, m in feedback_addresses()
+             if not (a.endswith("/norm") or a.split("/")[-1] in SPECS)]
+    rows += ["| `/paik/NAME` | as above | every parameter, when it changed |",
+             "| `/paik/NAME/norm` | f | the same as 0..1 |"]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference())

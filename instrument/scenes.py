@@ -3,7 +3,7 @@
 A scene is a TOML file ``NAME.toml`` with a ``[params]`` table (data, never code). The token is
 stored as its word, so a scene made on one bundle recalls on another with the same word. A
 scene may hold only some parameters: recall sets what it holds and leaves the rest. ``time``
-(the playhead) and ``help`` are not stored: recalling a look mid-show must not jump the video.
+(the playhead), ``help`` and ``record`` are not stored: recalling a look mid-show must not jump the video.
 
 Scenes are saved to the first folder (``--scenes``, default ``~/.config/paik/scenes``) and
 looked up there, then in the shipped ``presets/scenes``.
@@ -21,7 +21,7 @@ from .grammar import scene_name
 from .params import SPECS, Command
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets" / "scenes"
-NOT_STORED = ("time", "help")
+NOT_STORED = ("time", "help", "record")  # recalling a look must not jump the video or start a take
 
 
 def default_dir() -> Path:

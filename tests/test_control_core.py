@@ -164,3 +164,43 @@ def test_scene_keys_are_valid_commands():
     assert keys.lookup("F9", True) == Command("scene", "save", "8")
     for _, _, cmd, _ in keys.SCENE_BINDINGS:
         assert grammar.parse(grammar.format(cmd)) == Command(cmd.name, cmd.op, cmd.value, "console")
+
+
+def test_load_swaps_the_bundle_between_frames(src, tmp_path):
+    other = tmp_path / "other"
+    make_bundle(other, steps=2, blocks=1, heads=1, video=False, preview=False)
+    lv = live(src, tmp_path)
+    lv.put(Command("step", "set", 2.0))
+    lv.put(Command("load", "set", str(other)))
+    lv.put(Command("load", "set", str(tmp_path / "missing")))
+    lv.update(0.0)
+    import time
+
+    deadline = time.monotonic() + 20
+    while lv.src is src:
+        assert time.monotonic() < deadline, list(lv.errors)
+        time.sleep(0.02)
+        lv.update(0.0)
+    assert lv.target.n_steps == 2 and lv.target.step == 1.0  # re-clamped to the new bundle
+    assert lv.values["counts"] == (4, 2, 1, 1)
+    assert any("missing" in m for _, m in lv.errors)
+
+
+def test_shipped_scenes_recall(src, tmp_path):
+    from instrument.scenes import SHIPPED
+
+    lv = Live(src, bank(src), SceneStore(tmp_path / "s", shipped=SHIPPED))
+    assert {"kiss-sweep", "fig3-blocks"} <= set(lv.scenes.names())
+    lv.put(grammar.parse("scene kiss-sweep"))
+    lv.update(0.0)
+    assert (lv.target.view, lv.target.colormap, lv.target.composite) == ("sweep", "kiss", "overlay")
+
+
+def test_osc_reference_documents_every_address():
+    from instrument import colormaps
+    from instrument.osc import address_space, reference
+
+    text = reference()
+    for a in address_space(Params().bind(4, 3, 4, 2, colormaps.available())):
+        parts = a.path.split("/")
+        assert f"`{a.path}`" in text or (parts[2] in SPECS and f"| `{parts[2]}` |" in text), a.path
