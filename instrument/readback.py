@@ -100,3 +100,44 @@ class AsyncReader:
         for b in self.pbos:
             b.release()
         self.pbos = []
+
+
+class YuvPacker:
+    """Converts a :class:`Target` to yuv420p on the GPU (shaders/yuv420.frag) into an R8 texture
+    whose bytes are FFmpeg's planar layout, top row first: read back with components=1 it is
+    ready for the encoder (no flip, no CPU colour conversion, 1.5 bytes a pixel instead of 4)."""
+
+    def __init__(self, ctx, size: tuple[int, int]):
+        import numpy as np
+
+        from .shaders import Program
+
+        w, h = size
+        if w % 2 or h % 2:
+            raise PaikError(f"yuv420p needs an even width and height, not {w}x{h}")
+        self.ctx = ctx
+        self.size = size
+        self.packed_size = (w, h * 3 // 2)
+        self.program = Program(ctx, "fullscreen.vert", "yuv420.frag")
+        self.texture = ctx.texture(self.packed_size, 1)
+        self.fbo = ctx.framebuffer(color_attachments=[self.texture])
+        self._quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], "f4").tobytes())
+        self._vao, self._gen = None, -1
+
+    def pack(self, source: Target) -> None:
+        import moderngl
+
+        if self._gen != self.program.generation:
+            self._vao = self.ctx.vertex_array(self.program.prog, [(self._quad, "2f", "in_pos")])
+            self._gen = self.program.generation
+        source.texture.use(0)
+        self.program.set("u_src", 0)
+        self.program.set("u_size", self.size)
+        self.fbo.use()
+        self.ctx.viewport = (0, 0, *self.packed_size)
+        self._vao.render(moderngl.TRIANGLE_STRIP)
+
+    def release(self) -> None:
+        self.fbo.release()
+        self.texture.release()
+        self._quad.release()

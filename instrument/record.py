@@ -83,11 +83,15 @@ def _check(path: Path, size, codec: str) -> str:
 class Recorder:
     """One recording: ``submit`` from the render thread, ``close`` to finish the file.
 
-    ``frame`` arrays are [H, W, C] uint8 with rows bottom-up (GL's order, as read back); C is 3
-    for H.264 (premultiplied over black) or 4 for ProRes 4444 (straight alpha)."""
+    What ``submit`` takes (``components``): for H.264, 1 = yuv420p packed on the GPU
+    ([3H/2, W] bytes in FFmpeg's planar layout, top row first, BT.709 limited range; see
+    readback.YuvPacker), or with ``packed=False`` 3 = RGB rows bottom-up as GL reads them
+    (converted here); for ProRes 4444, 4 = RGBA rows bottom-up, straight alpha."""
+
+    QUEUE_BYTES = 1 << 30  # frames waiting for the encoder; beyond this they are dropped
 
     def __init__(self, path, size: tuple[int, int], fps: float, codec: str = "h264", crf: int = 18,
-                 preset: str = "veryfast", queue_bytes: int = 1 << 30):
+                 preset: str = "veryfast", packed: bool = True):
         import av
 
         self.path = Path(path)
@@ -95,7 +99,7 @@ class Recorder:
         self.fps = fps
         self.codec = codec
         fmt = _check(self.path, size, codec)
-        self.components = 3 if codec == "h264" else 4
+        self.components = (1 if packed else 3) if codec == "h264" else 4
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rate = Fraction(fps).limit_denominator(1001)
         try:
@@ -109,7 +113,9 @@ class Recorder:
             # a keyframe every second keeps seeking cheap; no B-frames: timestamps start at 0 in a
             # fragmented file (no edit list) and fewer frames wait inside the encoder at a crash
             st.options = {"crf": str(crf), "preset": preset, "g": str(max(1, round(fps))), "bf": "0"}
-            self._src_fmt = "rgb24"
+            cc = st.codec_context  # BT.709, limited range: what the packer writes, tagged for players
+            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
+            self._src_fmt = "yuv420p" if packed else "rgb24"
         else:
             st = self.container.add_stream("prores_ks", rate=rate)
             st.pix_fmt = "yuva444p10le"
@@ -118,8 +124,8 @@ class Recorder:
         st.width, st.height = size
         st.time_base = 1 / rate
         self.stream = st
-        frame_bytes = size[0] * size[1] * self.components
-        self._q: queue.Queue = queue.Queue(maxsize=max(4, queue_bytes // frame_bytes))
+        frame_bytes = size[0] * size[1] * (1.5 if self.components == 1 else self.components)
+        self._q: queue.Queue = queue.Queue(maxsize=max(4, int(self.QUEUE_BYTES // frame_bytes)))
         self.written = 0  # frames in the file (repeats included)
         self.repeated = 0  # pictures repeated to fill late or dropped slots
         self.dropped = 0  # frames the queue had no room for (the encoder fell behind)
@@ -180,10 +186,14 @@ class Recorder:
                 index, arr = item
                 if index <= self._last_index:  # a slot is written once
                     continue
-                # GL rows are bottom-up: PyAV copies a flipped view row by row (no extra copy)
-                frame = av.VideoFrame.from_ndarray(arr[::-1], format=self._src_fmt)
-                # convert once: a repeated picture costs only the (cheap) encode of a still frame
-                frame = frame.reformat(format=self.stream.pix_fmt)
+                if self._src_fmt == "yuv420p":  # packed on the GPU: top-down, ready to encode
+                    frame = av.VideoFrame.from_ndarray(arr.reshape(-1, self.size[0]), format="yuv420p")
+                else:
+                    # GL rows are bottom-up: PyAV copies a flipped view row by row (no extra copy);
+                    # converted once, so a repeated picture costs only the encode of a still frame
+                    frame = av.VideoFrame.from_ndarray(arr[::-1], format=self._src_fmt)
+                    frame = frame.reformat(format=self.stream.pix_fmt,
+                                           dst_colorspace="itu709" if self.codec == "h264" else None)
                 if prev is not None:
                     for k in range(self._last_index + 1, index):
                         self._encode(prev, k)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from capture.errors import PaikError
 
-from ..readback import AsyncReader, Target
+from ..readback import AsyncReader, Target, YuvPacker
 from ..record import Cadence, Recorder, default_path, numbered
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,16 @@ class _Drawn:
 
 @dataclass
 class _Group:
+    """Outputs that share a size and a pixel format: one draw (or one copy of the loop's frame)
+    per due frame. ``components`` 1 = yuv420p packed on the GPU, 3 = RGB premultiplied over
+    black, 4 = RGBA straight alpha."""
+
     size: tuple[int, int]
     components: int
     target: Target
     reader: AsyncReader | None = None
     members: list = field(default_factory=list)
+    packer: YuvPacker | None = None
 
 
 class Outputs:
@@ -136,13 +141,20 @@ class Outputs:
                 continue
             w, h = g.size
             source = g.target
-            reuse = (drawn is not None and tuple(drawn[1]) == g.size and g.components == 3
-                     and all(m.sink is None or m.sink.kind == "pixels" for m, _ in due))
-            if reuse:
-                source = _Drawn(drawn[0])
+            premultiply = g.components != 4
+            same = drawn is not None and tuple(drawn[1]) == g.size and premultiply
+            if same and g.components == 3 and all(m.sink is None or m.sink.kind == "pixels" for m, _ in due):
+                source = _Drawn(drawn[0])  # read the loop's own frame back: no second draw
+            elif same:
+                self.ctx.copy_framebuffer(g.target.fbo, drawn[0])  # a GPU copy, not a second draw
             else:
                 g.target.use()
-                self.renderer.draw(p, t, (0, 0, w, h), gap=self.gap, premultiply=g.components == 3)
+                self.renderer.draw(p, t, (0, 0, w, h), gap=self.gap, premultiply=premultiply)
+            if g.components == 1:
+                if g.packer is None:
+                    g.packer = YuvPacker(self.ctx, g.size)
+                g.packer.pack(g.target)
+                source = g.packer
             pixels = []
             for m, k in due:
                 if m.sink is not None and m.sink.kind == "texture":
@@ -151,7 +163,8 @@ class Outputs:
                     pixels.append((m, k))
             if pixels:
                 if g.reader is None:
-                    g.reader = AsyncReader(self.ctx, g.size, g.components)
+                    g.reader = (AsyncReader(self.ctx, g.packer.packed_size, 1) if g.packer is not None
+                                else AsyncReader(self.ctx, g.size, g.components))
                 if g.reader.full():  # the GPU is more than a ring behind: wait for the oldest
                     self._deliver(g.reader.flush())
                 g.reader.start(source, tag=pixels)
@@ -256,6 +269,8 @@ class Outputs:
         for g in self.groups.values():
             if g.reader is not None:
                 g.reader.release()
+            if g.packer is not None:
+                g.packer.release()
             g.target.release()
         self.groups.clear()
         self.summary = [self._take(rec, m) for rec, m in self._done]
