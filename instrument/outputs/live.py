@@ -92,6 +92,10 @@ class Outputs:
         self._done: list[tuple[Recorder, _Member]] = []  # finished takes
         for s in self.sinks:
             self._group(s.size, s.components).members.append(_Member(Cadence(s.fps), sink=s))
+        if record is not None and record.codec == "h264" and record.size[0] % 2 == 0 == record.size[1] % 2:
+            self._group(record.size, 1)  # compile the packer now, not when the first take starts
+        if record is not None:
+            import av  # noqa: F401 - a first import takes ~0.2 s: not in the frame that starts a take
 
     def __bool__(self) -> bool:
         return bool(self.sinks) or self.settings is not None
@@ -101,6 +105,8 @@ class Outputs:
         g = self.groups.get(key)
         if g is None:
             g = self.groups[key] = _Group(tuple(size), components, Target(self.ctx, size))
+            if components == 1:
+                g.packer = YuvPacker(self.ctx, g.size)
         return g
 
     # -- per frame ------------------------------------------------------------------------------
@@ -151,8 +157,6 @@ class Outputs:
                 g.target.use()
                 self.renderer.draw(p, t, (0, 0, w, h), gap=self.gap, premultiply=premultiply)
             if g.components == 1:
-                if g.packer is None:
-                    g.packer = YuvPacker(self.ctx, g.size)
                 g.packer.pack(g.target)
                 source = g.packer
             pixels = []
