@@ -26,6 +26,7 @@ CONFIGS = (((1920, 1080), 60.0), ((3840, 2160), 30.0))
 class Row:
     size: str
     fps: float
+    recording: bool
     seconds: float
     expected: int  # frames the rate promises over the run
     frames: int  # frames in the file
@@ -38,31 +39,35 @@ class Row:
     file_mb: float
 
 
-HEADER = (f"{'resolution':>10} {'fps':>4} {'secs':>5} {'frames':>7} {'expected':>8} {'p50 ms':>7} {'p99 ms':>7} "
+HEADER = (f"{'resolution':>10} {'fps':>4} {'rec':>4} {'secs':>5} {'frames':>7} {'expected':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'max ms':>7} {'budget':>7} {'late':>5} {'dropped':>7} {'finish s':>8} {'MB':>7}")
 
 
 def fmt(r: Row) -> str:
-    return (f"{r.size:>10} {r.fps:4g} {r.seconds:5g} {r.frames:7d} {r.expected:8d} {r.p50_ms:7.2f} {r.p99_ms:7.2f} "
+    return (f"{r.size:>10} {r.fps:4g} {'on' if r.recording else 'off':>4} {r.seconds:5g} {r.frames:7d} {r.expected:8d} {r.p50_ms:7.2f} {r.p99_ms:7.2f} "
             f"{r.max_ms:7.2f} {1e3 / r.fps:7.2f} {r.late:5d} {r.dropped:7d} {r.finish_s:8.2f} {r.file_mb:7.1f}")
 
 
-def measure(src, p, ctx, size, fps: float, seconds: float, path: Path, codec: str = "h264") -> Row:
+def measure(src, p, ctx, size, fps: float, seconds: float, path: Path, codec: str = "h264",
+            record: bool = True) -> Row:
+    """One run; ``record=False`` is the baseline: the same loop with nothing recorded."""
     from .headless import Offscreen
     from .outputs.live import Outputs, RecordSettings
+    from .record import Cadence
     from .renderer import Renderer
 
     renderer = Renderer(ctx, src)
     off = Offscreen(ctx, size)
     outs = Outputs(ctx, renderer, [], RecordSettings(path, size, fps, codec))
-    p.record = True
+    p.record = record
     w, h = size
     period = 1.0 / fps
     work = []
-    for i in range(3):  # warm-up: selection upload, shader compile, first readbacks
+    for i in range(3):  # warm-up: selection upload, shader compile
         off.use()
-        renderer.draw(p, 0.0, (0, 0, w, h), gap=2.0)
+        renderer.draw(p, i / 10, (0, 0, w, h), gap=2.0)
     ctx.finish()
+    cadence = Cadence(fps)
     start = time.perf_counter()
     i = 0
     try:
@@ -71,6 +76,7 @@ def measure(src, p, ctx, size, fps: float, seconds: float, path: Path, codec: st
             if now >= seconds:
                 break
             t0 = time.perf_counter()
+            cadence.tick(now)
             t = (now / 4.0) % 1.0  # the playhead moves: the sweep and video change every frame
             off.use()
             renderer.draw(p, t, (0, 0, w, h), gap=2.0)
@@ -87,15 +93,17 @@ def measure(src, p, ctx, size, fps: float, seconds: float, path: Path, codec: st
         takes = outs.close()
         finish_s = time.perf_counter() - t_close
         off.release()
-    take = takes[0]
+    take = takes[0] if takes else {"frames": 0, "late": 0, "dropped": 0}
+    if not record:  # the loop's own misses, counted as a recording would count them
+        take["late"] = cadence.late
     a = np.array(work) if work else np.zeros(1)
-    return Row(f"{w}x{h}", fps, seconds, int(round(seconds * fps)), take["frames"], float(np.percentile(a, 50)),
+    return Row(f"{w}x{h}", fps, record, seconds, int(round(seconds * fps)), take["frames"], float(np.percentile(a, 50)),
                float(np.percentile(a, 99)), float(a.max()), take["late"], take["dropped"], finish_s,
                path.stat().st_size / 2**20 if path.exists() else 0.0)
 
 
 def run(bundle=None, configs=CONFIGS, seconds: float = 60.0, codec: str = "h264", view: str = "single",
-        device: str = "auto", keep: Path | None = None, log=print) -> list[Row]:
+        device: str = "auto", keep: Path | None = None, baseline: bool = False, log=print) -> list[Row]:
     from . import colormaps
     from .bench import SyntheticBundle
     from .headless import egl_context
@@ -117,8 +125,9 @@ def run(bundle=None, configs=CONFIGS, seconds: float = 60.0, codec: str = "h264"
             p.composite, p.background = "overlay", "preview"
             ext = ".mp4" if codec == "h264" else ".mov"
             path = out_dir / f"bench_{size[0]}x{size[1]}_{fps:g}{ext}"
-            rows.append(measure(src, p, ctx, size, fps, seconds, path, codec))
-            log(fmt(rows[-1]))
+            for record in ((False, True) if baseline else (True,)):
+                rows.append(measure(src, p, ctx, size, fps, seconds, path, codec, record))
+                log(fmt(rows[-1]))
     return rows
 
 

@@ -224,7 +224,7 @@ def cmd_bench_record(args) -> int:
         raise PaikError(f"--seconds must be positive, not {args.seconds}")
     print(bench_record.HEADER, flush=True)
     rows = bench_record.run(bundle, configs=args.configs, seconds=args.seconds, codec=args.codec, view=args.view,
-                            device=args.device, keep=args.keep,
+                            device=args.device, keep=args.keep, baseline=args.baseline,
                             log=lambda s: print(s, file=sys.stderr if s.startswith("GL") else sys.stdout, flush=True))
     lost = sum(r.late + r.dropped for r in rows)
     print("none late or dropped" if lost == 0 else f"late or dropped frames: {lost}")
@@ -360,6 +360,7 @@ def register(sub, bench) -> None:
     ap.add_argument("--view", choices=VIEWS, default="single")
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--keep", help="keep the recordings in this directory (default: deleted)")
+    ap.add_argument("--baseline", action="store_true", help="also run each configuration without recording")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.set_defaults(func=cmd_bench_record)
 
