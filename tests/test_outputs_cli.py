@@ -141,3 +141,20 @@ def test_a_recording_killed_with_sigkill_decodes_up_to_the_kill(bundle, picture,
     assert [t * 20 for t, _ in frames] == list(range(len(frames))), "and they are every slot, in order"
     for _, img in frames:
         assert np.abs(img.astype(int) - picture).mean() < 4
+
+
+def test_bench_record_prints_a_table_and_json(bundle, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "instrument.cli", "bench", "record", "--bundle", str(bundle),
+                        "--configs", "64x48@20", "--seconds", "1", "--baseline", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["resolution", "fps", "rec", "secs"] and "p99" in lines[0]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["size"], row["recording"]) for row in rows] == [("64x48", False), ("64x48", True)]
+    rec = rows[1]
+    assert rec["expected"] == 20 and 19 <= rec["frames"] <= 21 and rec["p99_ms"] > 0
+    assert rec["frames"] >= rec["expected"] - rec["late"] - rec["dropped"] - 1
