@@ -101,17 +101,20 @@ class OscQueryServer:
         self.host, self.port = self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="paik-oscquery", daemon=True)
-        self._zc = self._info = None
+        self._zc = self._info = self._adv = None
 
     def start(self, advertise: bool = True) -> "OscQueryServer":
         self._thread.start()
         if advertise:
-            threading.Thread(target=self._advertise, name="paik-zeroconf", daemon=True).start()
+            self._adv = threading.Thread(target=self._advertise, name="paik-zeroconf", daemon=True)
+            self._adv.start()
         return self
 
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self._adv is not None:
+            self._adv.join(timeout=5)  # registering takes a few broadcasts; close after, not during
         zc = self._zc
         if zc is not None:
             try:

@@ -199,7 +199,7 @@ def test_allowlist_drops_other_senders(bundle, tmp_path):
 
 def test_oscquery_namespace_over_http(rig):
     lv, srv, _ = rig
-    q = OscQueryServer(lv, "127.0.0.1", 0, srv.port).start(advertise=True)  # advertising may only warn
+    q = OscQueryServer(lv, "127.0.0.1", 0, srv.port).start(advertise=False)
     try:
         base = f"http://127.0.0.1:{q.port}"
         info = json.load(urllib.request.urlopen(base + "/?HOST_INFO", timeout=5))
@@ -301,3 +301,22 @@ def test_headless_instrument_played_over_udp(tmp_path):
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err
+
+
+def test_zeroconf_failure_is_a_warning(rig, monkeypatch, caplog):
+    import zeroconf
+
+    lv, srv, _ = rig
+
+    class NoMulticast:
+        def __init__(self, *a, **k):
+            raise OSError(19, "No such device (no multicast here)")
+
+    monkeypatch.setattr(zeroconf, "Zeroconf", NoMulticast)
+    q = OscQueryServer(lv, "127.0.0.1", 0, srv.port).start(advertise=True)
+    try:
+        q._adv.join(timeout=5)
+        assert any("zeroconf" in r.getMessage() for r in caplog.records)
+        assert json.load(urllib.request.urlopen(f"http://127.0.0.1:{q.port}/?HOST_INFO", timeout=5))["NAME"] == "Paik"
+    finally:
+        q.stop()
