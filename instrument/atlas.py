@@ -1,8 +1,10 @@
 """Packing many small volumes into one 3D texture (tiles side by side in x and y, time in z).
 
 One texture instead of hundreds keeps the shader's sampler count fixed for every view and makes
-a selection change a single upload. Tiles are sampled with their coordinates clamped to their
-own texel centers (see shaders/include/atlas.glsl), so linear filtering never mixes neighbours.
+a selection change a single upload. Pass 1 (shaders/field.frag, backdrop.frag) reads these
+tiles texel by texel at the origins :func:`origins` gives; the textures pass 2 filters are laid
+out like the picture's grid, and it clamps its coordinates to each tile's texel centers, so
+linear filtering never mixes neighbours.
 """
 
 from __future__ import annotations
@@ -47,3 +49,19 @@ def upload(ctx, tex, atlas: np.ndarray, dtype: str):
         tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
     tex.write(atlas.tobytes())
     return tex
+
+
+def origins(n: int, cols: int, tile_w: int, tile_h: int) -> np.ndarray:
+    """[n, 2] float32 texel origin (x, y) of each tile in an atlas of ``cols`` tiles per row."""
+    i = np.arange(n)
+    return np.stack([(i % cols) * tile_w, (i // cols) * tile_h], 1).astype(np.float32)
+
+
+def frame_pairs(packed: np.ndarray) -> np.ndarray:
+    """A packed atlas [D, H, W, 1] -> [D, H, W, 2]: each frame with the next (the last with
+    itself), so that one texel read gives both ends of the time interpolation."""
+    out = np.empty(packed.shape[:3] + (2,), packed.dtype)
+    out[..., 0] = packed[..., 0]
+    out[:-1, ..., 1] = packed[1:, ..., 0]
+    out[-1, ..., 1] = packed[-1, ..., 0]
+    return out

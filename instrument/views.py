@@ -4,8 +4,10 @@ A plan is (1) one :class:`~instrument.reduce.Selection` (the volumes to compute 
 "tiles", when it changes) and (2) a grid of cells, each blending up to four tiles with weights
 (the crossfade of a continuous step and block) over up to two background tiles. The cell table
 is a few floats per cell, recomputed on the CPU when parameters or (for the sweep) time change;
-the fragment shader then samples at most four tiles per pixel whatever the view, which is what
-keeps the 30-block mean or the 300-cell heads x steps grid as cheap as a single map.
+the renderer blends the tiles at map resolution (pass 1) and then reads one field texel per
+pixel whatever the view (shaders/README.md), which is what keeps the 30-block mean or the
+300-cell heads x steps grid as cheap as a single map. Crossfade weights are the same in every
+cell (the renderer relies on it).
 """
 
 from __future__ import annotations

@@ -268,3 +268,147 @@ def test_custom_colormap_and_screen(rig):
     u = (np.arange(W) + 0.5) / W
     v = (np.arange(H) + 0.5) / H
     compare(img, shape_color(norm_value(vol, rng, u, v, 0.0), p, np.zeros((H, W, 3))))
+
+
+# -- the two passes (renderer.py): map-resolution field + backdrop, then one sample of each ------
+def preview_color(step):
+    """The fixture's preview of a step: flat, 200 in channel step % 3."""
+    c = np.zeros(3)
+    c[step % 3] = 200 / 255
+    return c
+
+
+def test_step_and_block_crossfade_four_taps_clamped_each(rig):
+    """Four tiles in one cell (an RGBA field): each is clamped to 0..1 before the blend, so the
+    clipped percentiles of one tile do not leak into the others."""
+    src = rig[0]
+    p = params(src, view="single", step=0.5, block=1.25, head=0, norm="frame", clip_lo=10.0, clip_hi=90.0,
+               colormap="magma")
+    t = 0.3
+    img = gl_render(rig, p, t)
+    pairs = [((0, 1), 0.5), ((1, 2), 0.25)]
+    vols, ws = [], []
+    for s, ws_ in zip(pairs[0][0], (0.5, 0.5)):
+        for b, wb in zip(pairs[1][0], (0.75, 0.25)):
+            vols.append(f16(src.bundle.select("kiss", step=s, block=b, head=0)))
+            ws.append(ws_ * wb)
+    rngs = normalize.ranges(np.stack(vols).astype(np.float32), "frame", 10.0, 90.0)
+    u = (np.arange(W) + 0.5) / W
+    v = (np.arange(H) + 0.5) / H
+    n = sum(w * norm_value(vol, rng, u, v, t * 3) for w, vol, rng in zip(ws, vols, rngs))
+    ref = shape_color(n, p)
+    compare(img, ref)
+    # clamping once after the blend would look different here: the comparison can tell them apart
+    z0, fz = 0, t * 3
+    lo_hi = [rng[z0] * (1 - fz) + rng[z0 + 1] * fz for rng in rngs]
+    late = np.clip(sum(w * (sample(vol, u, v, t * 3) - lh[0]) / (lh[1] - lh[0])
+                       for w, vol, lh in zip(ws, vols, lo_hi)), 0, 1)
+    assert np.abs(shape_color(late, p) - ref).max() > 20
+
+
+@pytest.mark.parametrize("view", ["grid-steps", "grid-heads-steps"])
+def test_grids_over_their_own_previews(rig, view):
+    """Cells show their step's preview (a backdrop tile per row, or per cell); block crossfade."""
+    src = rig[0]
+    p = params(src, view=view, block=1.5, head=-1, composite="overlay", opacity=0.7, background="preview",
+               colormap="viridis", norm="step", clip_hi=98.0)
+    gap, t = 2.0, 0.6
+    img = gl_render(rig, p, t, gap=gap)
+    from instrument.views import plan
+
+    pl = plan(p, src.dims, src.words[p.token].positions, "kiss")
+    if view == "grid-steps":
+        keys = [(s, None) for s in range(3)]
+    else:
+        keys = [(s, h) for s in range(3) for h in range(2)]
+    tiles = {}
+    for s, h in keys:
+        for b in (1, 2):
+            tiles[(s, h, b)] = f16(src.bundle.select("kiss", step=s, block=b, head=h))
+    order = list(tiles)
+    rngs = dict(zip(order, normalize.ranges(np.stack([tiles[k] for k in order]).astype(np.float32), "step",
+                                            0.0, 98.0)))
+    ref = np.zeros((H, W, 4))
+    ref[..., 3] = 255
+    for cell, ys, xs, u, v in grid_cells(pl.rows, pl.cols, gap):
+        if cell >= len(keys):
+            continue
+        s, h = keys[cell]
+        n = sum(w * norm_value(tiles[(s, h, b)], rngs[(s, h, b)], u, v, t * 3) for b, w in ((1, 0.5), (2, 0.5)))
+        bg = np.broadcast_to(preview_color(s), (len(v), len(u), 3))
+        ref[np.ix_(ys, xs)] = shape_color(n, p, bg)
+    compare(img, ref, frac_off=0.005)
+
+
+def test_sweep_crossfades_the_previews_too(rig):
+    src = rig[0]
+    p = params(src, view="sweep", block=3.0, composite="screen", background="preview", colormap="plasma")
+    t = 0.25  # step position 0.5: halfway between steps 0 and 1 (maps and previews), latent frame 0.75
+    img = gl_render(rig, p, t)
+    vols = [f16(src.bundle.select("kiss", step=s, block=3, head=None)) for s in range(3)]
+    allv = np.stack(vols)
+    rng = np.broadcast_to([allv.min(), allv.max()], (allv.shape[1], 2))
+    u = (np.arange(W) + 0.5) / W
+    v = (np.arange(H) + 0.5) / H
+    n = 0.5 * norm_value(vols[0], rng, u, v, 0.75) + 0.5 * norm_value(vols[1], rng, u, v, 0.75)
+    bg = np.broadcast_to(0.5 * preview_color(0) + 0.5 * preview_color(1), (H, W, 3))
+    compare(img, shape_color(n, p, bg))
+
+
+def test_pass_one_runs_only_when_its_inputs_change(rig):
+    src, r, off = rig
+    p = params(src, view="grid-blocks", step=1.0, composite="overlay", background="preview", colormap="magma")
+    gl_render(rig, p, 0.2)
+    before = dict(r.bakes)
+    gl_render(rig, p, 0.2)
+    p.gain, p.gamma, p.threshold, p.opacity, p.colormap = 1.3, 0.8, 0.1, 0.5, "inferno"  # pass 2 only
+    p.composite = "multiply"
+    shaped = gl_render(rig, p, 0.2)
+    assert r.bakes == before
+    gl_render(rig, p, 0.3)  # time moves: the field follows; the previews too (they blend frames)
+    assert r.bakes["field"] == before["field"] + 1 and r.bakes["backdrop"] == before["backdrop"] + 1
+    p.norm = "frame"
+    gl_render(rig, p, 0.3)
+    assert r.bakes["field"] == before["field"] + 2 and r.bakes["backdrop"] == before["backdrop"] + 1
+    # and another output size in between shares the same pass 1 (outputs, recording)
+    from instrument.headless import Offscreen
+
+    other = Offscreen(r.ctx, (40, 30))
+    other.use()
+    r.draw(p, 0.3, (0, 0, 40, 30), premultiply=False)
+    assert other.read()[..., :3].std() > 5
+    assert r.bakes["field"] == before["field"] + 2
+    other.release()
+    assert shaped[..., :3].std() > 5
+
+
+def test_pass_one_shader_hot_reload(ctx, bundle_dir, tmp_path):
+    import os
+    import shutil
+    import time
+
+    from instrument.headless import Offscreen
+    from instrument.renderer import Renderer
+    from instrument.shaders import SHADERS
+    from instrument.source import Source
+
+    d = tmp_path / "shaders"
+    shutil.copytree(SHADERS, d)
+    src = Source.open(bundle_dir, device="cpu")
+    r = Renderer(ctx, src, shader_dir=d)
+    off = Offscreen(ctx, (32, 24))
+    p = params(src, view="single", step=1.0, block=1.0, colormap="grayscale")
+    off.use()
+    r.draw(p, 0.0, (0, 0, 32, 24), premultiply=False)
+    assert off.read()[..., 0].std() > 5
+    frag = d / "field.frag"
+    text = frag.read_text()
+    frag.write_text(text.replace("frag = v;", "frag = v +;"))
+    os.utime(frag, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert r.program.poll() is False and "field.frag" in r.program.error
+    frag.write_text(text.replace("frag = v;", "frag = vec4(1.0);"))  # every tap at its range's top
+    os.utime(frag, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert r.program.poll() is True and r.program.error is None
+    r.draw(p, 0.0, (0, 0, 32, 24), premultiply=False)
+    assert (off.read()[..., 0] == 255).all(), "a new pass-1 program must redraw the field"
+    off.release()
