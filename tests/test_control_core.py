@@ -204,3 +204,16 @@ def test_osc_reference_documents_every_address():
     for a in address_space(Params().bind(4, 3, 4, 2, colormaps.available())):
         parts = a.path.split("/")
         assert f"`{a.path}`" in text or (parts[2] in SPECS and f"| `{parts[2]}` |" in text), a.path
+
+
+def test_console_lines_reach_the_bank(src, tmp_path, capsys):
+    import io
+
+    from instrument import console
+
+    lv = live(src, tmp_path)
+    t = console.start(lv, io.StringIO("colormap jet\n# a comment\nstep nudge 1\nnonsense 3\ngain norm 0.5\n"))
+    t.join(timeout=5)
+    lv.update(0.0)
+    assert (lv.target.colormap, lv.target.step, lv.target.gain) == ("jet", 1.0, 8.0)
+    assert "unknown command 'nonsense'" in capsys.readouterr().err
