@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from instrument_fixtures import make_bundle
+from test_instrument_window import display  # noqa: F401 - the Xvfb fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 48)
@@ -158,3 +159,25 @@ def test_bench_record_prints_a_table_and_json(bundle, tmp_path):
     rec = rows[1]
     assert rec["expected"] == 20 and 19 <= rec["frames"] <= 21 and rec["p99_ms"] > 0
     assert rec["frames"] >= rec["expected"] - rec["late"] - rec["dropped"] - 1
+
+
+def test_window_records_at_the_output_size_and_shows_rec(display, bundle, tmp_path):
+    from PIL import Image
+
+    shots = {}
+    out = tmp_path / "win.mp4"
+    for rec in (False, True):
+        shot = tmp_path / f"shot{rec}.png"
+        argv = [sys.executable, "-m", "instrument.cli", "play", str(bundle), "--token", "kiss", "--size", "320x240",
+                "--frames", "12", "--screenshot", str(shot), "--osc-port", "-1", "--console", "off", "--no-vsync"]
+        if rec:
+            argv += ["--record", str(out), "--out-size", "64x48", "--out-fps", "30"]
+        r = subprocess.run(argv, env={**os.environ, "DISPLAY": display}, capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        shots[rec] = np.asarray(Image.open(shot)).astype(float)
+    assert f"wrote {out}" in r.stdout
+    rate, frames = decode(out)
+    assert rate == 30 and frames and frames[0][1].shape == (48, 64, 3)
+    # the REC line sits bottom-right over the window's picture (the recording has no overlays)
+    assert np.abs(shots[True][-40:, -160:] - shots[False][-40:, -160:]).mean() > 5
