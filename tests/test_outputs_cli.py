@@ -161,7 +161,7 @@ def test_bench_record_prints_a_table_and_json(bundle, tmp_path):
     assert rec["frames"] >= rec["expected"] - rec["late"] - rec["dropped"] - 1
 
 
-def test_window_records_at_the_output_size_and_shows_rec(display, bundle, tmp_path):
+def test_window_records_at_the_output_size_and_shows_rec(display, bundle, picture, tmp_path):
     from PIL import Image
 
     shots = {}
@@ -179,5 +179,7 @@ def test_window_records_at_the_output_size_and_shows_rec(display, bundle, tmp_pa
     assert f"wrote {out}" in r.stdout
     rate, frames = decode(out)
     assert rate == 30 and frames and frames[0][1].shape == (48, 64, 3)
+    for _, img in frames:  # drawn at 64x48 for the recording, not scaled from the window
+        assert np.abs(img.astype(int) - picture).mean() < 4
     # the REC line sits bottom-right over the window's picture (the recording has no overlays)
     assert np.abs(shots[True][-40:, -160:] - shots[False][-40:, -160:]).mean() > 5
