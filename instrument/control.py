@@ -19,7 +19,8 @@ def add_flags(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("control (OSC, MIDI, console)")
     g.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on for OSC (default 127.0.0.1: this machine only; 0.0.0.0 = every network)")
-    g.add_argument("--osc-port", type=int, default=9000, help="UDP port for OSC (default 9000; -1 = no OSC)")
+    g.add_argument("--osc-port", type=int, help="UDP port for OSC (default 9000, skipped with a warning when "
+                   "taken; -1 = no OSC)")
     g.add_argument("--osc-allow", help="only accept OSC from these comma-separated IP addresses")
     g.add_argument("--oscquery-port", type=int,
                    help="TCP port of the OSCQuery HTTP namespace (default: the OSC port number; -1 = off)")
@@ -54,16 +55,21 @@ class Control:
         return ctl
 
     def _start(self, args) -> None:
-        from . import console
-
         live = self.live
-        if args.osc_port != -1:
+        port = 9000 if args.osc_port is None else args.osc_port
+        if port != -1:
             from .osc import OscServer
 
-            if not 0 <= args.osc_port < 65536:
-                raise PaikError(f"--osc-port {args.osc_port}: expected 0..65535 (or -1 for no OSC)")
+            if not 0 <= port < 65536:
+                raise PaikError(f"--osc-port {port}: expected 0..65535 (or -1 for no OSC)")
             allow = args.osc_allow.split(",") if args.osc_allow else None
-            self.osc = OscServer(live, args.osc_host, args.osc_port, allow).start()
+            try:
+                self.osc = OscServer(live, args.osc_host, port, allow).start()
+            except PaikError as e:
+                if args.osc_port is not None:
+                    raise  # asked for: a clear error
+                log.warning("%s; playing without OSC", e)  # the default port is taken: play on
+                return self._start_midi_console(args)
             qport = args.oscquery_port if args.oscquery_port is not None else self.osc.port
             msg = f"paik: OSC on udp://{self.osc.host}:{self.osc.port}"
             if qport != -1:
@@ -78,6 +84,12 @@ class Control:
                         raise
                     log.warning("%s", e)  # the default port was taken: OSC still works
             print(msg, file=sys.stderr, flush=True)
+        self._start_midi_console(args)
+
+    def _start_midi_console(self, args) -> None:
+        from . import console
+
+        live = self.live
         if args.midi:
             from .midi import MidiHub
 

@@ -320,3 +320,21 @@ def test_zeroconf_failure_is_a_warning(rig, monkeypatch, caplog):
         assert json.load(urllib.request.urlopen(f"http://127.0.0.1:{q.port}/?HOST_INFO", timeout=5))["NAME"] == "Paik"
     finally:
         q.stop()
+
+
+def test_taken_ports_default_plays_on_explicit_is_an_error(bundle, capsys, caplog):
+    from instrument.cli import main
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            holder.bind(("127.0.0.1", 9000))
+        except OSError:
+            pass  # already taken by someone else: the same situation
+        assert main(["play", str(bundle), "--headless", "--frames", "2", "--size", "16x16", "--console", "off"]) == 0
+        assert any("playing without OSC" in r.getMessage() for r in caplog.records)
+        busy = holder.getsockname()[1] if holder.getsockname()[1] else 9000
+        code = main(["play", str(bundle), "--headless", "--frames", "2", "--osc-port", str(busy), "--console", "off"])
+        assert code == 2 and "cannot listen for OSC" in capsys.readouterr().err
+    finally:
+        holder.close()
