@@ -185,12 +185,12 @@ class Outputs:
         if s is None:
             self._fail("recording is not set up here")
             return False
-        path = s.path or default_path(s.codec)
+        base = s.path or default_path(s.codec)
         n = len(self.takes) + 1
-        path = numbered(path, n)
+        path = numbered(base, n)
         while n > 1 and path.exists():  # never overwrite an earlier take
             n += 1
-            path = numbered(s.path or path, n)
+            path = numbered(base, n)
         try:
             rec = Recorder(path, s.size, s.fps, s.codec, s.crf, s.preset)
         except PaikError as e:
