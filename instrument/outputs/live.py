@@ -6,8 +6,10 @@ Once per frame, after the loop has drained its command queue, :meth:`Outputs.fra
 2. starts or stops the recording when the ``record`` parameter changed (a key, an OSC
    message or a MIDI control: they all set the parameter through the command queue);
 3. for each output size whose frame is due (each output keeps its own rate on a
-   :class:`~instrument.record.Cadence`), draws the view once into a texture of that size,
-   publishes the texture to Syphon/Spout and queues an asynchronous readback for the rest.
+   :class:`~instrument.record.Cadence`), draws the view once into a texture of that size (or,
+   when the loop's own frame has that size, copies or reads it instead of drawing again),
+   publishes the texture to Syphon/Spout, packs it to yuv420p on the GPU for H.264, and
+   queues an asynchronous readback (PBOs) for the pixel outputs, delivered next iteration.
 
 The window's own size, vsync and overlays never reach an output.
 """
