@@ -109,6 +109,7 @@ class Renderer:
         self._buffers = 0  # instance buffers made so far (a new one needs a new vertex array)
         self._version = {"field": 0, "backdrop": 0}  # bumped when an input of a pass-1 target changes
         self.backdrop_step = (0.0, 0.0)
+        self._layout = (-1, (False, False))  # (backdrop version, _backdrop_layout()) cached
         self.bakes = {"field": 0, "backdrop": 0}  # pass-1 runs so far (tests, profiling)
 
     # -- state --------------------------------------------------------------------------------
@@ -281,7 +282,9 @@ class Renderer:
 
         n, bcols, (bw, bh, bd), nearest = self.bg_info
         pl = self.plan
-        sx, sy = self._backdrop_layout()
+        if self._layout[0] != self._version["backdrop"]:
+            self._layout = (self._version["backdrop"], self._backdrop_layout())
+        sx, sy = self._layout[1]
         tc, tr = (pl.cols if sx else 1), (pl.rows if sy else 1)
         size = (tc * bw, tr * bh)
         slot = self._target("backdrop", size, 4, "f1")
