@@ -112,7 +112,12 @@ class Recorder:
             st.pix_fmt = "yuv420p"
             # a keyframe every second keeps seeking cheap; no B-frames: timestamps start at 0 in a
             # fragmented file (no edit list) and fewer frames wait inside the encoder at a crash
+            if size[0] * size[1] * fps > 1920 * 1080 * 60 and preset == "veryfast":
+                preset = "superfast"  # 4K30 and up: keep the encoder ahead of the render loop
             st.options = {"crf": str(crf), "preset": preset, "g": str(max(1, round(fps))), "bf": "0"}
+            # frame threads scale across cores far better than x264's sliced threads (PyAV's
+            # default); they hold a few more frames in flight, which a crash can lose
+            st.codec_context.thread_type = "FRAME"
             cc = st.codec_context  # BT.709, limited range: what the packer writes, tagged for players
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
             self._src_fmt = "yuv420p" if packed else "rgb24"

@@ -193,7 +193,9 @@ class Renderer:
 
         slot = self._targets[name]
         tex = slot[0]
-        if tex is None or tex.size != size or tex.components != comps or tex.dtype != dtype:
+        # a crossfade that comes and goes (the sweep passing an integer step) must not remake the
+        # target every time: keep more channels than needed while the size stays the same
+        if tex is None or tex.size != size or tex.components < comps or tex.dtype != dtype:
             if size[0] > self.max2d or size[1] > self.max2d:
                 raise PaikError(f"the {name} of this view needs a {size[0]}x{size[1]} texture; this GPU allows "
                                 f"{self.max2d} per side: choose fewer steps/blocks or a smaller capture")
