@@ -14,24 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from test_outputs_record import SIZE, params, reference
+from outputs_common import SIZE, ctx, params, reference, src  # noqa: F401  (fixtures)
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    from instrument.headless import egl_context
-
-    return egl_context()
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-    from instrument.source import Source
-    from instrument_fixtures import make_bundle
-
-    b = tmp_path_factory.mktemp("ndi") / "b"
-    make_bundle(b, steps=2, blocks=2, heads=1, video=False, preview=False)
-    return Source.open(b, "cpu")
 
 
 @pytest.fixture
