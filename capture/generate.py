@@ -98,9 +98,8 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
         _log(opts, f"paik: loading {opts.model or 'tiny'} ...")
         loaded = load_pipeline(opts.model, opts.dtype, opts.device, opts.offload)
     pipe, info, device = loaded
-    is_tiny = info.id.startswith("tiny")
-    d_frames, d_h, d_w, d_steps = DEFAULTS[info.id if info.id in DEFAULTS else "tiny" if is_tiny
-                                           else info.family if info.family in DEFAULTS else "other"]
+    key = info.id if info.id in DEFAULTS else "tiny" if info.id.startswith("tiny") else info.family
+    d_frames, d_h, d_w, d_steps = DEFAULTS.get(key, DEFAULTS["other"])
     frames, height, width = opts.frames or d_frames, opts.height or d_h, opts.width or d_w
     steps = opts.steps or d_steps
     check_video_size(height, width, frames, info.spatial_multiple, info.temporal)
