@@ -112,3 +112,54 @@ def _fmt(r: Row) -> str:
 
 def write_json(rows: list[Row], path: Path, info: dict) -> None:
     path.write_text(json.dumps({**info, "rows": [r.__dict__ for r in rows]}, indent=1) + "\n")
+
+
+def first_frame(path, size=(1920, 1080), token=None, device: str = "auto") -> dict:
+    """Seconds from opening a bundle to its first finished frame (headless, default view), and
+    how much of the bundle that read: opening must not read the maps (design: a 13 GiB bundle
+    shows within 1 s)."""
+    import resource
+
+    from . import colormaps
+    from .headless import Offscreen, egl_context
+    from .renderer import Renderer
+    from .source import Source
+
+    if device != "cpu":  # program start-up, not the bundle: load torch (CUDA probe) before timing
+        try:
+            import torch
+
+            torch.cuda.is_available()
+        except ImportError:
+            pass
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    io0 = _read_bytes()
+    t0 = time.perf_counter()
+    src = Source.open(path, device)
+    ctx = egl_context()
+    renderer = Renderer(ctx, src)
+    off = Offscreen(ctx, size)
+    off.use()
+    d = src.dims
+    p = Params().bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, colormaps.available())
+    if token is not None:
+        p.token = src.word_index(token)
+    renderer.draw(p, 0.0, (0, 0, *size), gap=2.0)
+    ctx.finish()
+    seconds = time.perf_counter() - t0
+    maps = sum(f.stat().st_size for f in Path(path).glob("maps/*.safetensors"))
+    io1 = _read_bytes()
+    return {"seconds": seconds, "bundle_gib": maps / 2**30, "gl": ctx.info["GL_RENDERER"],
+            "read_mib": None if io0 is None or io1 is None else (io1 - io0) / 2**20,
+            "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+
+
+def _read_bytes() -> int | None:
+    """Bytes this process has read from storage so far (Linux), or None."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None

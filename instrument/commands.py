@@ -212,6 +212,16 @@ def cmd_bench_render(args) -> int:
     return 0
 
 
+def cmd_bench_first_frame(args) -> int:
+    from . import bench
+
+    r = bench.first_frame(args.bundle, args.size, args.token, args.device)
+    read = "n/a" if r["read_mib"] is None else f"{r['read_mib']:.1f} MiB read from storage in all, GL driver included"
+    print(f"{r['bundle_gib']:.2f} GiB bundle: first {args.size[0]}x{args.size[1]} frame in {r['seconds']:.2f} s "
+          f"({read}, memory +{r['rss_growth_mib']:.0f} MiB) on {r['gl']}")
+    return 0
+
+
 def cmd_bench_record(args) -> int:
     from . import bench_record
 
@@ -336,6 +346,16 @@ def register(sub, bench) -> None:
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.set_defaults(func=cmd_bench_render)
+
+    ap = bench.add_parser("first-frame", help="seconds from opening a bundle to its first frame, headless",
+                          description="Open BUNDLE, render its first frame headless and say how long that took "
+                                      "and how much of the bundle was read (drop the page cache first for a "
+                                      "cold start: sync; echo 3 > /proc/sys/vm/drop_caches).")
+    ap.add_argument("bundle")
+    ap.add_argument("--size", type=_size, default=(1920, 1080), help="WxH (default 1920x1080)")
+    ap.add_argument("--token", help="a word to show (default: the first)")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.set_defaults(func=cmd_bench_first_frame)
 
     ap = bench.add_parser("latency", help="OSC packet to the first frame that shows it (p50/p99), headless",
                           description="Send /paik/step over UDP at --rate Hz (alternating two steps) to a headless "
