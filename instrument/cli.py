@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("paik: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `paik info B | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
