@@ -94,6 +94,7 @@ class Renderer:
         self.maps = self.lut = self.bg = None
         self._keys: dict[str, object] = {}
         self.plan: views.Plan | None = None
+        self._plan_key: tuple | None = None  # the parameters self.plan was made from
         self.tiles: np.ndarray | None = None  # the f16-rounded volumes on the GPU, as float32
         self.tile_org = np.zeros((1, 2), np.float32)  # texel origin of every tile in the map atlas
         self.ranges = np.zeros((1, 1, 2), np.float32)  # [tile, frame, (lo, hi)]
@@ -115,8 +116,13 @@ class Renderer:
     # -- state --------------------------------------------------------------------------------
     def update(self, p: Params, time: float) -> None:
         """Bring GPU state in line with ``p`` at video position ``time`` (0..1)."""
-        word = self.src.words[p.token]
-        pl = views.plan(p, self.src.dims, word.positions, word.label)
+        # the plan (up to 300 cell labels) depends on these alone: rebuilt when one changes, not per frame
+        key = (p.token, p.view, p.step, p.block, p.head, p.reduce)
+        if self.plan is None or self._plan_key != key:
+            word = self.src.words[p.token]
+            pl = views.plan(p, self.src.dims, word.positions, word.label)
+        else:
+            pl = self.plan
         if self._changed("selection", pl.selection):
             vols = self.src.reducer.volumes(pl.selection)  # [N, F', H', W'] float32
             half = vols.astype(np.float16)
@@ -127,7 +133,7 @@ class Renderer:
             self.tile_org = atlas.origins(n, cols, w, h)
             self._keys.pop("ranges", None)
             self._version["field"] += 1
-        self.plan = pl
+        self.plan, self._plan_key = pl, key
         if self._changed("ranges", (p.norm, p.clip_lo, p.clip_hi)):
             self.ranges = normalize.ranges(self.tiles, p.norm, p.clip_lo, p.clip_hi)  # [N, F', 2]
             self._version["field"] += 1

@@ -12,6 +12,7 @@ cell (the renderer relies on it).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,6 +73,16 @@ def _name(pos: float, names: tuple[int, ...]) -> str:
     return f"{names[i] + (pos - i) * (names[i + 1] - names[i]):.2f}"
 
 
+@functools.lru_cache(maxsize=16)
+def _labels(view: str, d: Dims) -> tuple[str, ...]:
+    """Cell labels of a grid view: they depend on the bundle alone, so a glide does not remake 300."""
+    if view == "grid-blocks":
+        return tuple(f"block {b}" for b in d.block_names)
+    if view == "grid-steps":
+        return tuple(f"step {s}" for s in d.step_names)
+    return tuple(f"s{s} h{h}" for s in d.step_names for h in range(d.n_heads))
+
+
 def plan(p: Params, d: Dims, tokens: tuple[int, ...], word: str) -> Plan:
     step_s, block_s = _name(p.step, d.step_names), _name(p.block, d.block_names)
     steps, _ = _pair(p.step, d.n_steps)
@@ -101,16 +112,16 @@ def plan(p: Params, d: Dims, tokens: tuple[int, ...], word: str) -> Plan:
     if view == "grid-blocks":
         sel = Selection(tokens, steps, all_b, heads, ("step", "block"), p.reduce)
         rows, cols = grid_shape(d.n_blocks, d.aspect)
-        labels = tuple(f"block {b}" for b in d.block_names)
+        labels = _labels(view, d)
         return Plan(sel, rows, cols, labels, f"'{word}'  step {step_s}  every block  {hname}")
     if view == "grid-steps":
         sel = Selection(tokens, all_s, blocks, heads, ("step", "block"), p.reduce)
         rows, cols = grid_shape(d.n_steps, d.aspect)
-        labels = tuple(f"step {s}" for s in d.step_names)
+        labels = _labels(view, d)
         return Plan(sel, rows, cols, labels, f"'{word}'  block {block_s}  every step  {hname}")
     if view == "grid-heads-steps":
         sel = Selection(tokens, all_s, blocks, None, ("step", "block", "head"), p.reduce)
-        labels = tuple(f"s{s} h{h}" for s in d.step_names for h in range(d.n_heads))
+        labels = _labels(view, d)
         return Plan(sel, d.n_steps, d.n_heads, labels, f"'{word}'  block {block_s}  heads x steps")
     raise ValueError(view)
 

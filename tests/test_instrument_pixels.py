@@ -382,6 +382,20 @@ def test_pass_one_runs_only_when_its_inputs_change(rig):
     assert shaped[..., :3].std() > 5
 
 
+def test_the_plan_is_remade_only_when_its_parameters_change(rig):
+    src, r, _ = rig
+    p = params(src, view="grid-heads-steps", block=1.0)
+    gl_render(rig, p, 0.2)
+    pl = r.plan
+    p.gain, p.colormap, p.norm = 2.0, "inferno", "frame"  # pass 2 and ranges: not the plan
+    gl_render(rig, p, 0.4)
+    assert r.plan is pl
+    p.block = 1.5
+    gl_render(rig, p, 0.4)
+    assert r.plan is not pl and r.plan.title != pl.title
+    assert r.plan.labels is pl.labels  # labels depend on the bundle alone: kept through a glide
+
+
 def test_pass_one_shader_hot_reload(ctx, bundle_dir, tmp_path):
     import os
     import shutil
