@@ -19,8 +19,16 @@ from capture.errors import PaikError
 COMMAND_MODULES = ("capture.cli", "instrument.commands")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with Paik's one-line errors (``paik: error: ...``, exit 2) instead of a usage
+    dump; subcommand parsers inherit it through ``add_subparsers``."""
+
+    def error(self, message: str):
+        self.exit(2, f"paik: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="paik",
         description="Paik: generate video with Wan while capturing its cross-attention, and play the maps live.",
     )
@@ -42,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0), or a flag error already printed on one line (2)
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="paik: %(levelname)s: %(message)s")
     if not getattr(args, "func", None):

@@ -297,9 +297,11 @@ def test_reductions_against_numpy(tmp_path):
     (["generate", PROMPT, "--out", "{tmp}/x", "--max-capture-gb", "0.0000001"], "does not fit"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--guidance-2", "3"], "--guidance-2 is for Wan2.2"),
     (["generate", " ", "--out", "{tmp}/x"], "the prompt is empty"),
+    (["generate", "--out", "{tmp}/x"], "paik: error: the following arguments are required: prompt"),
     (["info", "{tmp}/nothing"], "no such bundle directory"),
 ])
 def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("")  # not a directory
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if argv[0] == "generate" and "--model" not in argv:
         argv += ["--model", "tiny"]  # the default may be the trained model: these are about messages

@@ -101,15 +101,26 @@ def test_grid_writes_labelled_pngs(bundle_dir, tmp_path, capsys):
     (["grid", "{bundle}", "--view", "steps", "--block", "4", "--out", "f"], "--block 4 is not in this bundle"),
     (["grid", "{bundle}", "--time", "2", "--out", "f"], "--time 2.0: positions run from 0"),
     (["play", "{notabundle}"], "not a Paik bundle"),
+    (["render", "{bundle}", "--size", "10x", "--out", "x.mp4"], "argument --size: '10x': expected WIDTHxHEIGHT"),
+    (["render", "{bundle}", "--view", "nope", "--out", "x.mp4"], "argument --view: invalid choice: 'nope'"),
 ])
 def test_user_errors_are_clear(bundle_dir, tmp_path, capsys, argv, message):
     (tmp_path / "plain").mkdir()
-    subs = {"{bundle}": bundle_dir, "{missing}": tmp_path / "nope", "{notabundle}": tmp_path / "plain"}
-    argv = [str(subs.get(a, a)) if a in subs else (str(tmp_path / a) if a in ("x.mp4", "f") else a) for a in argv]
+    (tmp_path / "file.txt").write_text("")
+    subs = {"{bundle}": bundle_dir, "{missing}": tmp_path / "nope", "{notabundle}": tmp_path / "plain",
+            "{file}": tmp_path / "file.txt"}
+
+    def sub(a):
+        for k, v in subs.items():
+            if a.startswith(k):
+                return str(v) + a[len(k):]
+        return str(tmp_path / a) if a in ("x.mp4", "x.xyz", "f") else a
+
+    argv = [sub(a) for a in argv]
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err, err
-    assert "Traceback" not in err and err.startswith("paik: error:")
+    assert "Traceback" not in err and err.startswith("paik: error:") and err.count("\n") == 1, err
 
 
 def test_bench_render_prints_a_table_and_json(bundle_dir, tmp_path, capsys):
