@@ -65,7 +65,12 @@ def prepare_dir(path: Path, overwrite: bool) -> None:
         import shutil
 
         shutil.rmtree(path)
-    (path / "maps").mkdir(parents=True, exist_ok=True)
+    try:
+        (path / "maps").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        block = next((p for p in path.parents if p.exists()), None)
+        why = f"{block} is a file, not a directory" if block is not None and not block.is_dir() else e.strerror
+        raise PaikError(f"--out {path}: cannot create it: {why}") from None
 
 
 class BundleWriter:

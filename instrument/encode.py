@@ -13,6 +13,22 @@ from capture.errors import PaikError
 CODECS = ("h264", "prores")
 
 
+def check_dir(d: Path) -> None:
+    """Refuse an output directory that cannot be made because a file is in the way (a typo)."""
+    block = next((p for p in (d, *d.parents) if p.exists()), None)
+    if block is not None and not block.is_dir():
+        raise PaikError(f"cannot write into {d}: {block} is a file, not a directory")
+
+
+def ensure_dir(d: Path) -> None:
+    """``mkdir -p`` for an output, with a message instead of a traceback."""
+    check_dir(d)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PaikError(f"cannot write into {d}: {e.strerror}") from None
+
+
 class Encoder:
     def __init__(self, path: Path, size: tuple[int, int], fps: float, codec: str = "h264", crf: int = 16):
         import av
@@ -22,11 +38,15 @@ class Encoder:
             raise PaikError(f"H.264 needs an even width and height, not {w}x{h} (or use --codec prores)")
         if codec == "prores" and path.suffix.lower() not in (".mov", ".mxf"):
             raise PaikError(f"--codec prores writes QuickTime: name the output .mov, not {path.name}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise PaikError(f"{path} is a directory: name the video file, like {path / 'out.mp4'}")
+        ensure_dir(path.parent)
         rate = Fraction(fps).limit_denominator(1001)
         self.codec = codec
         try:
             self.container = av.open(str(path), "w")
+        except ValueError:  # FFmpeg knows no container for this file name
+            raise PaikError(f"cannot tell a video format from the name {path.name}: name it .mp4 (or .mov)") from None
         except (av.FFmpegError, OSError) as e:
             raise PaikError(f"cannot write {path} ({e})") from None
         if codec == "h264":

@@ -9,7 +9,7 @@ import numpy as np
 
 from capture.errors import PaikError
 
-from .encode import Encoder
+from .encode import Encoder, ensure_dir
 from .headless import Offscreen, egl_context
 from .params import Params
 from .renderer import Renderer
@@ -73,7 +73,7 @@ def grid_figures(src: Source, p: Params, out_dir: Path, view: str, values: list[
     """One labelled PNG per value (step for 'blocks', block for 'steps'/'heads-steps') and time."""
     from .views import plan
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     ctx = ctx or egl_context()
     renderer = Renderer(ctx, src)
     axis = "step" if view == "grid-blocks" else "block"

@@ -24,6 +24,8 @@ import numpy as np
 
 from capture.errors import PaikError
 
+from .encode import check_dir, ensure_dir
+
 log = logging.getLogger(__name__)
 
 CODECS = ("h264", "prores")
@@ -67,6 +69,7 @@ def _check(path: Path, size, codec: str) -> str:
     """The container format for ``path``; user errors as PaikError."""
     w, h = size
     suffix = path.suffix.lower()
+    check_dir(path.parent)
     if codec not in CODECS:
         raise PaikError(f"unknown recording codec {codec!r}; choose {', '.join(CODECS)}")
     if codec == "h264":
@@ -100,7 +103,7 @@ class Recorder:
         self.codec = codec
         fmt = _check(self.path, size, codec)
         self.components = (1 if packed else 3) if codec == "h264" else 4
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path.parent)
         rate = Fraction(fps).limit_denominator(1001)
         try:
             self.container = av.open(str(self.path), "w", format=fmt,

@@ -103,6 +103,11 @@ def test_grid_writes_labelled_pngs(bundle_dir, tmp_path, capsys):
     (["play", "{notabundle}"], "not a Paik bundle"),
     (["render", "{bundle}", "--size", "10x", "--out", "x.mp4"], "argument --size: '10x': expected WIDTHxHEIGHT"),
     (["render", "{bundle}", "--view", "nope", "--out", "x.mp4"], "argument --view: invalid choice: 'nope'"),
+    (["render", "{bundle}", "--out", "{notabundle}"], "is a directory: name the video file"),
+    (["render", "{bundle}", "--out", "x.xyz"], "cannot tell a video format from the name x.xyz"),
+    (["render", "{bundle}", "--out", "{file}/x.mp4"], "file.txt is a file, not a directory"),
+    (["grid", "{bundle}", "--out", "{file}"], "file.txt is a file, not a directory"),
+    (["play", "{bundle}", "--headless", "--record", "{file}/x.mp4"], "file.txt is a file, not a directory"),
 ])
 def test_user_errors_are_clear(bundle_dir, tmp_path, capsys, argv, message):
     (tmp_path / "plain").mkdir()
