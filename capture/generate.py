@@ -100,8 +100,11 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
     pipe, info, device = loaded
     key = info.id if info.id in DEFAULTS else "tiny" if info.id.startswith("tiny") else info.family
     d_frames, d_h, d_w, d_steps = DEFAULTS.get(key, DEFAULTS["other"])
-    frames, height, width = opts.frames or d_frames, opts.height or d_h, opts.width or d_w
-    steps = opts.steps or d_steps
+    # None means the model's default; 0 is a mistake that the checks below report
+    frames = d_frames if opts.frames is None else opts.frames
+    height = d_h if opts.height is None else opts.height
+    width = d_w if opts.width is None else opts.width
+    steps = d_steps if opts.steps is None else opts.steps
     check_video_size(height, width, frames, info.spatial_multiple, info.temporal)
     if steps < 1:
         raise PaikError("--steps must be at least 1")

@@ -147,7 +147,7 @@ def cmd_render(args) -> int:
     src = _source(args)
     p = _params(args, src, args.view)
     size = args.size or src.video_size
-    fps = args.fps or src.fps
+    fps = src.fps if args.fps is None else args.fps  # --fps 0 is a mistake, not "the video's"
     if not (fps > 0 and math.isfinite(fps)):
         raise PaikError(f"--fps must be positive, not {args.fps}")
     duration = fit_duration(args.duration, src)
@@ -162,6 +162,9 @@ def cmd_grid(args) -> int:
     from .offline import grid_figures, positions
 
     view = GRID_VIEWS[args.view]
+    if args.cell_width < 1 or args.gap < 0:
+        raise PaikError(f"--cell-width must be at least 1 and --gap at least 0 (pixels), not {args.cell_width} "
+                        f"and {args.gap}")
     src = _source(args)
     step_list, block_list = args.steps, args.blocks
     p = _params(args, src, view)
@@ -195,6 +198,8 @@ def cmd_bench_render(args) -> int:
         from capture.bundle import open_bundle
 
         bundle = open_bundle(args.bundle)
+    if args.frames < 1:
+        raise PaikError(f"--frames must be at least 1, not {args.frames}")
     views = args.views.split(",") if args.views else list(VIEWS)
     bad = [v for v in views if v not in VIEWS]
     if bad:

@@ -103,11 +103,14 @@ def test_grid_writes_labelled_pngs(bundle_dir, tmp_path, capsys):
     (["play", "{notabundle}"], "not a Paik bundle"),
     (["render", "{bundle}", "--size", "10x", "--out", "x.mp4"], "argument --size: '10x': expected WIDTHxHEIGHT"),
     (["render", "{bundle}", "--view", "nope", "--out", "x.mp4"], "argument --view: invalid choice: 'nope'"),
+    (["render", "{bundle}", "--fps", "0", "--out", "x.mp4"], "--fps must be positive, not 0"),
     (["render", "{bundle}", "--out", "{notabundle}"], "is a directory: name the video file"),
     (["render", "{bundle}", "--out", "x.xyz"], "cannot tell a video format from the name x.xyz"),
     (["render", "{bundle}", "--out", "{file}/x.mp4"], "file.txt is a file, not a directory"),
     (["grid", "{bundle}", "--out", "{file}"], "file.txt is a file, not a directory"),
+    (["grid", "{bundle}", "--cell-width", "0", "--out", "f"], "--cell-width must be at least 1"),
     (["play", "{bundle}", "--headless", "--record", "{file}/x.mp4"], "file.txt is a file, not a directory"),
+    (["bench", "render", "--bundle", "{bundle}", "--frames", "0"], "--frames must be at least 1"),
 ])
 def test_user_errors_are_clear(bundle_dir, tmp_path, capsys, argv, message):
     (tmp_path / "plain").mkdir()
