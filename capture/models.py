@@ -111,6 +111,13 @@ def load_pipeline(spec: str | None, dtype: str = "auto", device: str | None = No
     model_id, path = resolve_model(spec)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PaikError(f"--device {device!r}: expected cuda, cuda:N or cpu") from None
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise PaikError(f"--device {device}: this PyTorch sees {torch.cuda.device_count()} CUDA devices "
+                        "(a CPU-only build sees none): use --device cpu, or install PyTorch's CUDA build")
     if offload and not device.startswith("cuda"):
         raise PaikError("--offload needs a CUDA device (it moves weights between CPU and GPU)")
     if dtype == "auto":
