@@ -314,6 +314,14 @@ def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
     assert code == 2 and message in err and "Traceback" not in err, err
 
 
+def test_bench_capture_on_cpu_does_not_judge_memory(capsys):
+    argv = ["bench", "capture", "--config", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1",
+            "--frames", "5", "--height", "64", "--width", "64"]
+    assert paik(argv) == 0
+    out = capsys.readouterr().out
+    assert "peak memory is measured on CUDA only" in out and "OVER" not in out, out
+
+
 def test_cli_generate_and_info(tmp_path, capsys):
     out = tmp_path / "b"
     assert paik(["generate", PROMPT, "--out", str(out), "--model", "tiny", "--tokens", 'kissing,"red circle"', "--heads", "mean",
