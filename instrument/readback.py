@@ -108,8 +108,6 @@ class YuvPacker:
     ready for the encoder (no flip, no CPU colour conversion, 1.5 bytes a pixel instead of 4)."""
 
     def __init__(self, ctx, size: tuple[int, int]):
-        import numpy as np
-
         from .shaders import Program
 
         w, h = size

@@ -24,11 +24,10 @@ import numpy as np
 
 from capture.errors import PaikError
 
-from .encode import check_dir, ensure_dir
+from .encode import CODECS, check_dir, ensure_dir
 
 log = logging.getLogger(__name__)
 
-CODECS = ("h264", "prores")
 # fragmented (playable while written, valid after a kill): header first, one fragment per frame
 MOVFLAGS = "empty_moov+default_base_moof+frag_every_frame"
 
