@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from capture.errors import PaikError
@@ -253,8 +253,9 @@ def apply(p: Params, cmd: Command) -> None:
 
 
 class CommandQueue:
-    """Thread-safe inbox. Producers (keys, OSC, MIDI) :meth:`put`; the render loop calls
-    :meth:`drain` once per frame. Bad commands are logged by the caller, never fatal."""
+    """Thread-safe inbox. Producers (keys, OSC, MIDI) :meth:`put`; once per frame the render loop
+    (:meth:`instrument.live.Live.update`) :meth:`take` s them all. Bad commands are logged by the
+    caller, never fatal."""
 
     def __init__(self):
         self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -288,6 +289,3 @@ class CommandQueue:
                 errors.append(str(e))
         return errors
 
-
-def param_names() -> list[str]:
-    return [f.name for f in fields(Params) if f.name in SPECS]
