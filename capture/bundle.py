@@ -30,12 +30,12 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
 from .errors import BundleError, PaikError
-from .layout import Layout
+from .layout import Layout, index_ranges
 from .tokens import Token, TokenGroup, prompt_words, resolve_tokens
 
 FORMAT = "paik-bundle"
@@ -151,7 +151,7 @@ class Bundle:
     def step_arrays(self, step: int) -> dict[str, np.ndarray]:
         """Every array of one step, memory-mapped (see the module docstring for names/shapes)."""
         if step not in self._step_pos:
-            raise PaikError(f"step {step} is not in this bundle; captured steps: {_ranges(self.step_indices)}")
+            raise PaikError(f"step {step} is not in this bundle; captured steps: {index_ranges(self.step_indices)}")
         if step not in self._files:
             info = self.steps[self._step_pos[step]]
             arrays = read_safetensors(self.path / info.file)
@@ -237,7 +237,7 @@ class Bundle:
         bad = [v for v in values if v not in available]
         if bad or not values:
             raise PaikError(f"{name} {bad[0] if bad else value!r} is not in this bundle; "
-                            f"available {name}s: {_ranges(available)}")
+                            f"available {name}s: {index_ranges(available)}")
         return [int(v) for v in values]
 
     # -- summary -------------------------------------------------------------------------------
@@ -258,9 +258,9 @@ class Bundle:
             f"{s.get('steps')} steps, guidance {s.get('guidance')}, seed {m.get('seed')}",
             f"maps     [step {len(self.steps)}/{len(planned)}, block {len(lay.blocks)}, head {heads}, "
             f"token {len(lay.tokens)}, F' {f}, H' {h}, W' {w}] {lay.dtype}",
-            f"steps    {_ranges(self.step_indices) or 'none complete'}"
+            f"steps    {index_ranges(self.step_indices) or 'none complete'}"
             + (f"  (experts: {_experts(self.steps)})" if len({x.expert for x in self.steps}) > 1 else ""),
-            f"blocks   {_ranges(lay.blocks)}",
+            f"blocks   {index_ranges(lay.blocks)}",
             "tokens   " + "  ".join(
                 f"{t.index}:{t.piece}{'*' if t.index in self._token_pos else ''}" for t in self.tokens),
             "         (* captured)",
@@ -277,20 +277,7 @@ def _experts(steps: Iterable[StepInfo]) -> str:
     out: dict[str, list[int]] = {}
     for s in steps:
         out.setdefault(s.expert, []).append(s.index)
-    return "; ".join(f"{k} {_ranges(v)}" for k, v in out.items())
-
-
-def _ranges(values: Sequence[int]) -> str:
-    """[0,1,2,3,7,9,10] -> '0-3,7,9-10'"""
-    values = sorted(values)
-    out, i = [], 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(out)
+    return "; ".join(f"{k} {index_ranges(v)}" for k, v in out.items())
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:

@@ -1,13 +1,13 @@
-"""What to capture and whether it fits: parsing --steps/--blocks/--heads, checking video sizes,
+"""What to capture and whether it fits: parsing --capture-steps/--blocks/--heads, checking video sizes,
 and the memory plan printed (and enforced) before anything is generated."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import PaikError
-from .layout import GiB, Layout
+from .layout import GiB, Layout, index_ranges
 
 
 def parse_indices(text: str | None, n: int, name: str) -> list[int]:
@@ -82,28 +82,31 @@ class MemoryPlan:
         return f"capture {shape}{extra} float16 = {lay.bytes / GiB:.2f} GiB on {self.where} ({budget})"
 
     def suggestions(self) -> list[str]:
-        """Flag sets that would fit the budget, smallest change first."""
+        """Flag sets that would fit the budget, smallest change first; each is checked by
+        building the reduced layout and asking its exact size."""
         if self.budget_bytes is None:
             return []
         lay, budget = self.layout, self.budget_bytes
+        n_steps = max(lay.steps) + 1
+        variants = [("", {})]
+        if not lay.head_mean:
+            variants.append(("--heads mean ", {"heads": 1, "head_mean": True}))
         out = []
-        scale_heads = (1 / lay.heads) if not lay.head_mean else 1.0
-        if scale_heads < 1 and lay.bytes * scale_heads <= budget:
-            out.append("--heads mean")
-        steps = len(lay.steps)
-        for base in (1.0, scale_heads):
-            for k in range(2, max(steps, 2) + 1):
-                if lay.bytes * base * min(1.0, (steps // k + 1) / steps) <= budget:
-                    out.append(("--heads mean " if base < 1 else "") + f"--capture-steps every:{k}")
+        for prefix, heads in variants:
+            if heads and replace(lay, **heads).bytes <= budget:
+                out.append(prefix.strip())
+                continue  # the mean of heads alone fits: no need to drop steps or blocks too
+            for k in range(2, n_steps + 1):
+                steps = parse_indices(f"every:{k}", n_steps, "capture-steps")
+                if replace(lay, steps=steps, **heads).bytes <= budget:
+                    out.append(f"{prefix}--capture-steps every:{k}")
                     break
-        blocks = len(lay.blocks)
-        for base in (1.0, scale_heads):
-            n = int(budget / (lay.bytes * base / blocks)) if blocks else 0
-            if 0 < n < blocks:
-                out.append(("--heads mean " if base < 1 else "") + f"--blocks {lay.blocks[0]}-{lay.blocks[n - 1]}"
-                           if lay.blocks[n - 1] - lay.blocks[0] == n - 1 else f"--blocks (any {n} blocks)")
-        out.append("fewer --tokens (each token costs "
-                   f"{lay.pass_bytes(1) / 2 / GiB:.2f} GiB), or a larger --max-capture-gb if memory allows")
+            for n in range(len(lay.blocks) - 1, 0, -1):
+                if replace(lay, blocks=lay.blocks[:n], **heads).bytes <= budget:
+                    out.append(f"{prefix}--blocks {index_ranges(lay.blocks[:n])}")
+                    break
+        per_token = replace(lay, tokens=[0], uncond_tokens=[]).bytes - replace(lay, tokens=[], uncond_tokens=[]).bytes
+        out.append(f"fewer --tokens (each costs {per_token / GiB:.2f} GiB), or a larger --max-capture-gb if memory allows")
         return list(dict.fromkeys(out))
 
     def check(self) -> None:

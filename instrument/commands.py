@@ -70,11 +70,11 @@ def _model_pos(value: str | None, names: tuple[int, ...], axis: str) -> float:
         x = float(value)
     except ValueError:
         raise PaikError(f"--{axis} {value!r}: expected a number") from None
-    from .offline import _ranges
+    from capture.layout import index_ranges
 
     lo, hi = math.floor(x), math.ceil(x)
     if lo not in names or hi not in names:
-        raise PaikError(f"--{axis} {value} is not in this bundle; captured {axis}s: {_ranges(names)}")
+        raise PaikError(f"--{axis} {value} is not in this bundle; captured {axis}s: {index_ranges(names)}")
     i = names.index(lo)
     return i + (x - lo) / max(hi - lo, 1) * (names.index(hi) - i)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from capture.errors import PaikError
+from capture.layout import index_ranges
 
 from .encode import Encoder, ensure_dir
 from .headless import Offscreen, egl_context
@@ -123,15 +124,9 @@ def positions(values: str | None, names: tuple[int, ...], axis: str, default: li
         except ValueError:
             raise PaikError(f"--{axis} {values!r}: expected indices like 0,12,24 (or 'all', 'last')") from None
         if v not in names:
-            raise PaikError(f"--{axis} {v} is not in this bundle; captured {axis}s: {_ranges(names)}")
+            raise PaikError(f"--{axis} {v} is not in this bundle; captured {axis}s: {index_ranges(names)}")
         out.append(float(names.index(v)))
     return out
-
-
-def _ranges(values) -> str:
-    from capture.bundle import _ranges as r
-
-    return r(list(values))
 
 
 def fit_duration(duration: float | None, src: Source) -> float:
