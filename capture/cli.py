@@ -83,13 +83,17 @@ def register(sub, bench) -> None:
 
 def _generate(args) -> int:
     from .generate import GenerateOptions, generate
+    from .errors import PaikError
     from .tokens import split_token_list
 
+    tokens = split_token_list(args.tokens) if args.tokens is not None else []
+    if args.tokens is not None and not tokens:
+        raise PaikError("--tokens is empty; name words like kiss,\"soccer ball\",eos (or leave it out for every token)")
     opts = GenerateOptions(
         prompt=args.prompt, out=args.out, model=args.model, negative=args.negative, seed=args.seed,
         steps=args.steps, frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
         guidance_2=args.guidance_2, flow_shift=args.flow_shift, fps=args.fps,
-        tokens=split_token_list(args.tokens) if args.tokens else [], capture_steps=args.capture_steps,
+        tokens=tokens, capture_steps=args.capture_steps,
         capture_blocks=args.blocks, heads=args.heads, capture_uncond=args.capture_uncond,
         max_capture_gb=args.max_capture_gb, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
         offload=args.offload, device=args.device, preview=args.preview, overwrite=args.overwrite, quiet=args.quiet,

@@ -297,6 +297,7 @@ def test_reductions_against_numpy(tmp_path):
     (["generate", PROMPT, "--out", "{tmp}/x", "--max-capture-gb", "0.0000001"], "does not fit"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--guidance-2", "3"], "--guidance-2 is for Wan2.2"),
     (["generate", " ", "--out", "{tmp}/x"], "the prompt is empty"),
+    (["generate", PROMPT, "--out", "{tmp}/x", "--tokens", ","], "--tokens is empty"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--steps", "0"], "--steps must be at least 1"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--device", "gpu"], "--device 'gpu': expected cuda, cuda:N or cpu"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--device", "cuda:99"], "--device cuda:99: this PyTorch sees"),
