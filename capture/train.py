@@ -2,16 +2,21 @@
 of :mod:`capture.shapes`, saved as a diffusers folder that ``WanPipeline.from_pretrained`` loads
 offline.
 
-Stage 1 trains the VAE (``AutoencoderKLWan``, 8x spatial / 4x temporal, z_dim 16 as Wan2.1) on
-shape videos (L1 + MSE, objects weighted up, a small KL), then writes per-channel
-``latents_mean``/``latents_std`` into its config. Stage 2 freezes it and a randomly initialised
+Stage 1 trains the VAE (``AutoencoderKLWan``, z_dim 16 and 4x temporal as Wan2.1, but 4x
+rather than 8x spatial, so a 128 x 128 clip has 16 x 16 patches a frame and its maps are fine
+enough to outline a shape) on shape videos (L1 + MSE, objects weighted up, a small KL), then
+writes per-channel ``latents_mean``/``latents_std`` into its config. Stage 2 freezes it and a randomly initialised
 umT5 encoder (fixed seed; the shipped tokenizer) and trains ``WanTransformer3DModel`` with flow
 matching exactly as ``WanPipeline`` samples: ``x_t = (1-s) x0 + s noise``, target
 ``noise - x0``, timestep ``1000 s``, prompt embeddings from the pipeline's own
 ``_get_t5_prompt_embeds`` (real tokens then zeros up to 512), 10% empty captions for CFG.
 
+Training clips are rendered on the device; the transformer draws batches from a pool of encoded
+clips (latents and prompt embeddings), part of which is replaced by new clips every few steps.
+
 Runs resume from ``--resume DIR`` (a previous ``--out``); each run stops cleanly before
-``--time-budget`` seconds, saving checkpoints (each file < 16 MB) and the packed model::
+``--time-budget`` seconds, saving checkpoints (each file < 16 MB) and the packed model; with
+``--dit-time`` one learning-rate schedule spans several runs::
 
     OUT/ckpt/state.json, vae.safetensors, vae_optim.pt, dit.safetensors, dit_ema.safetensors, dit_optim.pt
     OUT/paik-shapes.tar      the diffusers folder ``paik-shapes/`` (what the repository ships)
@@ -39,13 +44,16 @@ MODEL_NAME = "paik-shapes"
 # Sizes the model is trained and generated at: (frames, height, width, steps, guidance, flow_shift)
 GEN_DEFAULTS = {"frames": 17, "height": 128, "width": 128, "steps": 20, "guidance": 5.0, "flow_shift": 3.0}
 MAX_SEQ = 512  # WanPipeline's max_sequence_length: padding length matters to the softmax
+EMB_LEN = 48  # prompt positions kept per training clip (captions have at most ~25 tokens)
 
 CONFIGS = {
-    # what ships: ~3.4M transformer, ~1.6M VAE, ~0.5M text encoder
-    "default": {"vae_base": 16, "vae_mult": [1, 2, 3, 3], "text_dim": 128, "text_layers": 2, "text_heads": 4,
+    # what ships: ~3.5M transformer, ~1.9M VAE, ~0.4M text encoder
+    "default": {"vae_base": 16, "vae_mult": [1, 2, 4], "vae_down": [True, True],
+                "text_dim": 128, "text_layers": 2, "text_heads": 4,
                 "heads": 4, "head_dim": 48, "layers": 6, "ffn": 576},
     # for CPU smoke tests only
-    "smoke": {"vae_base": 4, "vae_mult": [1, 1, 1, 1], "text_dim": 32, "text_layers": 1, "text_heads": 2,
+    "smoke": {"vae_base": 4, "vae_mult": [1, 1, 1], "vae_down": [True, True],
+              "text_dim": 32, "text_layers": 1, "text_heads": 2,
               "heads": 2, "head_dim": 12, "layers": 2, "ffn": 32},
 }
 
@@ -66,8 +74,10 @@ def build_components(config: str = "default", seed: int = 0) -> dict:
     tokenizer = load_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        down = c["vae_down"]
         vae = AutoencoderKLWan(base_dim=c["vae_base"], z_dim=16, dim_mult=c["vae_mult"], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
+                               temperal_downsample=down, scale_factor_spatial=2 ** len(down),
+                               scale_factor_temporal=2 ** sum(down))
         torch.manual_seed(seed + 1)
         text_encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=len(tokenizer), d_model=c["text_dim"], d_kv=c["text_dim"] // c["text_heads"],
@@ -129,6 +139,27 @@ def _load_weights(model, path: Path) -> bool:
     return True
 
 
+def init_checkpoint(folder: Path, ckpt: Path, config: str) -> None:
+    """Start a checkpoint from an exported ``paik-shapes`` folder (e.g. the shipped one): its VAE
+    (frozen, with its latent statistics), its transformer as both the trained and the EMA
+    weights, and its step counts; the optimizer starts afresh, so the LR warms up again."""
+    from safetensors.torch import load_file, save_file
+
+    info = json.loads((folder / "paik.json").read_text())
+    if info.get("config") != config:
+        raise ValueError(f"it is config {info.get('config')!r}, not {config!r}")
+    vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+    for name, sub in (("vae", "vae"), ("dit", "transformer"), ("dit_ema", "transformer")):
+        weights = load_file(str(folder / sub / "diffusion_pytorch_model.safetensors"))
+        save_file({k: v.float().contiguous() for k, v in weights.items()}, str(ckpt / f"{name}.safetensors"))
+    state = {"config": config, "seed": info["seed"], "vae_step": info["vae_steps"], "dit_step": info["dit_steps"],
+             "clips_seen": info["clips_seen"], "latents_mean": vae_cfg["latents_mean"],
+             "latents_std": vae_cfg["latents_std"], "runs": info.get("runs", []), "optim_step0": info["dit_steps"],
+             "init_from": str(folder)}
+    (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    log(f"starting from {folder}: vae step {state['vae_step']}, dit step {state['dit_step']} (fresh optimizer)")
+
+
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +180,8 @@ class ClipSource:
 
 
 def _lr(base: float, frac: float, step: int, warmup: int) -> float:
+    """Linear warmup over the first ``warmup`` steps (counted over all runs), then a cosine from
+    ``base`` to ``base / 10`` as ``frac`` goes from 0 to 1."""
     w = min(1.0, (step + 1) / warmup)
     return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
@@ -163,8 +196,13 @@ def train_vae(vae, args, state, deadline: float, ckpt: Path, device):
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
     _load_optim(opt, ckpt / "vae_optim.pt")
-    src = ClipSource(state["clips_seen"], args.frames, args.size, device)
-    pool_v, pool_m, _ = src.take(args.vae_pool)
+    src = ClipSource(state["clips_seen"], args.vae_frames or args.frames, args.size, device)
+    pool_v, pool_m = [], []
+    for i in range(0, args.vae_pool, 64):
+        v, m, _ = src.take(min(64, args.vae_pool - i))
+        pool_v.append(v)
+        pool_m.append(m)
+    pool_v, pool_m = torch.cat(pool_v), torch.cat(pool_m)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
     t_start, step0 = time.time(), state["vae_step"]
     span = max(1.0, deadline - t_start)
@@ -184,7 +222,7 @@ def train_vae(vae, args, state, deadline: float, ckpt: Path, device):
             x = x[..., oy:oy + args.vae_crop, ox:ox + args.vae_crop]
             m = m[..., oy:oy + args.vae_crop, ox:ox + args.vae_crop]
         for group in opt.param_groups:
-            group["lr"] = _lr(args.vae_lr, (time.time() - t_start) / span, step - step0, 100)
+            group["lr"] = _lr(args.vae_lr, (time.time() - t_start) / span, step, 100)
         with autocast:
             post = vae.encode(x).latent_dist
             z = post.sample()
@@ -250,40 +288,59 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     _load_optim(opt, ckpt / "dit_optim.pt")
     src = ClipSource(state["clips_seen"], args.frames, args.size, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
+    ema_params = [p for p in ema.parameters()]
+    train_params = [p.detach() for p in transformer.parameters()]
+
+    def embed(caps):
+        """The pipeline's prompt embeddings, kept to their first EMB_LEN positions (every position
+        after a caption's last token is exactly zero, as ``_get_t5_prompt_embeds`` pads)."""
+        with torch.no_grad():
+            e = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device=device,
+                                           dtype=torch.float32)
+        if e[:, EMB_LEN:].abs().amax().item() != 0:
+            raise RuntimeError(f"a caption has more than {EMB_LEN} tokens")
+        return e[:, :EMB_LEN].contiguous()
 
     def fresh(n):
         v, _, caps = src.take(n)
         with torch.no_grad(), autocast:
-            return encode_latents(vae, v, mean, std), caps
+            return encode_latents(vae, v, mean, std), embed(caps)
 
     t0 = time.time()
-    pool_x, pool_c = [], []
+    pool_x, pool_e = [], []
     for i in range(0, args.pool, 64):
-        x, c = fresh(min(64, args.pool - i))
+        x, e = fresh(min(64, args.pool - i))
         pool_x.append(x)
-        pool_c += c
-    pool_x = torch.cat(pool_x)
+        pool_e.append(e)
+    pool_x, pool_e = torch.cat(pool_x), torch.cat(pool_e)
+    empty = embed([""])[0]
+    emb = torch.zeros(args.batch, MAX_SEQ, pool_e.shape[-1], device=device)
     log(f"dit: latent pool of {len(pool_x)} clips {tuple(pool_x.shape[1:])} in {time.time() - t0:.1f}s "
         f"(std {pool_x.std().item():.3f})")
     g = torch.Generator(device="cpu").manual_seed(args.seed + 17 + state["dit_step"])
     t_start, step0 = time.time(), state["dit_step"]
+    seconds0 = state.get("dit_seconds", 0.0)
     span = max(1.0, deadline - t_start)
     smooth = None
     shift = GEN_DEFAULTS["flow_shift"]
+    t_data = t_model = 0.0
+
+    def progress() -> float:  # 0 -> 1 over the LR schedule: this run, or --dit-time over all runs
+        if args.dit_time:
+            return (seconds0 + time.time() - t_start) / args.dit_time
+        return (time.time() - t_start) / span
+
     while state["dit_step"] < args.steps and time.time() < deadline:
         step = state["dit_step"]
+        t_a = time.time()
         if args.refresh and step % args.refresh_every == 0:
-            x, c = fresh(args.refresh)
-            idx = torch.randint(len(pool_x), (args.refresh,), generator=g)
-            pool_x[idx] = x
-            for j, i in enumerate(idx.tolist()):
-                pool_c[i] = c[j]
-        idx = torch.randint(len(pool_x), (args.batch,), generator=g)
+            x, e = fresh(args.refresh)
+            idx = torch.randint(len(pool_x), (args.refresh,), generator=g).to(device)
+            pool_x[idx], pool_e[idx] = x, e
+        idx = torch.randint(len(pool_x), (args.batch,), generator=g).to(device)
         x0 = pool_x[idx]
-        caps = [pool_c[i] if torch.rand(1, generator=g).item() >= args.caption_dropout else "" for i in idx.tolist()]
-        with torch.no_grad():
-            emb = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device=device,
-                                             dtype=torch.float32)
+        drop = (torch.rand(args.batch, generator=g) < args.caption_dropout).to(device).view(-1, 1, 1)
+        emb[:, :EMB_LEN] = torch.where(drop, empty, pool_e[idx])  # zeros after EMB_LEN, as the pipeline pads
         u = torch.rand(args.batch, generator=g).to(device)
         shifted = shift * u / (1 + (shift - 1) * u)
         use_shift = (torch.rand(args.batch, generator=g) < 0.5).to(device)
@@ -293,7 +350,8 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         xt = (1 - sv) * x0 + sv * noise
         target = noise - x0
         for group in opt.param_groups:
-            group["lr"] = _lr(args.lr, (time.time() - t_start) / span, step - step0, args.warmup)
+            group["lr"] = _lr(args.lr, progress(), step - state.get("optim_step0", 0), args.warmup)
+        t_b = time.time()
         with autocast:
             pred = transformer(hidden_states=xt, timestep=s * 1000.0, encoder_hidden_states=emb, return_dict=False)[0]
         loss = (pred.float() - target).square().mean()
@@ -303,15 +361,19 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         opt.step()
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), transformer.parameters()):
-                pe.lerp_(p.detach(), 1 - d)
+            torch._foreach_lerp_(ema_params, train_params, 1 - d)
         state["dit_step"] += 1
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        t_c = time.time()
+        t_data += t_b - t_a
+        t_model += t_c - t_b
         if state["dit_step"] % args.log_every == 0 or state["dit_step"] == 1:
             el = time.time() - t_start
             log(f"dit step {state['dit_step']} loss {smooth:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"{(state['dit_step'] - step0) / max(el, 1e-6):.1f} it/s, {deadline - time.time():.0f}s left")
+                f"{(state['dit_step'] - step0) / max(el, 1e-6):.1f} it/s (data {t_data:.0f}s, model {t_model:.0f}s), "
+                f"{deadline - time.time():.0f}s left")
     state["clips_seen"] = src.next
+    state["dit_seconds"] = seconds0 + time.time() - t_start
     transformer.eval().requires_grad_(False)
     _save_weights(transformer, ckpt / "dit.safetensors")
     _save_weights(ema, ckpt / "dit_ema.safetensors")
@@ -370,6 +432,9 @@ def unpack(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for ckpt/ and paik-shapes.tar")
     p.add_argument("--resume", default=None, help="a previous --out (its ckpt/ folder) to continue from")
+    p.add_argument("--init-from", default=None,
+                   help="an exported paik-shapes folder (e.g. capture/assets/paik-shapes) to continue training from, "
+                        "without its optimizer state")
     p.add_argument("--config", default="default", choices=list(CONFIGS))
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -383,20 +448,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--stats-clips", type=int, default=256, help="clips for the VAE's latents_mean/std")
     g = p.add_argument_group("stage 1: VAE")
-    g.add_argument("--vae-steps", type=int, default=3000, help="total VAE steps (stage 1 ends there)")
-    g.add_argument("--vae-time", type=float, default=0.35, help="fraction of the budget for stage 1 in this run")
-    g.add_argument("--vae-batch", type=int, default=16)
+    g.add_argument("--vae-steps", type=int, default=100000, help="total VAE steps (stage 1 ends there)")
+    g.add_argument("--vae-time", type=float, default=0.45, help="fraction of the budget for stage 1 in this run")
+    g.add_argument("--vae-batch", type=int, default=32)
+    g.add_argument("--vae-frames", type=int, default=9,
+                   help="frames of VAE training clips (1 + 4k; the causal VAE's weights are shared over time)")
+    g.add_argument("--vae-only", action="store_true",
+                   help="spend the whole run on the VAE and leave stage 1 open for a later run")
     g.add_argument("--vae-crop", type=int, default=64, help="train on random crops this size (0: whole frames)")
-    g.add_argument("--vae-pool", type=int, default=256, help="clips kept rendered")
+    g.add_argument("--vae-pool", type=int, default=512, help="clips kept rendered")
     g.add_argument("--vae-refresh", type=int, default=4, help="new clips per step")
     g.add_argument("--vae-lr", type=float, default=1e-3)
     g.add_argument("--kl-weight", type=float, default=1e-4)
     g.add_argument("--object-weight", type=float, default=3.0, help="extra loss weight on object pixels")
     g = p.add_argument_group("stage 2: transformer")
     g.add_argument("--steps", type=int, default=100000, help="total transformer steps")
-    g.add_argument("--batch", type=int, default=64)
-    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--batch", type=int, default=128)
+    g.add_argument("--lr", type=float, default=8e-4)
     g.add_argument("--warmup", type=int, default=200)
+    g.add_argument("--dit-time", type=float, default=None,
+                   help="seconds of transformer training planned over all runs: one LR schedule across resumed "
+                        "runs (default: each run has its own)")
     g.add_argument("--ema", type=float, default=0.999)
     g.add_argument("--pool", type=int, default=4096, help="clips kept encoded as latents")
     g.add_argument("--refresh", type=int, default=16, help="new clips every --refresh-every steps")
@@ -416,6 +488,9 @@ def run(args) -> int:
     dlogging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest 3D convolutions
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     ckpt = out / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -426,8 +501,17 @@ def run(args) -> int:
             return 2
         for f in src.iterdir():
             shutil.copy2(f, ckpt / f.name)
+    if args.init_from:
+        if args.resume or (ckpt / "state.json").is_file():
+            log("error: --init-from starts a new checkpoint; give a fresh --out and no --resume")
+            return 2
+        try:
+            init_checkpoint(Path(args.init_from), ckpt, args.config)
+        except (OSError, ValueError, KeyError) as e:
+            log(f"error: --init-from {args.init_from}: {e}")
+            return 2
     state = {"config": args.config, "seed": args.seed, "vae_step": 0, "dit_step": 0, "clips_seen": 0,
-             "latents_mean": None, "latents_std": None, "runs": []}
+             "latents_mean": None, "latents_std": None, "runs": [], "optim_step0": 0}
     if (ckpt / "state.json").is_file():
         state.update(json.loads((ckpt / "state.json").read_text()))
         if state["config"] != args.config:
@@ -453,8 +537,12 @@ def run(args) -> int:
         (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
     if state["latents_mean"] is None:  # stage 1, then the VAE is frozen for good
-        deadline = min(end, time.time() + args.vae_time * args.time_budget)
+        deadline = end if args.vae_only else min(end, time.time() + args.vae_time * args.time_budget)
         train_vae(vae, args, state, deadline, ckpt, device)
+        if args.vae_only and state["vae_step"] < args.vae_steps:
+            save_state()
+            log(f"vae step {state['vae_step']}: stage 1 left open (--vae-only); total {time.time() - t_begin:.0f}s")
+            return 0
         state["latents_mean"], state["latents_std"] = latent_stats(vae, args, device, args.stats_clips)
         log(f"vae done at step {state['vae_step']}; latents mean {np.round(state['latents_mean'], 2).tolist()} "
             f"std {np.round(state['latents_std'], 2).tolist()}")

@@ -5,6 +5,8 @@ alignment or the [F', H', W'] reshape fails the build)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -81,10 +83,15 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     assert main(args) == 0
     assert main(args[:2] + ["--resume", str(tmp_path / "run")] + args[2:] + ["--steps", "5"]) == 0
     folder = unpack(tmp_path / "run" / "paik-shapes.tar", tmp_path / "m")
+    # continue from the exported folder (what ships), with a fresh optimizer
+    assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:] + ["--steps", "7"]) == 0
+    state = json.loads((tmp_path / "more" / "ckpt" / "state.json").read_text())
+    assert (state["dit_step"], state["optim_step0"], state["vae_step"]) == (7, 5, 2)
+    assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
     out = generate(GenerateOptions(prompt="a red circle and a blue triangle", out=str(tmp_path / "b"),
                                    model=str(folder), steps=2, frames=9, height=64, width=64, quiet=True))
     b = open_bundle(out)
-    assert b.status == "complete" and b.select("circle", step=1).shape == (3, 4, 4)
+    assert b.status == "complete" and b.select("circle", step=1).shape == (3, 8, 8)
 
 
 @pytest.mark.skipif(not (BUILTIN["paik-shapes"] / "model_index.json").is_file(),
