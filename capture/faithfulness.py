@@ -9,11 +9,14 @@ Two sources of (map, mask) pairs, both for held-out clips of :mod:`capture.shape
 - ``generated``: ``paik generate``'s own path (``generate(..., loaded=...)``) writes a bundle
   for the clip's caption; the object's mask is detected by colour in the generated video.
 
-For each object's shape word (its map summed over its pieces, mean over heads) and each step x
-block, plus aggregates (mean over blocks per step, over steps per block, over both), every
-latent frame's map is upsampled (bilinear) to the frame size and compared with the union of the
-object's masks over the frames that latent frame covers (Wan's causal VAE: latent frame 0 is
-frame 0, latent frame k is frames 4k-3..4k):
+Each object is named by words (:data:`WORDS`): ``object``, its colour and shape words together
+("red circle", the phrase ``--tokens "red circle"`` selects in Paik), and each alone,
+``colour`` ("red") and ``shape`` ("circle"). For each, its map (summed over its pieces, mean over
+heads) per step x block, plus aggregates (mean over blocks per step, over steps per block, over
+both, over the middle or late half of the steps), every latent frame's map is upsampled
+(bilinear) to the frame size and compared with the union of the object's masks over the frames
+that latent frame covers (Wan's causal VAE: latent frame 0 is frame 0, latent frame k is frames
+4k-3..4k):
 
 - pointing game: the map's maximum falls inside the object;
 - IoU: the map thresholded at ``threshold`` x its maximum vs the mask.
@@ -32,6 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from . import shapes
+
+# How an object is named: its colour and shape words together, or either alone.
+WORDS = ("object", "shape", "colour")
 
 
 def _torch():
@@ -107,9 +113,10 @@ def candidates(maps: np.ndarray, tokens: list[int]) -> tuple[list[str], np.ndarr
         out.append(word[:, b].mean(0))
     names.append("mean all")
     out.append(word.mean((0, 1)))
-    late = word[S // 2:].mean((0, 1))
+    names.append("mean blocks, middle half of steps")
+    out.append(word[S // 4:S - S // 4].mean((0, 1)))
     names.append("mean blocks, late half of steps")
-    out.append(late)
+    out.append(word[S // 2:].mean((0, 1)))
     return names, np.stack(out)
 
 
@@ -117,6 +124,13 @@ def _word_tokens(table, word: str) -> list[int]:
     from .tokens import resolve_tokens
 
     return list(resolve_tokens(table, [word])[0].tokens)
+
+
+def object_tokens(table, obj: shapes.Obj) -> dict[str, list[int]]:
+    """Token positions of each of :data:`WORDS` for ``obj``, resolved as Paik's ``--tokens``
+    resolves them (the phrase "red circle": both words' pieces)."""
+    return {"object": _word_tokens(table, f"{obj.colour} {obj.shape}"), "shape": _word_tokens(table, obj.shape),
+            "colour": _word_tokens(table, obj.colour)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +218,17 @@ def generate_clip(loaded, scene: shapes.Scene, steps: int, size: int, guidance: 
     return None, (np.clip(r.frames[0], 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def vae_reconstruction(loaded, scene: shapes.Scene, size: int) -> np.ndarray:
+    """The rendered clip encoded and decoded by the model's VAE: [T, H, W, 3] uint8."""
+    torch = _torch()
+    pipe, _, device = loaded
+    video, _ = shapes.render([scene], size, "cpu")
+    with torch.no_grad():
+        z = pipe.vae.encode(video.to(device, pipe.vae.dtype)).latent_dist.mode()
+        rec = pipe.vae.decode(z).sample.float().clamp(-1, 1)[0].cpu()
+    return ((rec + 1) / 2 * 255).round().byte().permute(1, 2, 3, 0).numpy()
+
+
 def bundle_maps(bundle) -> np.ndarray:
     return np.stack([np.asarray(bundle.step_arrays(s)["maps"], dtype=np.float32) for s in bundle.step_indices])
 
@@ -211,6 +236,15 @@ def bundle_maps(bundle) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # benchmarks
 # ---------------------------------------------------------------------------------------------
+
+def device_name(device) -> str:
+    """The card (or the CPU and its torch threads) a benchmark ran on, for its report."""
+    torch = _torch()
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} torch threads)"
+
 
 def model_defaults(loaded) -> dict:
     import json
@@ -225,12 +259,13 @@ def model_defaults(loaded) -> dict:
 
 def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | None = None, mode: str = "known",
                  threshold: float = 0.5, guidance: float | None = None, start: int = 0, log=None) -> dict:
-    """Run the benchmark; returns {"known": Tally.summary(), "generated": ..., "detected": ...}."""
+    """Run the benchmark; returns {"known": {word: Tally.summary()} for each of :data:`WORDS`,
+    "generated": ..., "detected": ..., "settings": ...}."""
     d = model_defaults(loaded)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
     size, frames = d["height"], d["frames"]
-    tallies = {m: Tally() for m in (["known", "generated"] if mode == "both" else [mode])}
+    tallies = {m: {w: Tally() for w in WORDS} for m in (["known", "generated"] if mode == "both" else [mode])}
     detected = {"objects": 0, "present": 0, "correct": 0}
     tmp = Path(tempfile.mkdtemp(prefix="paik-faith-"))
     for i in range(clips):
@@ -239,8 +274,9 @@ def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | No
         if "known" in tallies:
             maps, table, masks = known_clip_maps(loaded, scene, steps, size, seed=scene.seed)
             for k, obj in enumerate(scene.objects):
-                names, cands = candidates(maps, _word_tokens(table, obj.shape))
-                tallies["known"].add(names, *score_maps(cands, masks[k], threshold))
+                for w, toks in object_tokens(table, obj).items():
+                    names, cands = candidates(maps, toks)
+                    tallies["known"][w].add(names, *score_maps(cands, masks[k], threshold))
         if "generated" in tallies:
             b, frames_rgb = generate_clip(loaded, scene, steps, size, guidance, tmp / f"clip{i}")
             maps = bundle_maps(b)
@@ -251,14 +287,16 @@ def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | No
                 detected["correct"] += det["correct"]
                 if not det["present"]:
                     continue
-                names, cands = candidates(maps, _word_tokens(b.tokens, obj.shape))
-                tallies["generated"].add(names, *score_maps(cands, det["masks"], threshold))
+                for w, toks in object_tokens(b.tokens, obj).items():
+                    names, cands = candidates(maps, toks)
+                    tallies["generated"][w].add(names, *score_maps(cands, det["masks"], threshold))
         if log:
             log(f"clip {i + 1}/{clips} ({time.time() - t0:.1f}s): {scene.caption}")
-    out = {m: t.summary() for m, t in tallies.items()}
+    out = {m: {w: t.summary() for w, t in ts.items()} for m, ts in tallies.items()}
     if "generated" in tallies:
         out["detected"] = detected
-    out["settings"] = {"split": split, "clips": clips, "steps": steps, "threshold": threshold, "guidance": guidance,
+    out["settings"] = {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps,
+                       "threshold": threshold, "guidance": guidance,
                        "size": size, "frames": frames, "start": start}
     return out
 
@@ -268,30 +306,41 @@ def best(summary: dict, aggregates_only: bool = True) -> tuple[str, dict]:
     return max(items, key=lambda kv: (kv[1]["pointing"], kv[1]["iou"]))
 
 
-def format_report(result: dict) -> str:
+def _table(s: dict) -> list[str]:
+    steps = sorted({int(k.split()[1]) for k in s if k.startswith("step ")})
+    blocks = sorted({int(k.split()[1]) for k in s if k.startswith("block ")})
+    lines = ["  pointing / IoU per step (rows) x block (columns); last column: mean over blocks",
+             "  step " + "".join(f"   block {b:<3d}  " for b in blocks) + "  mean blocks"]
+    for st_ in steps:
+        cells = [s[f"step {st_} block {b}"] for b in blocks] + [s[f"step {st_} mean blocks"]]
+        lines.append(f"  {st_:4d} " + "".join(f"  {c['pointing']:.2f} / {c['iou']:.2f} " for c in cells))
+    cells = [s[f"block {b} mean steps"] for b in blocks]
+    lines.append("  mean " + "".join(f"  {c['pointing']:.2f} / {c['iou']:.2f} " for c in cells))
+    return lines
+
+
+def format_report(result: dict, tables: tuple[str, ...] = ("object",)) -> str:
+    """The best aggregate and the usual aggregates for each of :data:`WORDS`, and the step x block
+    table for the words in ``tables``."""
     lines = []
     st = result["settings"]
-    lines.append(f"split {st['split']}, {st['clips']} clips, {st['steps']} steps, IoU threshold {st['threshold']}")
+    lines.append(f"split {st['split']}, {st['clips']} clips, {st['steps']} steps, IoU threshold {st['threshold']}, "
+                 f"on {st.get('device', '?')}")
+    example = {"object": "red circle", "shape": "circle", "colour": "red"}
     for mode in ("known", "generated"):
         if mode not in result:
             continue
-        s = result[mode]
-        if not s:
-            lines.append(f"\n[{mode}] no objects scored")
-            continue
-        name, v = best(s)
-        lines.append(f"\n[{mode}] best aggregate: {name}: pointing {v['pointing']:.3f}, IoU {v['iou']:.3f} (n={v['n']})")
-        for k in ("mean all", "mean blocks, late half of steps"):
-            lines.append(f"  {k:34s} pointing {s[k]['pointing']:.3f}  IoU {s[k]['iou']:.3f}")
-        steps = sorted({int(k.split()[1]) for k in s if k.startswith("step ")})
-        blocks = sorted({int(k.split()[1]) for k in s if k.startswith("block ")})
-        lines.append("  pointing / IoU per step (rows) x block (columns); last column: mean over blocks")
-        lines.append("  step " + "".join(f"   block {b:<3d}  " for b in blocks) + "  mean blocks")
-        for st_ in steps:
-            cells = [s[f"step {st_} block {b}"] for b in blocks] + [s[f"step {st_} mean blocks"]]
-            lines.append(f"  {st_:4d} " + "".join(f"  {c['pointing']:.2f} / {c['iou']:.2f} " for c in cells))
-        cells = [s[f"block {b} mean steps"] for b in blocks]
-        lines.append("  mean " + "".join(f"  {c['pointing']:.2f} / {c['iou']:.2f} " for c in cells))
+        for w, s in result[mode].items():
+            if not s:
+                lines.append(f"\n[{mode}, {w} words] no objects scored")
+                continue
+            name, v = best(s)
+            lines.append(f"\n[{mode}, {w} words, e.g. \"{example.get(w, w)}\"] best aggregate: {name}: "
+                         f"pointing {v['pointing']:.3f}, IoU {v['iou']:.3f} (n={v['n']})")
+            for k in ("mean all", "mean blocks, middle half of steps", "mean blocks, late half of steps"):
+                lines.append(f"  {k:34s} pointing {s[k]['pointing']:.3f}  IoU {s[k]['iou']:.3f}")
+            if w in tables:
+                lines += _table(s)
     if "detected" in result:
         d = result["detected"]
         lines.append(f"\nobjects detected in generated videos: {d['present']}/{d['objects']} by colour, "
@@ -302,15 +351,18 @@ def format_report(result: dict) -> str:
 def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | None = None,
                guidance: float | None = None, start: int = 0, log=None) -> dict:
     """Generate each held-out caption and detect its objects: rates of named colours present,
-    named (colour, shape) correct, and clips with every object correct."""
+    named (colour, shape) correct, and clips with every object correct. For scale, the same
+    detection on the model's VAE reconstruction of each rendered clip (what a transformer that
+    made the true latents would score): ``reconstructed_colour_and_shape``."""
     d = model_defaults(loaded)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
-    n_obj = present = correct = clip_ok = 0
+    n_obj = present = correct = clip_ok = rec_ok = 0
     per_shape: dict[str, list[int]] = {}
     for i in range(clips):
         scene = shapes.sample_scene(split, start + i, d["frames"])
         _, frames = generate_clip(loaded, scene, steps, d["height"], guidance, Path("."), capture=False)
+        rec = vae_reconstruction(loaded, scene, d["height"])
         ok_all = True
         kinds = []
         for obj in scene.objects:
@@ -323,12 +375,14 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
             per_shape.setdefault(obj.shape, [0, 0])
             per_shape[obj.shape][0] += det["correct"]
             per_shape[obj.shape][1] += 1
+            rec_ok += shapes.detect(rec, obj.colour, obj.shape)["correct"]
         clip_ok += ok_all
         if log:
             log(f"clip {i + 1}/{clips}: {scene.caption} -> " + ", ".join(kinds))
-    return {"split": split, "clips": clips, "steps": steps, "guidance": guidance, "objects": n_obj,
+    return {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps, "guidance": guidance,
+            "objects": n_obj,
             "colour_present": present / max(n_obj, 1), "colour_and_shape": correct / max(n_obj, 1),
-            "clips_all_correct": clip_ok / max(clips, 1),
+            "clips_all_correct": clip_ok / max(clips, 1), "reconstructed_colour_and_shape": rec_ok / max(n_obj, 1),
             "per_shape": {k: v[0] / v[1] for k, v in per_shape.items()}}
 
 

@@ -35,6 +35,8 @@ def register(sub, bench) -> None:
                            help="known: rendered clips noised to each step (true masks); generated: paik generate "
                                 "with masks detected in its video")
             b.add_argument("--threshold", type=float, default=0.5, help="IoU: map >= threshold x its maximum")
+            b.add_argument("--tables", default="object",
+                           help="comma-separated words (object, shape, colour) whose step x block table is printed")
         b.set_defaults(func=_bench_shapes if name == "shapes" else _bench_faith)
 
 
@@ -58,10 +60,13 @@ def _bench_shapes(args) -> int:
     from .faithfulness import _log, shape_rate
 
     r = shape_rate(_load(args), args.split, args.clips, args.steps, args.guidance, args.start, log=_log)
-    print(f"{r['split']}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, guidance {r['guidance']}")
+    print(f"{r['split']}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, guidance {r['guidance']}, "
+          f"on {r['device']}")
     print(f"  named colour present      {r['colour_present']:.3f}")
     print(f"  named colour + shape      {r['colour_and_shape']:.3f}")
     print(f"  clips with every object   {r['clips_all_correct']:.3f}")
+    print(f"  named colour + shape in the VAE's reconstructions of the true clips (for scale) "
+          f"{r['reconstructed_colour_and_shape']:.3f}")
     print("  per shape: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["per_shape"].items())))
     if args.json:
         with open(args.json, "w") as f:
@@ -70,11 +75,15 @@ def _bench_shapes(args) -> int:
 
 
 def _bench_faith(args) -> int:
-    from .faithfulness import _log, faithfulness, format_report
+    from .faithfulness import WORDS, _log, faithfulness, format_report
 
+    tables = tuple(w.strip() for w in args.tables.split(",") if w.strip())
+    bad = [w for w in tables if w not in WORDS]
+    if bad:
+        raise SystemExit(f"paik: error: --tables: unknown {', '.join(bad)}; expected some of {', '.join(WORDS)}")
     r = faithfulness(_load(args), args.split, args.clips, args.steps, args.mode, args.threshold, args.guidance,
                      args.start, log=_log)
-    print(format_report(r))
+    print(format_report(r, tables))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)

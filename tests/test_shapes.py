@@ -15,12 +15,13 @@ from capture import shapes
 from capture.models import BUILTIN
 
 # Floors for the shipped model (known clips, held-out split, CLIPS clips x STEPS steps), a margin
-# below what it measured (2026-11-28, CPU): best aggregate pointing 0.38 / IoU 0.17 ("step 7 mean
-# blocks"); "mean all" pointing 0.37 for the object's word against 0.12 for the same maps rotated
-# by 180 degrees. Far from the issue's goal (0.9 / 0.5): the model is under-trained (README).
+# below what it measured (2026-11-28, 2-core CPU). Best aggregate, pointing / IoU: each object's
+# colour and shape words together ("red circle") 0.92 / 0.59; its shape word alone ("circle")
+# 0.55 / 0.34. Pointing of "mean all" for the words together: 0.86, against 0.12 for the same maps
+# rotated by 180 degrees.
 CLIPS, STEPS = 6, 8
-FLOOR_POINTING, FLOOR_IOU = 0.3, 0.12
-FLOOR_GAP = 0.15  # word's map vs the same map rotated 180 degrees, pointing of "mean all"
+FLOORS = {"object": (0.85, 0.5), "shape": (0.45, 0.28)}
+FLOOR_GAP = 0.5  # pointing of "mean all", object words vs the same maps rotated 180 degrees
 
 
 def test_vocabulary_has_every_caption_word_whole():
@@ -104,9 +105,10 @@ def test_shipped_model_maps_point_at_the_named_objects():
     torch.set_num_threads(2)
     loaded = load_pipeline("paik-shapes", "float32", "cpu")
     r = faithfulness(loaded, "heldout", clips=CLIPS, steps=STEPS, mode="known")["known"]
-    name, v = best(r)
-    assert v["pointing"] >= FLOOR_POINTING, (name, v)
-    assert v["iou"] >= FLOOR_IOU, (name, v)
+    for word, (pointing, iou) in FLOORS.items():
+        name, v = best(r[word])
+        assert v["pointing"] >= pointing, (word, name, v)
+        assert v["iou"] >= iou, (word, name, v)
 
 
 @pytest.mark.skipif(not (BUILTIN["paik-shapes"] / "model_index.json").is_file(),
@@ -114,7 +116,7 @@ def test_shipped_model_maps_point_at_the_named_objects():
 def test_shipped_model_maps_lose_their_object_when_misplaced():
     """The same maps rotated by 180 degrees must point far worse: a transposed or misordered
     reshape, or a map taken from the wrong token, would erase this gap."""
-    from capture.faithfulness import Tally, _word_tokens, candidates, known_clip_maps, model_defaults, score_maps
+    from capture.faithfulness import Tally, candidates, known_clip_maps, model_defaults, object_tokens, score_maps
     from capture.models import load_pipeline
 
     torch.set_num_threads(2)
@@ -125,7 +127,7 @@ def test_shipped_model_maps_lose_their_object_when_misplaced():
         scene = shapes.sample_scene("heldout", i, d["frames"])
         maps, table, masks = known_clip_maps(loaded, scene, STEPS, d["height"], seed=scene.seed)
         for k, obj in enumerate(scene.objects):
-            names, c = candidates(maps, _word_tokens(table, obj.shape))
+            names, c = candidates(maps, object_tokens(table, obj)["object"])
             right.add(names, *score_maps(c, masks[k], 0.5))
             rotated.add(names, *score_maps(np.ascontiguousarray(c[..., ::-1, ::-1]), masks[k], 0.5))
     a, b = right.summary()["mean all"]["pointing"], rotated.summary()["mean all"]["pointing"]
