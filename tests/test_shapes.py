@@ -85,7 +85,8 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     assert main(args[:2] + ["--resume", str(tmp_path / "run")] + args[2:] + ["--steps", "5"]) == 0
     folder = unpack(tmp_path / "run" / "paik-shapes.tar", tmp_path / "m")
     # continue from the exported folder (what ships), with a fresh optimizer
-    assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:] + ["--steps", "7"]) == 0
+    assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]
+                + ["--steps", "7", "--object-weight-dit", "3"]) == 0
     state = json.loads((tmp_path / "more" / "ckpt" / "state.json").read_text())
     assert (state["dit_step"], state["optim_step0"], state["vae_step"]) == (7, 5, 2)
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
