@@ -510,6 +510,12 @@ def run(args) -> int:
     from diffusers.utils import logging as dlogging
 
     t_begin = time.time()
+    if args.object_weight_dit < 0:
+        log(f"error: --object-weight-dit must be 0 or more, not {args.object_weight_dit}")
+        return 2
+    if args.dit_time is not None and args.dit_time <= 0:
+        log(f"error: --dit-time must be positive, not {args.dit_time}")
+        return 2
     dlogging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
