@@ -137,6 +137,17 @@ def object_tokens(table, obj: shapes.Obj) -> dict[str, list[int]]:
 # known clips, noised and denoised with capture
 # ---------------------------------------------------------------------------------------------
 
+def encode_clip(loaded, scene: shapes.Scene, size: int):
+    """Render ``scene`` and encode it with the model's VAE: (video [1, 3, T, H, W] in [-1, 1],
+    masks [1, 3, T, H, W] bool, latent z [1, C, F', h, w] on the model's device, unnormalized)."""
+    torch = _torch()
+    pipe, _, device = loaded
+    video, masks = shapes.render([scene], size, "cpu")
+    with torch.no_grad():
+        z = pipe.vae.encode(video.to(device, pipe.vae.dtype)).latent_dist.mode()
+    return video, masks, z
+
+
 def known_clip_maps(loaded, scene: shapes.Scene, steps: int, size: int, seed: int = 0):
     """Capture maps for a rendered clip noised to each of ``steps`` scheduler sigmas.
 
@@ -149,13 +160,11 @@ def known_clip_maps(loaded, scene: shapes.Scene, steps: int, size: int, seed: in
     from .tokens import clean_prompt, token_table
 
     pipe, info, device = loaded
-    video, masks = shapes.render([scene], size, "cpu")
+    _, masks, z = encode_clip(loaded, scene, size)
     vae = pipe.vae
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    with torch.no_grad():
-        z = vae.encode(video.to(device, vae.dtype)).latent_dist.mode().float().cpu()
-    x0 = (z - mean) / std
+    x0 = (z.float().cpu() - mean) / std
     prompt = clean_prompt(scene.caption)
     table = token_table(pipe.tokenizer, prompt, 512)
     t = pipe.transformer
@@ -221,11 +230,9 @@ def generate_clip(loaded, scene: shapes.Scene, steps: int, size: int, guidance: 
 def vae_reconstruction(loaded, scene: shapes.Scene, size: int) -> np.ndarray:
     """The rendered clip encoded and decoded by the model's VAE: [T, H, W, 3] uint8."""
     torch = _torch()
-    pipe, _, device = loaded
-    video, _ = shapes.render([scene], size, "cpu")
+    _, _, z = encode_clip(loaded, scene, size)
     with torch.no_grad():
-        z = pipe.vae.encode(video.to(device, pipe.vae.dtype)).latent_dist.mode()
-        rec = pipe.vae.decode(z).sample.float().clamp(-1, 1)[0].cpu()
+        rec = loaded[0].vae.decode(z).sample.float().clamp(-1, 1)[0].cpu()
     return ((rec + 1) / 2 * 255).round().byte().permute(1, 2, 3, 0).numpy()
 
 

@@ -301,14 +301,14 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
             raise RuntimeError(f"a caption has more than {EMB_LEN} tokens")
         return e[:, :EMB_LEN].contiguous()
 
-    spatial = 2 ** len(vae.config.temperal_downsample)
+    spatial, temporal = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
 
     def coverage(masks):
         """Object coverage of each latent position, [B, 1, F', H', W'] in [0, 1]: latent frame 0
-        is frame 0, latent frame k frames 4k-3..4k (any object there), then the share of each
-        latent pixel's area."""
+        is frame 0, latent frame k frames 4k-3..4k (any object there; 4 = the VAE's temporal
+        factor), then the share of each latent pixel's area."""
         m = masks.any(1, keepdim=True).float()
-        m = torch.cat([m[:, :, :1], m[:, :, 1:].unflatten(2, (-1, 4)).amax(3)], 2)
+        m = torch.cat([m[:, :, :1], m[:, :, 1:].unflatten(2, (-1, temporal)).amax(3)], 2)
         return torch.nn.functional.avg_pool3d(m, (1, spatial, spatial)).half()
 
     def fresh(n):
