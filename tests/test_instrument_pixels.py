@@ -231,18 +231,23 @@ def test_heads_by_steps_grid(rig):
     compare(img, ref, frac_off=0.005)
 
 
+def sweep_ref(src, block, steps, frame):
+    """The sweep view's normalized value (reference): halfway between two steps' maps of "kiss"
+    (head mean) at latent frame position ``frame``, both normalized over all three steps."""
+    vols = [f16(src.bundle.select("kiss", step=s, block=block, head=None)) for s in range(3)]
+    allv = np.stack(vols)
+    rng = np.broadcast_to([allv.min(), allv.max()], (allv.shape[1], 2))
+    u = (np.arange(W) + 0.5) / W
+    v = (np.arange(H) + 0.5) / H
+    return sum(0.5 * norm_value(vols[s], rng, u, v, frame) for s in steps)
+
+
 def test_sweep_follows_time_through_steps(rig):
     src = rig[0]
     p = params(src, view="sweep", block=0.0, colormap="plasma")
     t = 0.75  # step position 1.5: halfway between steps 1 and 2, latent frame 2.25
     img = gl_render(rig, p, t)
-    vols = [f16(src.bundle.select("kiss", step=s, block=0, head=None)) for s in range(3)]
-    allv = np.stack(vols)
-    rng = np.broadcast_to([allv.min(), allv.max()], (allv.shape[1], 2))
-    u = (np.arange(W) + 0.5) / W
-    v = (np.arange(H) + 0.5) / H
-    n = 0.5 * norm_value(vols[1], rng, u, v, 2.25) + 0.5 * norm_value(vols[2], rng, u, v, 2.25)
-    compare(img, shape_color(n, p))
+    compare(img, shape_color(sweep_ref(src, 0, (1, 2), 2.25), p))
 
 
 def test_alpha_composite_over_previews(rig):
@@ -345,12 +350,7 @@ def test_sweep_crossfades_the_previews_too(rig):
     p = params(src, view="sweep", block=3.0, composite="screen", background="preview", colormap="plasma")
     t = 0.25  # step position 0.5: halfway between steps 0 and 1 (maps and previews), latent frame 0.75
     img = gl_render(rig, p, t)
-    vols = [f16(src.bundle.select("kiss", step=s, block=3, head=None)) for s in range(3)]
-    allv = np.stack(vols)
-    rng = np.broadcast_to([allv.min(), allv.max()], (allv.shape[1], 2))
-    u = (np.arange(W) + 0.5) / W
-    v = (np.arange(H) + 0.5) / H
-    n = 0.5 * norm_value(vols[0], rng, u, v, 0.75) + 0.5 * norm_value(vols[1], rng, u, v, 0.75)
+    n = sweep_ref(src, 3, (0, 1), 0.75)
     bg = np.broadcast_to(0.5 * preview_color(0) + 0.5 * preview_color(1), (H, W, 3))
     compare(img, shape_color(n, p, bg))
 
