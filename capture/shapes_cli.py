@@ -23,9 +23,9 @@ def register(sub, bench) -> None:
         b.add_argument("--model", "-m", default="paik-shapes", help="model (a paik-shapes folder or name)")
         b.add_argument("--split", default="heldout", choices=["eval", "heldout"],
                        help="eval: unseen seeds; heldout: unseen seeds with unseen (colour, shape) pairs")
-        b.add_argument("--clips", type=int, default=16 if name == "shapes" else 8)
-        b.add_argument("--start", type=int, default=0, help="first clip seed of the split")
-        b.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+        b.add_argument("--clips", type=_at_least(1), default=16 if name == "shapes" else 8)
+        b.add_argument("--start", type=_at_least(0), default=0, help="first clip seed of the split")
+        b.add_argument("--steps", type=_at_least(1), default=None, help="denoising steps (default: the model's)")
         b.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
         b.add_argument("--device", default=None)
         b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -34,10 +34,32 @@ def register(sub, bench) -> None:
             b.add_argument("--mode", default="both", choices=["known", "generated", "both"],
                            help="known: rendered clips noised to each step (true masks); generated: paik generate "
                                 "with masks detected in its video")
-            b.add_argument("--threshold", type=float, default=0.5, help="IoU: map >= threshold x its maximum")
+            b.add_argument("--threshold", type=_fraction, default=0.5, help="IoU: map >= threshold x its maximum")
             b.add_argument("--tables", default="object",
                            help="comma-separated words (object, shape, colour) whose step x block table is printed")
         b.set_defaults(func=_bench_shapes if name == "shapes" else _bench_faith)
+
+
+def _at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
+        return v
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {v}")
+    return v
 
 
 def _train(args) -> int:
