@@ -333,6 +333,19 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     # noise is drawn where it is used: drawing 10M normals a step on the CPU (~80 ms) and copying
     # them over was most of the "data" time, ~45% of each step, of runs 1-3 of the shipped model
     g_dev = torch.Generator(device=device).manual_seed(args.seed + 23 + state["dit_step"])
+    def loss_and_grad(model, xt, s, target, w):
+        with autocast:
+            pred = model(hidden_states=xt, timestep=s * 1000.0, encoder_hidden_states=emb, return_dict=False)[0]
+        err = (pred.float() - target).square()
+        # object positions weighted up (--object-weight-dit): shapes, not background textures
+        loss = err.mean() if w is None else (w * err).mean() / w.mean()
+        loss.backward()
+        return loss
+
+    forward = transformer
+    if args.compile:  # the same weights through inductor's fused kernels; the first step compiles
+        forward = torch.compile(transformer)
+        log("dit: torch.compile; the first step compiles (a minute or so)")
     t_start, step0 = time.time(), state["dit_step"]
     seconds0 = state.get("dit_seconds", 0.0)
     span = max(1.0, deadline - t_start)
@@ -369,16 +382,18 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         for group in opt.param_groups:
             group["lr"] = _lr(args.lr, progress(), step - state.get("optim_step0", 0), args.warmup)
         t_b = time.time()
-        with autocast:
-            pred = transformer(hidden_states=xt, timestep=s * 1000.0, encoder_hidden_states=emb, return_dict=False)[0]
-        err = (pred.float() - target).square()
-        if pool_w is not None:  # object positions weighted up: shapes, not background textures
-            w = 1.0 + args.object_weight_dit * pool_w[idx].float()
-            loss = (w * err).mean() / w.mean()
-        else:
-            loss = err.mean()
+        w = 1.0 + args.object_weight_dit * pool_w[idx].float() if pool_w is not None else None
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss = loss_and_grad(forward, xt, s, target, w)
+        except Exception as e:  # noqa: BLE001 - a compiler failure of any kind: carry on eagerly
+            if forward is transformer:
+                raise
+            log(f"torch.compile failed at the first step ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                "training eagerly")
+            forward = transformer
+            opt.zero_grad(set_to_none=True)
+            loss = loss_and_grad(forward, xt, s, target, w)
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
@@ -499,6 +514,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--object-weight-dit", type=float, default=0.0,
                    help="extra loss weight on latent positions covered by objects (0: plain flow matching, as "
                         "the shipped weights were trained)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer for training (falls back to eager if compiling fails)")
     g.add_argument("--export-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 
 
