@@ -46,6 +46,7 @@ HELDOUT_PAIRS = frozenset({("red", "star"), ("green", "triangle"), ("blue", "cro
 EVAL_SEED_OFFSET = 1_000_000_007
 SPLITS = ("train", "eval", "heldout")
 MOTION_WORD_P = 0.75  # probability that a caption names an object's motion
+SHAPE_ONLY_SEED = 7_000_003  # offset of the random stream that picks shape-only phrases
 
 
 @dataclass
@@ -60,9 +61,10 @@ class Obj:
     cy: np.ndarray  # [T] centre y in [0, 1] (top to bottom)
     r: np.ndarray  # [T] radius (fraction of the frame side)
     angle: np.ndarray  # [T] radians
+    named_colour: bool = True  # False: the caption names the shape alone ("a circle")
 
     def phrase(self) -> str:
-        words = ["a"] + ([self.size] if self.size else []) + [self.colour, self.shape]
+        words = ["a"] + ([self.size] if self.size else []) + ([self.colour] if self.named_colour else []) + [self.shape]
         if self.named_motion:
             words.append(self.motion)
         return " ".join(words)
@@ -141,8 +143,13 @@ def _trajectory(rng, motion: str, r0: float, t: np.ndarray):
     return cx, cy, r, angle
 
 
-def sample_scene(split: str, seed: int, frames: int = 17, n_objects: int | None = None) -> Scene:
-    """The scene of clip ``seed`` of ``split`` (deterministic)."""
+def sample_scene(split: str, seed: int, frames: int = 17, n_objects: int | None = None,
+                 shape_only: float = 0.0) -> Scene:
+    """The scene of clip ``seed`` of ``split`` (deterministic). With probability ``shape_only``
+    an object's phrase leaves its colour out ("a small circle spins"): a caption that names the
+    shape alone makes the shape word the only way to find that object, so a model trained on
+    such captions must use it (the benchmarks always name both). The choice has its own random
+    stream: the scene, and the other phrases, are the same for any ``shape_only``."""
     rng = _rng(split, seed)
     n = n_objects or int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     pairs = _pairs(rng, n, split)
@@ -173,11 +180,15 @@ def sample_scene(split: str, seed: int, frames: int = 17, n_objects: int | None 
           "rgb": [float(np.clip(base + x, 0, 1)) for x in tint], "contrast": float(rng.uniform(0.04, 0.12)),
           "period": float(rng.uniform(0.08, 0.25)), "angle": float(rng.uniform(0, math.pi)),
           "noise_seed": int(rng.integers(1 << 31))}
+    if shape_only > 0:
+        drop = _rng(split, seed + SHAPE_ONLY_SEED).random(len(objects)) < shape_only
+        for obj, d in zip(objects, drop):
+            obj.named_colour = not bool(d)
     return Scene(split, seed, frames, objects, bg)
 
 
-def scenes(split: str, start: int, count: int, frames: int = 17) -> list[Scene]:
-    return [sample_scene(split, s, frames) for s in range(start, start + count)]
+def scenes(split: str, start: int, count: int, frames: int = 17, shape_only: float = 0.0) -> list[Scene]:
+    return [sample_scene(split, s, frames, shape_only=shape_only) for s in range(start, start + count)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -168,12 +168,12 @@ class ClipSource:
     """Training clips rendered on the device, numbered from ``start`` so resumed runs see new
     clips (seed = ``start`` + count)."""
 
-    def __init__(self, start: int, frames: int, size: int, device):
+    def __init__(self, start: int, frames: int, size: int, device, shape_only: float = 0.0):
         self.next = start
-        self.frames, self.size, self.device = frames, size, device
+        self.frames, self.size, self.device, self.shape_only = frames, size, device, shape_only
 
     def take(self, n: int):
-        batch = shapes.scenes("train", self.next, n, self.frames)
+        batch = shapes.scenes("train", self.next, n, self.frames, self.shape_only)
         self.next += n
         video, masks = shapes.render(batch, self.size, self.device)
         return video, masks, [s.caption for s in batch]
@@ -286,7 +286,7 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.99))
     _load_optim(opt, ckpt / "dit_optim.pt")
-    src = ClipSource(state["clips_seen"], args.frames, args.size, device)
+    src = ClipSource(state["clips_seen"], args.frames, args.size, device, args.shape_only)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
     ema_params = [p for p in ema.parameters()]
     train_params = [p.detach() for p in transformer.parameters()]
@@ -514,6 +514,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--object-weight-dit", type=float, default=0.0,
                    help="extra loss weight on latent positions covered by objects (0: plain flow matching, as "
                         "the shipped weights were trained)")
+    g.add_argument("--shape-only", type=float, default=0.0,
+                   help="probability that a training caption names an object's shape without its colour "
+                        "(0: every phrase names both, as the shipped weights were trained)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer for training (falls back to eager if compiling fails)")
     g.add_argument("--export-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -529,6 +532,9 @@ def run(args) -> int:
     t_begin = time.time()
     if args.object_weight_dit < 0:
         log(f"error: --object-weight-dit must be 0 or more, not {args.object_weight_dit}")
+        return 2
+    if not 0.0 <= args.shape_only <= 1.0:
+        log(f"error: --shape-only is a probability, from 0 to 1, not {args.shape_only}")
         return 2
     if args.dit_time is not None and args.dit_time <= 0:
         log(f"error: --dit-time must be positive, not {args.dit_time}")
@@ -602,7 +608,8 @@ def run(args) -> int:
         train_dit(pipe, ema, args, state, end, ckpt, device)
     state["runs"].append({"seconds": round(time.time() - t_begin, 1), "vae_step": state["vae_step"],
                           "dit_step": state["dit_step"], "device": str(device),
-                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None})
+                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                          "lr": args.lr, "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only})
     save_state()
     final = dict(comps, transformer=ema)
     info = {"config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],

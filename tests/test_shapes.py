@@ -46,6 +46,23 @@ def test_scenes_are_seeded_and_splits_hold_out_pairs():
                 assert o.shape in sc.caption and o.colour in sc.caption
 
 
+def test_shape_only_captions_leave_colours_out_and_nothing_else():
+    dropped = kept = 0
+    for seed in range(300):
+        full, part = shapes.sample_scene("train", seed), shapes.sample_scene("train", seed, shape_only=0.3)
+        assert full.background == part.background and len(full.objects) == len(part.objects)
+        for a, b in zip(full.objects, part.objects):
+            assert (a.shape, a.colour, a.size, a.motion) == (b.shape, b.colour, b.size, b.motion)
+            assert np.array_equal(a.cx, b.cx) and np.array_equal(a.r, b.r) and a.named_colour
+            assert b.phrase() == (a.phrase() if b.named_colour else a.phrase().replace(f" {a.colour} ", " "))
+            assert b.shape in part.caption
+            dropped += not b.named_colour
+            kept += b.named_colour
+        assert part.caption == shapes.caption([o.phrase() for o in part.objects])
+    assert 0.22 < dropped / (dropped + kept) < 0.38
+    assert all(not o.named_colour for o in shapes.sample_scene("train", 3, shape_only=1.0).objects)
+
+
 def test_masks_cover_the_objects_in_their_colour():
     batch = shapes.scenes("eval", 0, 4, frames=9)
     video, masks = shapes.render(batch, 64)
@@ -86,9 +103,11 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     folder = unpack(tmp_path / "run" / "paik-shapes.tar", tmp_path / "m")
     # continue from the exported folder (what ships), with a fresh optimizer
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]
-                + ["--steps", "7", "--object-weight-dit", "3"]) == 0
+                + ["--steps", "7", "--object-weight-dit", "3", "--shape-only", "0.5"]) == 0
     state = json.loads((tmp_path / "more" / "ckpt" / "state.json").read_text())
     assert (state["dit_step"], state["optim_step0"], state["vae_step"]) == (7, 5, 2)
+    assert (state["runs"][-1]["shape_only"], state["runs"][-1]["object_weight_dit"]) == (0.5, 3.0)
+    assert main(["--out", str(tmp_path / "bad")] + args[2:] + ["--shape-only", "1.5"]) == 2
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
     out = generate(GenerateOptions(prompt="a red circle and a blue triangle", out=str(tmp_path / "b"),
                                    model=str(folder), steps=2, frames=9, height=64, width=64, quiet=True))
