@@ -254,14 +254,10 @@ def device_name(device) -> str:
 
 
 def model_defaults(loaded) -> dict:
-    import json
-
+    from .generate import trained_defaults
     from .train import GEN_DEFAULTS
 
-    p = Path(loaded[1].path) / "paik.json"
-    if p.is_file():
-        return {**GEN_DEFAULTS, **json.loads(p.read_text()).get("defaults", {})}
-    return dict(GEN_DEFAULTS)
+    return {**GEN_DEFAULTS, **trained_defaults(loaded[1].path)}
 
 
 def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | None = None, mode: str = "known",

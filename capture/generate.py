@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -58,6 +59,18 @@ class GenerateOptions:
 DEFAULTS = {"tiny": (9, 64, 64, 4), "paik-shapes": (17, 128, 128, 20), "wan2.2-ti2v": (121, 704, 1280, 50), "other": (81, 480, 832, 50)}
 
 
+def trained_defaults(path) -> dict:
+    """The generation defaults a ``paik-shapes`` folder records in its paik.json (frames, height,
+    width, steps, guidance, flow_shift), or {} for any other model."""
+    f = Path(path) / "paik.json" if path else None
+    if f is None or not f.is_file():
+        return {}
+    try:
+        return dict(json.loads(f.read_text()).get("defaults", {}))
+    except (ValueError, AttributeError) as e:
+        raise PaikError(f"{f}: not a valid paik.json ({e})") from e
+
+
 def _log(opts, msg):
     if not opts.quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -100,6 +113,10 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
     pipe, info, device = loaded
     key = info.id if info.id in DEFAULTS else "tiny" if info.id.startswith("tiny") else info.family
     d_frames, d_h, d_w, d_steps = DEFAULTS.get(key, DEFAULTS["other"])
+    trained = trained_defaults(info.path)  # a paik-shapes folder of one's own trains at its own size
+    if trained:
+        d_frames, d_h, d_w, d_steps = (trained.get(k, v) for k, v in
+                                       zip(("frames", "height", "width", "steps"), (d_frames, d_h, d_w, d_steps)))
     # None means the model's default; 0 is a mistake that the checks below report
     frames = d_frames if opts.frames is None else opts.frames
     height = d_h if opts.height is None else opts.height
