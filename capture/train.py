@@ -51,6 +51,11 @@ CONFIGS = {
     "default": {"vae_base": 16, "vae_mult": [1, 2, 4], "vae_down": [True, True],
                 "text_dim": 128, "text_layers": 2, "text_heads": 4,
                 "heads": 4, "head_dim": 48, "layers": 6, "ffn": 576},
+    # the same VAE and text encoder, a ~2.5x transformer (8 layers of 256): ~22 MB exported in
+    # float16; train it with --vae-from to reuse a trained default VAE
+    "large": {"vae_base": 16, "vae_mult": [1, 2, 4], "vae_down": [True, True],
+              "text_dim": 128, "text_layers": 2, "text_heads": 4,
+              "heads": 4, "head_dim": 64, "layers": 8, "ffn": 1024},
     # for CPU smoke tests only
     "smoke": {"vae_base": 4, "vae_mult": [1, 1, 1], "vae_down": [True, True],
               "text_dim": 32, "text_layers": 1, "text_heads": 2,
@@ -139,25 +144,36 @@ def _load_weights(model, path: Path) -> bool:
     return True
 
 
-def init_checkpoint(folder: Path, ckpt: Path, config: str) -> None:
+SHARED_KEYS = ("vae_base", "vae_mult", "vae_down", "text_dim", "text_layers", "text_heads")
+
+
+def init_checkpoint(folder: Path, ckpt: Path, config: str, transformer: bool = True) -> None:
     """Start a checkpoint from an exported ``paik-shapes`` folder (e.g. the shipped one): its VAE
     (frozen, with its latent statistics), its transformer as both the trained and the EMA
-    weights, and its step counts; the optimizer starts afresh, so the LR warms up again."""
+    weights, and its step counts; the optimizer starts afresh, so the LR warms up again.
+    ``transformer=False`` takes the VAE alone (stage 1 done) for a fresh transformer of
+    ``config``, which must share the folder's VAE and text encoder settings."""
     from safetensors.torch import load_file, save_file
 
     info = json.loads((folder / "paik.json").read_text())
-    if info.get("config") != config:
-        raise ValueError(f"it is config {info.get('config')!r}, not {config!r}")
+    theirs = info.get("config")
+    if transformer and theirs != config:
+        raise ValueError(f"it is config {theirs!r}, not {config!r}")
+    if theirs not in CONFIGS or any(CONFIGS[theirs][k] != CONFIGS[config][k] for k in SHARED_KEYS):
+        raise ValueError(f"its config {theirs!r} has another VAE or text encoder than {config!r}")
     vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
-    for name, sub in (("vae", "vae"), ("dit", "transformer"), ("dit_ema", "transformer")):
+    parts = (("vae", "vae"), ("dit", "transformer"), ("dit_ema", "transformer")) if transformer else (("vae", "vae"),)
+    for name, sub in parts:
         weights = load_file(str(folder / sub / "diffusion_pytorch_model.safetensors"))
         save_file({k: v.float().contiguous() for k, v in weights.items()}, str(ckpt / f"{name}.safetensors"))
-    state = {"config": config, "seed": info["seed"], "vae_step": info["vae_steps"], "dit_step": info["dit_steps"],
+    dit_step = info["dit_steps"] if transformer else 0
+    state = {"config": config, "seed": info["seed"], "vae_step": info["vae_steps"], "dit_step": dit_step,
              "clips_seen": info["clips_seen"], "latents_mean": vae_cfg["latents_mean"],
-             "latents_std": vae_cfg["latents_std"], "runs": info.get("runs", []), "optim_step0": info["dit_steps"],
-             "init_from": str(folder)}
+             "latents_std": vae_cfg["latents_std"], "runs": info.get("runs", []) if transformer else [],
+             "optim_step0": dit_step, "init_from" if transformer else "vae_from": str(folder)}
     (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-    log(f"starting from {folder}: vae step {state['vae_step']}, dit step {state['dit_step']} (fresh optimizer)")
+    what = f"dit step {dit_step} (fresh optimizer)" if transformer else f"a fresh {config!r} transformer"
+    log(f"starting from {folder}: vae step {state['vae_step']}, {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +488,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None,
                    help="an exported paik-shapes folder (e.g. capture/assets/paik-shapes) to continue training from, "
                         "without its optimizer state")
+    p.add_argument("--vae-from", default=None,
+                   help="an exported paik-shapes folder whose trained VAE (and latent statistics) a fresh transformer "
+                        "of --config trains on: skips stage 1")
     p.add_argument("--config", default="default", choices=list(CONFIGS))
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -555,14 +574,19 @@ def run(args) -> int:
             return 2
         for f in src.iterdir():
             shutil.copy2(f, ckpt / f.name)
-    if args.init_from:
+    if args.init_from and args.vae_from:
+        log("error: give --init-from or --vae-from, not both")
+        return 2
+    for flag, folder in (("--init-from", args.init_from), ("--vae-from", args.vae_from)):
+        if not folder:
+            continue
         if args.resume or (ckpt / "state.json").is_file():
-            log("error: --init-from starts a new checkpoint; give a fresh --out and no --resume")
+            log(f"error: {flag} starts a new checkpoint; give a fresh --out and no --resume")
             return 2
         try:
-            init_checkpoint(Path(args.init_from), ckpt, args.config)
+            init_checkpoint(Path(folder), ckpt, args.config, transformer=flag == "--init-from")
         except (OSError, ValueError, KeyError) as e:
-            log(f"error: --init-from {args.init_from}: {e}")
+            log(f"error: {flag} {folder}: {e}")
             return 2
     state = {"config": args.config, "seed": args.seed, "vae_step": 0, "dit_step": 0, "clips_seen": 0,
              "latents_mean": None, "latents_std": None, "runs": [], "optim_step0": 0}
@@ -612,7 +636,8 @@ def run(args) -> int:
                           "lr": args.lr, "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only})
     save_state()
     final = dict(comps, transformer=ema)
-    info = {"config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],
+    info = {"defaults": {**GEN_DEFAULTS, "frames": args.frames, "height": args.size, "width": args.size},
+            "config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],
             "clips_seen": state["clips_seen"], "runs": state["runs"], "transformer_weights": "EMA",
             "heldout_pairs": sorted(map(list, shapes.HELDOUT_PAIRS))}
     work = out / "export"
