@@ -349,6 +349,7 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     # noise is drawn where it is used: drawing 10M normals a step on the CPU (~80 ms) and copying
     # them over was most of the "data" time, ~45% of each step, of runs 1-3 of the shipped model
     g_dev = torch.Generator(device=device).manual_seed(args.seed + 23 + state["dit_step"])
+
     def loss_and_grad(model, xt, s, target, w):
         with autocast:
             pred = model(hidden_states=xt, timestep=s * 1000.0, encoder_hidden_states=emb, return_dict=False)[0]
