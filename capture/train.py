@@ -170,7 +170,8 @@ def init_checkpoint(folder: Path, ckpt: Path, config: str, transformer: bool = T
     state = {"config": config, "seed": info["seed"], "vae_step": info["vae_steps"], "dit_step": dit_step,
              "clips_seen": info["clips_seen"], "latents_mean": vae_cfg["latents_mean"],
              "latents_std": vae_cfg["latents_std"], "runs": info.get("runs", []) if transformer else [],
-             "optim_step0": dit_step, "init_from" if transformer else "vae_from": str(folder)}
+             "optim_step0": dit_step, "decoder_step": info.get("decoder_steps", 0),
+             "init_from" if transformer else "vae_from": str(folder)}
     (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     what = f"dit step {dit_step} (fresh optimizer)" if transformer else f"a fresh {config!r} transformer"
     log(f"starting from {folder}: vae step {state['vae_step']}, {what}")
@@ -206,12 +207,19 @@ def _lr(base: float, frac: float, step: int, warmup: int) -> float:
 # stage 1: VAE
 # ---------------------------------------------------------------------------------------------
 
-def train_vae(vae, args, state, deadline: float, ckpt: Path, device):
+def train_vae(vae, args, state, deadline: float, ckpt: Path, device, decoder_only: bool = False):
+    """Stage 1: the VAE. ``decoder_only`` trains the decoder alone on the frozen encoder's latents
+    (its mode, as the transformer is trained on), so a trained transformer stays valid."""
     import torch
 
     vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
-    _load_optim(opt, ckpt / "vae_optim.pt")
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if not decoder_only:
+        _load_optim(opt, ckpt / "vae_optim.pt")
     src = ClipSource(state["clips_seen"], args.vae_frames or args.frames, args.size, device)
     pool_v, pool_m = [], []
     for i in range(0, args.vae_pool, 64):
@@ -220,12 +228,15 @@ def train_vae(vae, args, state, deadline: float, ckpt: Path, device):
         pool_m.append(m)
     pool_v, pool_m = torch.cat(pool_v), torch.cat(pool_m)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
-    t_start, step0 = time.time(), state["vae_step"]
+    key = "decoder_step" if decoder_only else "vae_step"
+    limit = args.decoder_steps if decoder_only else args.vae_steps
+    state.setdefault(key, 0)
+    t_start, step0 = time.time(), state[key]
     span = max(1.0, deadline - t_start)
     smooth = None
     g = torch.Generator(device="cpu").manual_seed(args.seed + step0)
-    while state["vae_step"] < args.vae_steps and time.time() < deadline:
-        step = state["vae_step"]
+    while state[key] < limit and time.time() < deadline:
+        step = state[key]
         # refresh part of the pool with new clips
         if args.vae_refresh:
             v, m, _ = src.take(args.vae_refresh)
@@ -240,29 +251,31 @@ def train_vae(vae, args, state, deadline: float, ckpt: Path, device):
         for group in opt.param_groups:
             group["lr"] = _lr(args.vae_lr, (time.time() - t_start) / span, step, 100)
         with autocast:
-            post = vae.encode(x).latent_dist
-            z = post.sample()
+            with torch.set_grad_enabled(not decoder_only):
+                post = vae.encode(x).latent_dist
+            z = post.mode() if decoder_only else post.sample()
             rec = vae.decode(z).sample
         rec = rec.float()
         w = 1.0 + args.object_weight * m.float()
         err = rec - x
         recon = (w * (err.abs() + err.square())).mean() / w.mean()
         kl = 0.5 * (post.mean.float().square() + post.logvar.float().exp() - 1 - post.logvar.float()).mean()
-        loss = recon + args.kl_weight * kl
+        loss = recon + (0.0 if decoder_only else args.kl_weight) * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        state["vae_step"] += 1
+        state[key] += 1
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-        if state["vae_step"] % args.log_every == 0 or state["vae_step"] == 1:
+        if state[key] % args.log_every == 0 or state[key] == 1:
             el = time.time() - t_start
-            log(f"vae step {state['vae_step']} loss {smooth:.4f} (recon {recon.item():.4f} kl {kl.item():.2f}) "
-                f"{(state['vae_step'] - step0) / max(el, 1e-6):.1f} it/s, {deadline - time.time():.0f}s left")
+            log(f"{'decoder' if decoder_only else 'vae'} step {state[key]} loss {smooth:.4f} (recon {recon.item():.4f} kl {kl.item():.2f}) "
+                f"{(state[key] - step0) / max(el, 1e-6):.1f} it/s, {deadline - time.time():.0f}s left")
     state["clips_seen"] = src.next
     vae.eval().requires_grad_(False)
     _save_weights(vae, ckpt / "vae.safetensors")
-    _save_optim(opt, ckpt / "vae_optim.pt")
+    if not decoder_only:
+        _save_optim(opt, ckpt / "vae_optim.pt")
 
 
 def latent_stats(vae, args, device, n: int = 256) -> tuple[list[float], list[float]]:
@@ -512,6 +525,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frames of VAE training clips (1 + 4k; 0: --frames). Train at the length it will decode: the "
                         "shipped VAE, trained on 9 frames, reconstructs frames 9-16 of a 17-frame clip 4-10x worse "
                         "than frames 0-8")
+    g.add_argument("--tune-decoder", action="store_true",
+                   help="spend the run on the VAE's decoder alone (the encoder, its latents and the transformer stay), "
+                        "on --vae-frames clips: with --init-from, mends a decoder trained on shorter clips")
+    g.add_argument("--decoder-steps", type=int, default=100000, help="total --tune-decoder steps")
     g.add_argument("--vae-only", action="store_true",
                    help="spend the whole run on the VAE and leave stage 1 open for a later run")
     g.add_argument("--vae-crop", type=int, default=64, help="train on random crops this size (0: whole frames)")
@@ -632,18 +649,22 @@ def run(args) -> int:
             f"std {np.round(state['latents_std'], 2).tolist()}")
         save_state()
     vae.register_to_config(latents_mean=state["latents_mean"], latents_std=state["latents_std"])
+    if args.tune_decoder:  # this run's whole budget on the decoder; the encoder and transformer stay
+        train_vae(vae, args, state, end, ckpt, device, decoder_only=True)
     vae.eval().requires_grad_(False)
     pipe = WanPipeline(**comps)
-    if time.time() < end:
+    if time.time() < end and not args.tune_decoder:
         train_dit(pipe, ema, args, state, end, ckpt, device)
     state["runs"].append({"seconds": round(time.time() - t_begin, 1), "vae_step": state["vae_step"],
                           "dit_step": state["dit_step"], "device": str(device),
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                          "lr": args.lr, "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only})
+                          "decoder_step": state.get("decoder_step", 0), "lr": args.lr,
+                          "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only})
     save_state()
     final = dict(comps, transformer=ema)
     info = {"defaults": {**GEN_DEFAULTS, "frames": args.frames, "height": args.size, "width": args.size},
             "config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],
+            "decoder_steps": state.get("decoder_step", 0),
             "clips_seen": state["clips_seen"], "runs": state["runs"], "transformer_weights": "EMA",
             "heldout_pairs": sorted(map(list, shapes.HELDOUT_PAIRS))}
     work = out / "export"

@@ -117,6 +117,16 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     b = load_file(str(tmp_path / "fresh" / "ckpt" / "vae.safetensors"))
     assert all(torch.equal(a[k].float(), b[k]) for k in a)
     assert main(["--out", str(tmp_path / "bad2"), "--vae-from", str(folder), "--config", "large"] + args[4:]) == 2
+    # the decoder alone: encoder and transformer come back unchanged, the decoder does not
+    assert main(["--out", str(tmp_path / "dec"), "--init-from", str(folder), "--tune-decoder", "--decoder-steps", "2"] + args[2:]) == 0
+    state = json.loads((tmp_path / "dec" / "ckpt" / "state.json").read_text())
+    assert (state["decoder_step"], state["vae_step"], state["dit_step"]) == (2, 2, 5)
+    c = load_file(str(tmp_path / "dec" / "ckpt" / "vae.safetensors"))
+    assert all(torch.equal(a[k].float(), c[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(a[k].float(), c[k]) for k in a if k.startswith("decoder."))
+    t0 = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    t1 = load_file(str(tmp_path / "dec" / "ckpt" / "dit_ema.safetensors"))
+    assert all(torch.equal(t0[k].float(), t1[k]) for k in t0)
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
     # no sizes given: the folder's paik.json says what it was trained at (9 frames of 64 x 64)
     out = generate(GenerateOptions(prompt="a red circle and a blue triangle", out=str(tmp_path / "b"),
