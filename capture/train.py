@@ -619,6 +619,9 @@ def run(args) -> int:
             log(f"error: checkpoint is config {state['config']!r}, not {args.config!r}")
             return 2
         log(f"resuming: vae step {state['vae_step']}, dit step {state['dit_step']}")
+    if args.tune_decoder and state["dit_step"] == 0:
+        log("error: --tune-decoder mends the decoder of a trained model: give --init-from FOLDER or --resume")
+        return 2
     comps = build_components(args.config, state["seed"])
     vae, transformer = comps["vae"], comps["transformer"]
     _load_weights(vae, ckpt / "vae.safetensors")
