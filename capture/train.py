@@ -302,6 +302,112 @@ def encode_latents(vae, video, mean, std):
     return (z - mean) / std
 
 
+def embed_prompts(pipe, caps: list[str], device):
+    """The pipeline's prompt embeddings, kept to their first EMB_LEN positions (every position
+    after a caption's last token is exactly zero, as ``_get_t5_prompt_embeds`` pads)."""
+    import torch
+
+    with torch.no_grad():
+        e = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device=device, dtype=torch.float32)
+    if e[:, EMB_LEN:].abs().amax().item() != 0:
+        raise RuntimeError(f"a caption has more than {EMB_LEN} tokens")
+    return e[:, :EMB_LEN].contiguous()
+
+
+def object_coverage(masks, vae):
+    """Object coverage of each latent position, [B, 1, F', H', W'] in [0, 1]: latent frame 0
+    is frame 0, latent frame k frames 4k-3..4k (any object there; 4 = the VAE's temporal
+    factor), then the share of each latent pixel's area."""
+    import torch
+
+    spatial, temporal = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
+    m = masks.any(1, keepdim=True).float()
+    m = torch.cat([m[:, :, :1], m[:, :, 1:].unflatten(2, (-1, temporal)).amax(3)], 2)
+    return torch.nn.functional.avg_pool3d(m, (1, spatial, spatial)).half()
+
+
+PROBE_SIGMAS = (0.7, 0.9)  # noise levels where a clip's shape is still being decided
+PROBE_WORDS = ("shape", "colour", "caption")
+
+
+def _swap_word(caption: str, word: str, other: str) -> str:
+    return " ".join(other if w == word else w for w in caption.split(" "))
+
+
+def probe_captions(scene: shapes.Scene, i: int) -> dict[str, str]:
+    """The probe's captions for a one-object ``scene``: the true one, its shape word swapped for
+    another shape, its colour word for another colour, and the empty caption."""
+    o = scene.objects[0]
+    other_shape = shapes.SHAPES[(shapes.SHAPES.index(o.shape) + 1 + i % (len(shapes.SHAPES) - 1)) % len(shapes.SHAPES)]
+    colours = list(shapes.COLOURS)
+    other_colour = colours[(colours.index(o.colour) + 1 + i % (len(colours) - 1)) % len(colours)]
+    return {"true": scene.caption, "shape": _swap_word(scene.caption, o.shape, other_shape),
+            "colour": _swap_word(scene.caption, o.colour, other_colour), "caption": ""}
+
+
+def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: int = 16) -> dict:
+    """How much the transformer's prediction rests on each word: the object-weighted flow-matching
+    error with the true caption, and how much it grows (mean over clips) when the shape word,
+    the colour word or the whole caption is replaced (``embs``: name -> [N, MAX_SEQ, D]; names
+    as :func:`probe_captions`). At each of ``PROBE_SIGMAS``. A model that draws the named shape
+    must lose more than nothing when told another one."""
+    import contextlib
+
+    import torch
+
+    autocast = autocast or contextlib.nullcontext()
+    out = {"sigma": list(PROBE_SIGMAS), "loss": []} | {k: [] for k in PROBE_WORDS}
+    with torch.no_grad():
+        for s in PROBE_SIGMAS:
+            xt = (1 - s) * x0 + s * noise
+            err = {}
+            for name, e in embs.items():
+                per = []
+                for i in range(0, len(x0), batch):
+                    sl = slice(i, i + batch)
+                    ts = torch.full((len(xt[sl]),), s * 1000.0, device=x0.device)
+                    with autocast:
+                        pred = model(hidden_states=xt[sl], timestep=ts, encoder_hidden_states=e[sl],
+                                     return_dict=False)[0]
+                    w = weight[sl]
+                    per.append(((pred.float() - (noise[sl] - x0[sl])).square() * w).flatten(1).mean(1)
+                               / w.flatten(1).mean(1))
+                err[name] = torch.cat(per)
+            out["loss"].append(round(err["true"].mean().item(), 5))
+            for k in PROBE_WORDS:
+                out[k].append(round((err[k] - err["true"]).mean().item(), 5))
+    return out
+
+
+def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None):
+    """The word-reliance probe's inputs: ``n`` fixed one-object eval clips encoded with the
+    pipeline's VAE (normalized latents), fixed noise, object weights (as ``--object-weight-dit
+    3``) and the embeddings of :func:`probe_captions`, padded as the pipeline pads."""
+    import contextlib
+
+    import torch
+
+    vae = pipe.vae
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+    scenes = [shapes.sample_scene("eval", i, frames, n_objects=1) for i in range(n)]
+    xs, ws = [], []
+    for i in range(0, n, 16):
+        video, masks = shapes.render(scenes[i:i + 16], size, device)
+        with torch.no_grad(), autocast or contextlib.nullcontext():
+            xs.append(encode_latents(vae, video.to(vae.dtype), mean, std))
+        ws.append(1.0 + 3.0 * object_coverage(masks, vae).float())
+    caps = [probe_captions(sc, i) for i, sc in enumerate(scenes)]
+    embs = {}
+    for k in ("true",) + PROBE_WORDS:
+        e = embed_prompts(pipe, [c[k] for c in caps], device)
+        embs[k] = torch.zeros(n, MAX_SEQ, e.shape[-1], device=device)
+        embs[k][:, :EMB_LEN] = e
+    x0 = torch.cat(xs)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(12345)).to(device)
+    return x0, noise, torch.cat(ws), embs
+
+
 def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     import torch
 
@@ -320,30 +426,11 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     ema_params = [p for p in ema.parameters()]
     train_params = [p.detach() for p in transformer.parameters()]
 
-    def embed(caps):
-        """The pipeline's prompt embeddings, kept to their first EMB_LEN positions (every position
-        after a caption's last token is exactly zero, as ``_get_t5_prompt_embeds`` pads)."""
-        with torch.no_grad():
-            e = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device=device,
-                                           dtype=torch.float32)
-        if e[:, EMB_LEN:].abs().amax().item() != 0:
-            raise RuntimeError(f"a caption has more than {EMB_LEN} tokens")
-        return e[:, :EMB_LEN].contiguous()
-
-    spatial, temporal = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
-
-    def coverage(masks):
-        """Object coverage of each latent position, [B, 1, F', H', W'] in [0, 1]: latent frame 0
-        is frame 0, latent frame k frames 4k-3..4k (any object there; 4 = the VAE's temporal
-        factor), then the share of each latent pixel's area."""
-        m = masks.any(1, keepdim=True).float()
-        m = torch.cat([m[:, :, :1], m[:, :, 1:].unflatten(2, (-1, temporal)).amax(3)], 2)
-        return torch.nn.functional.avg_pool3d(m, (1, spatial, spatial)).half()
-
     def fresh(n):
         v, m, caps = src.take(n)
         with torch.no_grad(), autocast:
-            return encode_latents(vae, v, mean, std), embed(caps), coverage(m) if args.object_weight_dit else None
+            return (encode_latents(vae, v, mean, std), embed_prompts(pipe, caps, device),
+                    object_coverage(m, vae) if args.object_weight_dit else None)
 
     t0 = time.time()
     pool_x, pool_e, pool_w = [], [], []
@@ -354,8 +441,18 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         pool_w.append(w)
     pool_x, pool_e = torch.cat(pool_x), torch.cat(pool_e)
     pool_w = torch.cat(pool_w) if args.object_weight_dit else None
-    empty = embed([""])[0]
+    empty = embed_prompts(pipe, [""], device)[0]
     emb = torch.zeros(args.batch, MAX_SEQ, pool_e.shape[-1], device=device)
+    probe = build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast) if args.probe_clips else None
+
+    def run_probe():
+        r = word_reliance(ema, *probe, autocast)
+        state.setdefault("probes", []).append({"dit_step": state["dit_step"], **r})
+        log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object eval clips, sigma "
+            f"{'/'.join(map(str, r['sigma']))}): loss {'/'.join(f'{x:.4f}' for x in r['loss'])}; a wrong word adds: "
+            + ", ".join(f"{k} {'/'.join(f'{x:+.4f}' for x in r[k])}" for k in PROBE_WORDS))
+        return r
+
     log(f"dit: latent pool of {len(pool_x)} clips {tuple(pool_x.shape[1:])} in {time.time() - t0:.1f}s "
         f"(std {pool_x.std().item():.3f})")
     g = torch.Generator(device="cpu").manual_seed(args.seed + 17 + state["dit_step"])
@@ -434,6 +531,8 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         t_c = time.time()
         t_data += t_b - t_a
         t_model += t_c - t_b
+        if probe is not None and args.probe_every and state["dit_step"] % args.probe_every == 0:
+            run_probe()
         if state["dit_step"] % args.log_every == 0 or state["dit_step"] == 1:
             el = time.time() - t_start
             log(f"dit step {state['dit_step']} loss {smooth:.4f} lr {opt.param_groups[0]['lr']:.2e} "
@@ -441,6 +540,8 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
                 f"{deadline - time.time():.0f}s left")
     state["clips_seen"] = src.next
     state["dit_seconds"] = seconds0 + time.time() - t_start
+    if probe is not None and state.get("probes", [{}])[-1].get("dit_step") != state["dit_step"]:
+        run_probe()
     transformer.eval().requires_grad_(False)
     _save_weights(transformer, ckpt / "dit.safetensors")
     _save_weights(ema, ckpt / "dit_ema.safetensors")
@@ -558,6 +659,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(0: every phrase names both, as the shipped weights were trained)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer for training (falls back to eager if compiling fails)")
+    g.add_argument("--probe-clips", type=int, default=32,
+                   help="one-object eval clips for the word-reliance probe (0: no probe)")
+    g.add_argument("--probe-every", type=int, default=1000,
+                   help="probe every this many steps (and at the end of each run; 0: at the end only)")
     g.add_argument("--export-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 
 
@@ -577,6 +682,9 @@ def run(args) -> int:
         return 2
     if not 0.0 <= args.shape_only <= 1.0:
         log(f"error: --shape-only is a probability, from 0 to 1, not {args.shape_only}")
+        return 2
+    if args.probe_clips < 0 or args.probe_every < 0:
+        log("error: --probe-clips and --probe-every must be 0 or more")
         return 2
     if args.dit_time is not None and args.dit_time <= 0:
         log(f"error: --dit-time must be positive, not {args.dit_time}")
@@ -622,6 +730,7 @@ def run(args) -> int:
     if args.tune_decoder and state["dit_step"] == 0:
         log("error: --tune-decoder mends the decoder of a trained model: give --init-from FOLDER or --resume")
         return 2
+    probes0 = len(state.get("probes", []))
     comps = build_components(args.config, state["seed"])
     vae, transformer = comps["vae"], comps["transformer"]
     _load_weights(vae, ckpt / "vae.safetensors")
@@ -662,7 +771,8 @@ def run(args) -> int:
                           "dit_step": state["dit_step"], "device": str(device),
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                           "decoder_step": state.get("decoder_step", 0), "lr": args.lr,
-                          "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only})
+                          "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only,
+                          "probe": state["probes"][-1] if len(state.get("probes", [])) > probes0 else None})
     save_state()
     final = dict(comps, transformer=ema)
     info = {"defaults": {**GEN_DEFAULTS, "frames": args.frames, "height": args.size, "width": args.size},
