@@ -253,6 +253,13 @@ def device_name(device) -> str:
     return f"{device.type} ({torch.get_num_threads()} torch threads)"
 
 
+def model_world(loaded) -> dict:
+    """The shapes world the loaded model was trained on (``sample_scene`` keyword arguments)."""
+    from .generate import trained_world
+
+    return trained_world(loaded[1].path)
+
+
 def model_defaults(loaded) -> dict:
     from .generate import trained_defaults
     from .train import GEN_DEFAULTS
@@ -268,11 +275,12 @@ def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | No
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
     size, frames = d["height"], d["frames"]
+    world = model_world(loaded)
     tallies = {m: {w: Tally() for w in WORDS} for m in (["known", "generated"] if mode == "both" else [mode])}
     detected = {"objects": 0, "present": 0, "correct": 0}
     tmp = Path(tempfile.mkdtemp(prefix="paik-faith-"))
     for i in range(clips):
-        scene = shapes.sample_scene(split, start + i, frames)
+        scene = shapes.sample_scene(split, start + i, frames, **world)
         t0 = time.time()
         if "known" in tallies:
             maps, table, masks = known_clip_maps(loaded, scene, steps, size, seed=scene.seed)
@@ -300,7 +308,8 @@ def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | No
         out["detected"] = detected
     out["settings"] = {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps,
                        "threshold": threshold, "guidance": guidance,
-                       "size": size, "frames": frames, "start": start}
+                       "size": size, "frames": frames, "start": start,
+                       "world": "upright" if world["upright"] else "default"}
     return out
 
 
@@ -327,7 +336,8 @@ def format_report(result: dict, tables: tuple[str, ...] = ("object",)) -> str:
     table for the words in ``tables``."""
     lines = []
     st = result["settings"]
-    lines.append(f"split {st['split']}, {st['clips']} clips, {st['steps']} steps, IoU threshold {st['threshold']}, "
+    world = "" if st.get("world", "default") == "default" else f" ({st['world']} world)"
+    lines.append(f"split {st['split']}{world}, {st['clips']} clips, {st['steps']} steps, IoU threshold {st['threshold']}, "
                  f"on {st.get('device', '?')}")
     example = {"object": "red circle", "shape": "circle", "colour": "red"}
     for mode in ("known", "generated"):
@@ -360,10 +370,11 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
     d = model_defaults(loaded)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
+    world = model_world(loaded)
     n_obj = present = correct = clip_ok = rec_ok = 0
     per_shape: dict[str, list[int]] = {}
     for i in range(clips):
-        scene = shapes.sample_scene(split, start + i, d["frames"])
+        scene = shapes.sample_scene(split, start + i, d["frames"], **world)
         _, frames = generate_clip(loaded, scene, steps, d["height"], guidance, Path("."), capture=False)
         rec = vae_reconstruction(loaded, scene, d["height"])
         ok_all = True
@@ -383,7 +394,7 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
         if log:
             log(f"clip {i + 1}/{clips}: {scene.caption} -> " + ", ".join(kinds))
     return {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps, "guidance": guidance,
-            "objects": n_obj,
+            "world": "upright" if world["upright"] else "default", "objects": n_obj,
             "colour_present": present / max(n_obj, 1), "colour_and_shape": correct / max(n_obj, 1),
             "clips_all_correct": clip_ok / max(clips, 1), "reconstructed_colour_and_shape": rec_ok / max(n_obj, 1),
             "per_shape": {k: v[0] / v[1] for k, v in per_shape.items()}}

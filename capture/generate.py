@@ -59,16 +59,34 @@ class GenerateOptions:
 DEFAULTS = {"tiny": (9, 64, 64, 4), "paik-shapes": (17, 128, 128, 20), "wan2.2-ti2v": (121, 704, 1280, 50), "other": (81, 480, 832, 50)}
 
 
-def trained_defaults(path) -> dict:
-    """The generation defaults a ``paik-shapes`` folder records in its paik.json (frames, height,
-    width, steps, guidance, flow_shift), or {} for any other model."""
+def _paik_json(path) -> dict:
+    """A ``paik-shapes`` folder's paik.json (how it was trained), or {} for any other model."""
     f = Path(path) / "paik.json" if path else None
     if f is None or not f.is_file():
         return {}
     try:
-        return dict(json.loads(f.read_text()).get("defaults", {}))
-    except (ValueError, AttributeError) as e:
+        info = json.loads(f.read_text())
+    except ValueError as e:
         raise PaikError(f"{f}: not a valid paik.json ({e})") from e
+    if not isinstance(info, dict):
+        raise PaikError(f"{f}: not a valid paik.json (not an object)")
+    return info
+
+
+def trained_defaults(path) -> dict:
+    """The generation defaults a ``paik-shapes`` folder records in its paik.json (frames, height,
+    width, steps, guidance, flow_shift), or {} for any other model."""
+    d = _paik_json(path).get("defaults", {})
+    if not isinstance(d, dict):
+        raise PaikError(f"{Path(path) / 'paik.json'}: not a valid paik.json (defaults is not an object)")
+    return dict(d)
+
+
+def trained_world(path) -> dict:
+    """The shapes world a ``paik-shapes`` folder was trained on, as keyword arguments of
+    :func:`capture.shapes.sample_scene` ({"upright": bool}); the default world for any other."""
+    w = _paik_json(path).get("world", {})
+    return {"upright": bool(w.get("upright", False)) if isinstance(w, dict) else False}
 
 
 def _log(opts, msg):

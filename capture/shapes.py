@@ -144,12 +144,18 @@ def _trajectory(rng, motion: str, r0: float, t: np.ndarray):
 
 
 def sample_scene(split: str, seed: int, frames: int = 17, n_objects: int | None = None,
-                 shape_only: float = 0.0) -> Scene:
+                 shape_only: float = 0.0, upright: bool = False) -> Scene:
     """The scene of clip ``seed`` of ``split`` (deterministic). With probability ``shape_only``
     an object's phrase leaves its colour out ("a small circle spins"): a caption that names the
     shape alone makes the shape word the only way to find that object, so a model trained on
     such captions must use it (the benchmarks always name both). The choice has its own random
-    stream: the scene, and the other phrases, are the same for any ``shape_only``."""
+    stream: the scene, and the other phrases, are the same for any ``shape_only``.
+
+    ``upright`` is the upright world: every object starts in its canonical pose (a triangle's
+    apex and a star's point up, a square and a cross on the axes) and a spinning one turns from
+    there, as much as in the default world; all else is the same scene. Under random rotations
+    the average of any shape is a disc, so the blurred guess a denoiser makes from heavy noise
+    holds a colour but no shape; upright, the guess holds the shape too."""
     rng = _rng(split, seed)
     n = n_objects or int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     pairs = _pairs(rng, n, split)
@@ -170,6 +176,8 @@ def sample_scene(split: str, seed: int, frames: int = 17, n_objects: int | None 
             if gap > 0:
                 break
         _, cx, cy, r, ang = best
+        if upright:
+            ang = ang - ang[0]
         jitter = rng.uniform(-0.05, 0.05, 3)
         rgb = tuple(float(np.clip(c + j, 0, 1)) for c, j in zip(COLOURS[colour], jitter))
         objects.append(Obj(shape, colour, size, motion, named, rgb, cx, cy, r, ang))
@@ -187,8 +195,9 @@ def sample_scene(split: str, seed: int, frames: int = 17, n_objects: int | None 
     return Scene(split, seed, frames, objects, bg)
 
 
-def scenes(split: str, start: int, count: int, frames: int = 17, shape_only: float = 0.0) -> list[Scene]:
-    return [sample_scene(split, s, frames, shape_only=shape_only) for s in range(start, start + count)]
+def scenes(split: str, start: int, count: int, frames: int = 17, shape_only: float = 0.0,
+           upright: bool = False) -> list[Scene]:
+    return [sample_scene(split, s, frames, shape_only=shape_only, upright=upright) for s in range(start, start + count)]
 
 
 # ---------------------------------------------------------------------------------------------

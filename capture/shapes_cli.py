@@ -82,8 +82,9 @@ def _bench_shapes(args) -> int:
     from .faithfulness import _log, shape_rate
 
     r = shape_rate(_load(args), args.split, args.clips, args.steps, args.guidance, args.start, log=_log)
-    print(f"{r['split']}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, guidance {r['guidance']}, "
-          f"on {r['device']}")
+    world = "" if r["world"] == "default" else f" ({r['world']} world)"
+    print(f"{r['split']}{world}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, "
+          f"guidance {r['guidance']}, on {r['device']}")
     print(f"  named colour present      {r['colour_present']:.3f}")
     print(f"  named colour + shape      {r['colour_and_shape']:.3f}")
     print(f"  clips with every object   {r['clips_all_correct']:.3f}")

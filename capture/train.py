@@ -185,12 +185,12 @@ class ClipSource:
     """Training clips rendered on the device, numbered from ``start`` so resumed runs see new
     clips (seed = ``start`` + count)."""
 
-    def __init__(self, start: int, frames: int, size: int, device, shape_only: float = 0.0):
+    def __init__(self, start: int, frames: int, size: int, device, shape_only: float = 0.0, upright: bool = False):
         self.next = start
-        self.frames, self.size, self.device, self.shape_only = frames, size, device, shape_only
+        self.frames, self.size, self.device, self.shape_only, self.upright = frames, size, device, shape_only, upright
 
     def take(self, n: int):
-        batch = shapes.scenes("train", self.next, n, self.frames, self.shape_only)
+        batch = shapes.scenes("train", self.next, n, self.frames, self.shape_only, self.upright)
         self.next += n
         video, masks = shapes.render(batch, self.size, self.device)
         return video, masks, [s.caption for s in batch]
@@ -220,7 +220,7 @@ def train_vae(vae, args, state, deadline: float, ckpt: Path, device, decoder_onl
     opt = torch.optim.AdamW(params, lr=args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
     if not decoder_only:
         _load_optim(opt, ckpt / "vae_optim.pt")
-    src = ClipSource(state["clips_seen"], args.vae_frames or args.frames, args.size, device)
+    src = ClipSource(state["clips_seen"], args.vae_frames or args.frames, args.size, device, upright=args.upright)
     pool_v, pool_m = [], []
     for i in range(0, args.vae_pool, 64):
         v, m, _ = src.take(min(64, args.vae_pool - i))
@@ -379,7 +379,7 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
     return out
 
 
-def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None):
+def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False):
     """The word-reliance probe's inputs: ``n`` fixed one-object eval clips encoded with the
     pipeline's VAE (normalized latents), fixed noise, object weights (as ``--object-weight-dit
     3``) and the embeddings of :func:`probe_captions`, padded as the pipeline pads."""
@@ -390,7 +390,7 @@ def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None):
     vae = pipe.vae
     mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
-    scenes = [shapes.sample_scene("eval", i, frames, n_objects=1) for i in range(n)]
+    scenes = [shapes.sample_scene("eval", i, frames, n_objects=1, upright=upright) for i in range(n)]
     xs, ws = [], []
     for i in range(0, n, 16):
         video, masks = shapes.render(scenes[i:i + 16], size, device)
@@ -421,7 +421,7 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.99))
     _load_optim(opt, ckpt / "dit_optim.pt")
-    src = ClipSource(state["clips_seen"], args.frames, args.size, device, args.shape_only)
+    src = ClipSource(state["clips_seen"], args.frames, args.size, device, args.shape_only, args.upright)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
     ema_params = [p for p in ema.parameters()]
     train_params = [p.detach() for p in transformer.parameters()]
@@ -443,7 +443,8 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     pool_w = torch.cat(pool_w) if args.object_weight_dit else None
     empty = embed_prompts(pipe, [""], device)[0]
     emb = torch.zeros(args.batch, MAX_SEQ, pool_e.shape[-1], device=device)
-    probe = build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast) if args.probe_clips else None
+    probe = (build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright)
+             if args.probe_clips else None)
 
     def run_probe():
         r = word_reliance(ema, *probe, autocast)
@@ -650,6 +651,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pool", type=int, default=4096, help="clips kept encoded as latents")
     g.add_argument("--refresh", type=int, default=16, help="new clips every --refresh-every steps")
     g.add_argument("--refresh-every", type=int, default=4)
+    g.add_argument("--upright", action="store_true",
+                   help="train in the upright world (shapes start in their canonical pose; see shapes.sample_scene); "
+                        "a checkpoint keeps its world")
     g.add_argument("--caption-dropout", type=float, default=0.1)
     g.add_argument("--object-weight-dit", type=float, default=0.0,
                    help="extra loss weight on latent positions covered by objects (0: plain flow matching, as "
@@ -727,6 +731,11 @@ def run(args) -> int:
             log(f"error: checkpoint is config {state['config']!r}, not {args.config!r}")
             return 2
         log(f"resuming: vae step {state['vae_step']}, dit step {state['dit_step']}")
+    if "upright" in state and state["upright"] != args.upright:
+        log(f"error: this checkpoint trains in the {'upright' if state['upright'] else 'default'} world: "
+            f"{'give' if state['upright'] else 'leave out'} --upright")
+        return 2
+    state["upright"] = args.upright
     if args.tune_decoder and state["dit_step"] == 0:
         log("error: --tune-decoder mends the decoder of a trained model: give --init-from FOLDER or --resume")
         return 2
@@ -772,6 +781,7 @@ def run(args) -> int:
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                           "decoder_step": state.get("decoder_step", 0), "lr": args.lr,
                           "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only,
+                          "upright": args.upright,
                           "probe": state["probes"][-1] if len(state.get("probes", [])) > probes0 else None})
     save_state()
     final = dict(comps, transformer=ema)
@@ -779,6 +789,7 @@ def run(args) -> int:
             "config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],
             "decoder_steps": state.get("decoder_step", 0),
             "clips_seen": state["clips_seen"], "runs": state["runs"], "transformer_weights": "EMA",
+            "world": {"upright": args.upright},
             "heldout_pairs": sorted(map(list, shapes.HELDOUT_PAIRS))}
     work = out / "export"
     folder = export(final, work / MODEL_NAME, info, args.export_dtype)

@@ -63,6 +63,32 @@ def test_shape_only_captions_leave_colours_out_and_nothing_else():
     assert all(not o.named_colour for o in shapes.sample_scene("train", 3, shape_only=1.0).objects)
 
 
+def test_the_upright_world_changes_only_the_starting_pose():
+    squares = 0
+    for seed in range(120):
+        a, b = shapes.sample_scene("train", seed), shapes.sample_scene("train", seed, upright=True)
+        assert a.caption == b.caption and a.background == b.background
+        for p, q in zip(a.objects, b.objects):
+            assert np.array_equal(p.cx, q.cx) and np.array_equal(p.cy, q.cy) and np.array_equal(p.r, q.r)
+            assert q.angle[0] == 0 and np.allclose(q.angle - q.angle[0], p.angle - p.angle[0])  # spins as much
+        # rendered pixels: frame 0 of an upright square fills its bounding box, its mask's rows as
+        # wide at the top as at the bottom; an upright triangle is narrow at the top (apex up)
+        _, masks = shapes.render([b], 64)
+        for k, o in enumerate(b.objects):
+            if o.shape not in ("square", "triangle"):
+                continue
+            m = masks[0, k, 0].numpy()
+            ys, xs = np.nonzero(m)
+            rows = m[ys.min():ys.max() + 1].sum(1)
+            if o.shape == "square":
+                squares += 1
+                assert m.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)) > 0.9
+                assert abs(int(rows[1]) - int(rows[-2])) <= 2
+            else:
+                assert rows[: len(rows) // 3].mean() < 0.6 * rows[-(len(rows) // 3):].mean()
+    assert squares > 10
+
+
 def test_masks_cover_the_objects_in_their_colour():
     batch = shapes.scenes("eval", 0, 4, frames=9)
     video, masks = shapes.render(batch, 64)
@@ -149,6 +175,16 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     t1 = load_file(str(tmp_path / "dec" / "ckpt" / "dit_ema.safetensors"))
     assert all(torch.equal(t0[k].float(), t1[k]) for k in t0)
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
+    # the upright world: recorded in paik.json, read back by the benchmarks, kept on resume
+    from capture.generate import trained_world
+
+    assert trained_world(folder) == {"upright": False} and trained_world(None) == {"upright": False}
+    assert main(["--out", str(tmp_path / "up"), "--init-from", str(folder), "--upright"] + args[2:]
+                + ["--steps", "6"]) == 0
+    assert main(["--out", str(tmp_path / "up"), "--resume", str(tmp_path / "up")] + args[2:] + ["--steps", "7"]) == 2
+    up = unpack(tmp_path / "up" / "paik-shapes.tar", tmp_path / "mu")
+    assert trained_world(up) == {"upright": True}
+    assert json.loads((up / "paik.json").read_text())["runs"][-1]["upright"] is True
     # no sizes given: the folder's paik.json says what it was trained at (9 frames of 64 x 64)
     out = generate(GenerateOptions(prompt="a red circle and a blue triangle", out=str(tmp_path / "b"),
                                    model=str(folder), steps=2, quiet=True))
@@ -215,3 +251,16 @@ def test_shipped_model_leans_on_its_colour_words():
     assert r["colour"][1] > 0.03 and r["caption"][1] > 0.005, r
     same = word_reliance(pipe.transformer, x0, noise, w, dict(embs, shape=embs["true"]))
     assert same["shape"] == [0.0, 0.0]
+
+
+def test_a_broken_paik_json_is_a_clear_error(tmp_path):
+    from capture.errors import PaikError
+    from capture.generate import trained_defaults, trained_world
+
+    assert trained_defaults(tmp_path) == {} and trained_world(tmp_path) == {"upright": False}
+    for text in ("{not json", "[1, 2]", '{"defaults": 3}'):
+        (tmp_path / "paik.json").write_text(text)
+        with pytest.raises(PaikError, match="not a valid paik.json"):
+            trained_defaults(tmp_path)
+    (tmp_path / "paik.json").write_text('{"world": {"upright": true}, "defaults": {"frames": 9}}')
+    assert trained_world(tmp_path) == {"upright": True} and trained_defaults(tmp_path) == {"frames": 9}
