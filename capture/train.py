@@ -356,6 +356,7 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
     import torch
 
     autocast = autocast or contextlib.nullcontext()
+    dtype = next(model.parameters()).dtype  # a float16 model of `paik bench words` on a GPU
     out = {"sigma": list(PROBE_SIGMAS), "loss": []} | {k: [] for k in PROBE_WORDS}
     with torch.no_grad():
         for s in PROBE_SIGMAS:
@@ -367,7 +368,7 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
                     sl = slice(i, i + batch)
                     ts = torch.full((len(xt[sl]),), s * 1000.0, device=x0.device)
                     with autocast:
-                        pred = model(hidden_states=xt[sl], timestep=ts, encoder_hidden_states=e[sl],
+                        pred = model(hidden_states=xt[sl].to(dtype), timestep=ts, encoder_hidden_states=e[sl].to(dtype),
                                      return_dict=False)[0]
                     w = weight[sl]
                     per.append(((pred.float() - (noise[sl] - x0[sl])).square() * w).flatten(1).mean(1)

@@ -233,22 +233,27 @@ def test_shipped_model_maps_lose_their_object_when_misplaced():
 
 @pytest.mark.skipif(not (BUILTIN["paik-shapes"] / "model_index.json").is_file(),
                     reason="the trained paik-shapes model is not shipped (capture/assets/paik-shapes)")
-def test_shipped_model_leans_on_its_colour_words():
-    """The training script's word-reliance probe on the shipped weights (6 one-object eval clips;
-    measured +0.087 for a wrong colour word at sigma 0.9, +0.020 for no caption, +0.010 for a
-    wrong shape word): the colour word carries the object; the same caption given as the "wrong"
-    one costs exactly nothing."""
+def test_shipped_model_leans_on_its_colour_words(tmp_path):
+    """`paik bench words` (the training script's word-reliance probe) on the shipped weights, 6
+    one-object eval clips; measured +0.087 for a wrong colour word at sigma 0.9, +0.020 for no
+    caption, +0.010 for a wrong shape word: the colour word carries the object. The CLI's numbers
+    are the probe's; the same caption given as the "wrong" one costs exactly nothing."""
     from capture.faithfulness import model_defaults
     from capture.models import load_pipeline
     from capture.train import build_probe, word_reliance
 
+    from instrument.cli import main as paik
+
+    assert paik(["bench", "words", "--clips", "6", "--json", str(tmp_path / "w.json")]) == 0
+    r = json.loads((tmp_path / "w.json").read_text())
+    assert (r["world"], r["clips"], r["sigma"]) == ("default", 6, [0.7, 0.9])
+    assert r["colour"][1] > 0.03 and r["caption"][1] > 0.005, r
     torch.set_num_threads(2)
     loaded = load_pipeline("paik-shapes", "float32", "cpu")
     d = model_defaults(loaded)
     pipe = loaded[0]
     x0, noise, w, embs = build_probe(pipe, 6, d["frames"], d["height"], "cpu")
-    r = word_reliance(pipe.transformer, x0, noise, w, embs)
-    assert r["colour"][1] > 0.03 and r["caption"][1] > 0.005, r
+    assert word_reliance(pipe.transformer, x0, noise, w, embs)["colour"] == r["colour"]
     same = word_reliance(pipe.transformer, x0, noise, w, dict(embs, shape=embs["true"]))
     assert same["shape"] == [0.0, 0.0]
 
