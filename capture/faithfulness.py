@@ -260,6 +260,10 @@ def model_world(loaded) -> dict:
     return trained_world(loaded[1].path)
 
 
+def world_name(world: dict) -> str:
+    return "upright" if world["upright"] else "default"
+
+
 def model_defaults(loaded) -> dict:
     from .generate import trained_defaults
     from .train import GEN_DEFAULTS
@@ -309,7 +313,7 @@ def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | No
     out["settings"] = {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps,
                        "threshold": threshold, "guidance": guidance,
                        "size": size, "frames": frames, "start": start,
-                       "world": "upright" if world["upright"] else "default"}
+                       "world": world_name(world)}
     return out
 
 
@@ -394,7 +398,7 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
         if log:
             log(f"clip {i + 1}/{clips}: {scene.caption} -> " + ", ".join(kinds))
     return {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps, "guidance": guidance,
-            "world": "upright" if world["upright"] else "default", "objects": n_obj,
+            "world": world_name(world), "objects": n_obj,
             "colour_present": present / max(n_obj, 1), "colour_and_shape": correct / max(n_obj, 1),
             "clips_all_correct": clip_ok / max(clips, 1), "reconstructed_colour_and_shape": rec_ok / max(n_obj, 1),
             "per_shape": {k: v[0] / v[1] for k, v in per_shape.items()}}

@@ -127,14 +127,14 @@ def _bench_faith(args) -> int:
 
 
 def _bench_words(args) -> int:
-    from .faithfulness import device_name, model_defaults, model_world
+    from .faithfulness import device_name, model_defaults, model_world, world_name
     from .train import PROBE_WORDS, build_probe, word_reliance
 
     loaded = _load(args)
     pipe, _, device = loaded
     d, world = model_defaults(loaded), model_world(loaded)
     r = word_reliance(pipe.transformer, *build_probe(pipe, args.clips, d["frames"], d["height"], device, **world))
-    r.update(model=args.model, clips=args.clips, world="upright" if world["upright"] else "default",
+    r.update(model=args.model, clips=args.clips, world=world_name(world),
              device=device_name(device))
     print(f"word reliance of {args.model}: {args.clips} one-object eval clips ({r['world']} world), on {r['device']}")
     print("  sigma                  " + "".join(f"{x:>9}" for x in r["sigma"]))

@@ -356,7 +356,7 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
     import torch
 
     autocast = autocast or contextlib.nullcontext()
-    dtype = next(model.parameters()).dtype  # a float16 model of `paik bench words` on a GPU
+    dtype = model.dtype  # as WanPipeline casts: a half-precision model of `paik bench words` on a GPU
     out = {"sigma": list(PROBE_SIGMAS), "loss": []} | {k: [] for k in PROBE_WORDS}
     with torch.no_grad():
         for s in PROBE_SIGMAS:

@@ -256,6 +256,10 @@ def test_shipped_model_leans_on_its_colour_words(tmp_path):
     assert word_reliance(pipe.transformer, x0, noise, w, embs)["colour"] == r["colour"]
     same = word_reliance(pipe.transformer, x0, noise, w, dict(embs, shape=embs["true"]))
     assert same["shape"] == [0.0, 0.0]
+    # a half-precision transformer (as `paik bench words` loads on a GPU) takes the same inputs
+    half = load_pipeline("paik-shapes", "bfloat16", "cpu")[0].transformer
+    assert half.dtype == torch.bfloat16
+    assert word_reliance(half, x0, noise, w, embs)["colour"][1] == pytest.approx(r["colour"][1], rel=0.1)
 
 
 def test_a_broken_paik_json_is_a_clear_error(tmp_path):
