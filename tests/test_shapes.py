@@ -213,7 +213,8 @@ def test_shipped_model_maps_point_at_the_named_objects():
 def test_shipped_model_maps_lose_their_object_when_misplaced():
     """The same maps rotated by 180 degrees must point far worse: a transposed or misordered
     reshape, or a map taken from the wrong token, would erase this gap."""
-    from capture.faithfulness import Tally, candidates, known_clip_maps, model_defaults, object_tokens, score_maps
+    from capture.faithfulness import (Tally, candidates, known_clip_maps, model_defaults, model_world, object_tokens,
+                                      score_maps)
     from capture.models import load_pipeline
 
     torch.set_num_threads(2)
@@ -221,7 +222,7 @@ def test_shipped_model_maps_lose_their_object_when_misplaced():
     d = model_defaults(loaded)
     right, rotated = Tally(), Tally()
     for i in range(CLIPS):
-        scene = shapes.sample_scene("heldout", i, d["frames"])
+        scene = shapes.sample_scene("heldout", i, d["frames"], **model_world(loaded))
         maps, table, masks = known_clip_maps(loaded, scene, STEPS, d["height"], seed=scene.seed)
         for k, obj in enumerate(scene.objects):
             names, c = candidates(maps, object_tokens(table, obj)["object"])
