@@ -455,6 +455,13 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
             + ", ".join(f"{k} {'/'.join(f'{x:+.4f}' for x in r[k])}" for k in PROBE_WORDS))
         return r
 
+    def probed_now() -> bool:
+        return bool(state.get("probes")) and state["probes"][-1]["dit_step"] == state["dit_step"]
+
+    if probe is not None and not probed_now():  # where this run starts from; its time is kept for the last one
+        t_probe = time.time()
+        run_probe()
+        deadline -= time.time() - t_probe
     log(f"dit: latent pool of {len(pool_x)} clips {tuple(pool_x.shape[1:])} in {time.time() - t0:.1f}s "
         f"(std {pool_x.std().item():.3f})")
     g = torch.Generator(device="cpu").manual_seed(args.seed + 17 + state["dit_step"])
@@ -542,7 +549,7 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
                 f"{deadline - time.time():.0f}s left")
     state["clips_seen"] = src.next
     state["dit_seconds"] = seconds0 + time.time() - t_start
-    if probe is not None and state.get("probes", [{}])[-1].get("dit_step") != state["dit_step"]:
+    if probe is not None and not probed_now():
         run_probe()
     transformer.eval().requires_grad_(False)
     _save_weights(transformer, ckpt / "dit.safetensors")
@@ -667,7 +674,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--probe-clips", type=int, default=32,
                    help="one-object eval clips for the word-reliance probe (0: no probe)")
     g.add_argument("--probe-every", type=int, default=1000,
-                   help="probe every this many steps (and at the end of each run; 0: at the end only)")
+                   help="probe every this many steps (and at the start and end of each run; 0: there only)")
     g.add_argument("--export-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 
 

@@ -140,10 +140,13 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
             "--time-budget", "60", "--reserve", "1", "--probe-clips", "2", "--probe-every", "2"]
     assert main(args) == 0
     state = json.loads((tmp_path / "run" / "ckpt" / "state.json").read_text())
-    # the word-reliance probe ran every 2 steps and at the end, and the run records its last one
-    assert [p["dit_step"] for p in state["probes"]] == [2, 3]
+    # the word-reliance probe ran at the start, every 2 steps and at the end, and the run records
+    # its last one
+    assert [p["dit_step"] for p in state["probes"]] == [0, 2, 3]
     assert state["runs"][-1]["probe"] == state["probes"][-1] and len(state["probes"][-1]["shape"]) == 2
     assert main(args[:2] + ["--resume", str(tmp_path / "run")] + args[2:] + ["--steps", "5"]) == 0
+    state = json.loads((tmp_path / "run" / "ckpt" / "state.json").read_text())
+    assert [p["dit_step"] for p in state["probes"]] == [0, 2, 3, 4, 5]  # step 3 is not probed twice
     folder = unpack(tmp_path / "run" / "paik-shapes.tar", tmp_path / "m")
     # continue from the exported folder (what ships), with a fresh optimizer
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]
