@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 
 def register(sub, bench) -> None:
@@ -28,8 +30,8 @@ def register(sub, bench) -> None:
         b.add_argument("--steps", type=_at_least(1), default=None, help="denoising steps (default: the model's)")
         b.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
         b.add_argument("--device", default=None)
-        b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-        b.add_argument("--json", default=None, help="write the results as JSON here")
+        b.add_argument("--threads", type=_at_least(1), default=2, help="torch CPU threads")
+        b.add_argument("--json", type=_json_path, default=None, help="write the results as JSON here")
         if name == "faithfulness":
             b.add_argument("--mode", default="both", choices=["known", "generated", "both"],
                            help="known: rendered clips noised to each step (true masks); generated: paik generate "
@@ -48,8 +50,8 @@ def register(sub, bench) -> None:
     w.add_argument("--model", "-m", default="paik-shapes", help="model (a paik-shapes folder or name)")
     w.add_argument("--clips", type=_at_least(1), default=32)
     w.add_argument("--device", default=None)
-    w.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    w.add_argument("--json", default=None, help="write the results as JSON here")
+    w.add_argument("--threads", type=_at_least(1), default=2, help="torch CPU threads")
+    w.add_argument("--json", type=_json_path, default=None, help="write the results as JSON here")
     w.set_defaults(func=_bench_words)
 
 
@@ -63,6 +65,16 @@ def _at_least(lo: int):
             raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
         return v
     return parse
+
+
+def _json_path(text: str) -> str:
+    """A file the results can be written to, checked before minutes of benchmarking."""
+    folder = Path(text).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot write a file there")
+    return text
 
 
 def _fraction(text: str) -> float:

@@ -111,6 +111,11 @@ def test_grid_writes_labelled_pngs(bundle_dir, tmp_path, capsys):
     (["grid", "{bundle}", "--cell-width", "0", "--out", "f"], "--cell-width must be at least 1"),
     (["play", "{bundle}", "--headless", "--record", "{file}/x.mp4"], "file.txt is a file, not a directory"),
     (["bench", "render", "--bundle", "{bundle}", "--frames", "0"], "--frames must be at least 1"),
+    (["bench", "words", "--clips", "0"], "--clips: must be at least 1"),
+    (["bench", "words", "--threads", "0"], "--threads: must be at least 1"),
+    (["bench", "words", "--json", "{missing}/r.json"], "nope does not exist"),
+    (["bench", "shapes", "--json", "{notabundle}"], "cannot write a file there"),
+    (["bench", "faithfulness", "--threads", "0"], "--threads: must be at least 1"),
 ])
 def test_user_errors_are_clear(bundle_dir, tmp_path, capsys, argv, message):
     (tmp_path / "plain").mkdir()
