@@ -366,19 +366,21 @@ def format_report(result: dict, tables: tuple[str, ...] = ("object",)) -> str:
 
 
 def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | None = None,
-               guidance: float | None = None, start: int = 0, log=None) -> dict:
+               guidance: float | None = None, start: int = 0, log=None, objects: int | None = None) -> dict:
     """Generate each held-out caption and detect its objects: rates of named colours present,
-    named (colour, shape) correct, and clips with every object correct. For scale, the same
-    detection on the model's VAE reconstruction of each rendered clip (what a transformer that
-    made the true latents would score): ``reconstructed_colour_and_shape``."""
+    named (colour, shape) correct, and clips with every object correct, overall and per shape,
+    per size and per number of objects in the clip (``objects``: only clips with that many; by
+    default the split's mix of one to three). For scale, the same detection on the model's VAE
+    reconstruction of each rendered clip (what a transformer that made the true latents would
+    score): ``reconstructed_colour_and_shape``."""
     d = model_defaults(loaded)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
     world = model_world(loaded)
     n_obj = present = correct = clip_ok = rec_ok = 0
-    per_shape: dict[str, list[int]] = {}
+    per: dict[str, dict[str, list[int]]] = {"shape": {}, "size": {}, "objects": {}}
     for i in range(clips):
-        scene = shapes.sample_scene(split, start + i, d["frames"], **world)
+        scene = shapes.sample_scene(split, start + i, d["frames"], n_objects=objects, **world)
         _, frames = generate_clip(loaded, scene, steps, d["height"], guidance, Path("."), capture=False)
         rec = vae_reconstruction(loaded, scene, d["height"])
         ok_all = True
@@ -390,9 +392,11 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
             present += det["present"]
             correct += det["correct"]
             ok_all &= det["correct"]
-            per_shape.setdefault(obj.shape, [0, 0])
-            per_shape[obj.shape][0] += det["correct"]
-            per_shape[obj.shape][1] += 1
+            for key, value in (("shape", obj.shape), ("size", obj.size or "medium"),
+                               ("objects", str(len(scene.objects)))):
+                tally = per[key].setdefault(value, [0, 0])
+                tally[0] += det["correct"]
+                tally[1] += 1
             rec_ok += shapes.detect(rec, obj.colour, obj.shape)["correct"]
         clip_ok += ok_all
         if log:
@@ -401,7 +405,8 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
             "world": world_name(world), "objects": n_obj,
             "colour_present": present / max(n_obj, 1), "colour_and_shape": correct / max(n_obj, 1),
             "clips_all_correct": clip_ok / max(clips, 1), "reconstructed_colour_and_shape": rec_ok / max(n_obj, 1),
-            "per_shape": {k: v[0] / v[1] for k, v in per_shape.items()}}
+            **{f"per_{key}": {k: v[0] / v[1] for k, v in sorted(t.items())} for key, t in per.items()},
+            "per_count": {key: {k: v[1] for k, v in sorted(t.items())} for key, t in per.items()}}
 
 
 def _log(msg):

@@ -32,6 +32,9 @@ def register(sub, bench) -> None:
         b.add_argument("--device", default=None)
         b.add_argument("--threads", type=_at_least(1), default=2, help="torch CPU threads")
         b.add_argument("--json", type=_json_path, default=None, help="write the results as JSON here")
+        if name == "shapes":
+            b.add_argument("--objects", type=int, choices=[1, 2, 3], default=None,
+                           help="only clips with this many objects (default: the split's mix of one to three)")
         if name == "faithfulness":
             b.add_argument("--mode", default="both", choices=["known", "generated", "both"],
                            help="known: rendered clips noised to each step (true masks); generated: paik generate "
@@ -106,7 +109,8 @@ def _load(args):
 def _bench_shapes(args) -> int:
     from .faithfulness import _log, shape_rate
 
-    r = shape_rate(_load(args), args.split, args.clips, args.steps, args.guidance, args.start, log=_log)
+    r = shape_rate(_load(args), args.split, args.clips, args.steps, args.guidance, args.start, log=_log,
+                   objects=args.objects)
     world = "" if r["world"] == "default" else f" ({r['world']} world)"
     print(f"{r['split']}{world}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, "
           f"guidance {r['guidance']}, on {r['device']}")
@@ -115,7 +119,9 @@ def _bench_shapes(args) -> int:
     print(f"  clips with every object   {r['clips_all_correct']:.3f}")
     print(f"  named colour + shape in the VAE's reconstructions of the true clips (for scale) "
           f"{r['reconstructed_colour_and_shape']:.3f}")
-    print("  per shape: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["per_shape"].items())))
+    for key, label in (("shape", "per shape"), ("size", "per size"), ("objects", "per objects in the clip")):
+        print(f"  {label}: " + ", ".join(f"{k} {v:.2f} (n={r['per_count'][key][k]})"
+                                         for k, v in r[f"per_{key}"].items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)

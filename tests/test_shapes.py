@@ -277,3 +277,21 @@ def test_a_broken_paik_json_is_a_clear_error(tmp_path):
             trained_defaults(tmp_path)
     (tmp_path / "paik.json").write_text('{"world": {"upright": true}, "defaults": {"frames": 9}}')
     assert trained_world(tmp_path) == {"upright": True} and trained_defaults(tmp_path) == {"frames": 9}
+
+
+@pytest.mark.skipif(not (BUILTIN["paik-shapes"] / "model_index.json").is_file(),
+                    reason="the trained paik-shapes model is not shipped (capture/assets/paik-shapes)")
+def test_bench_shapes_cli_counts_every_object_once(tmp_path):
+    """`paik bench shapes --objects N`: only clips of N objects, and the breakdowns per shape, size
+    and object count each add up to the overall rate."""
+    from instrument.cli import main as paik
+
+    assert paik(["bench", "shapes", "--clips", "2", "--steps", "3", "--objects", "2",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["objects"] == 4 and r["per_count"]["objects"] == {"2": 4}
+    for key in ("shape", "size", "objects"):
+        n = r["per_count"][key]
+        assert sum(n.values()) == r["objects"]
+        assert sum(r[f"per_{key}"][k] * n[k] for k in n) == pytest.approx(r["colour_and_shape"] * r["objects"])
+    assert set(r["per_size"]) <= {"small", "medium", "big"}
