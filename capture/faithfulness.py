@@ -264,6 +264,11 @@ def world_name(world: dict) -> str:
     return "upright" if world["upright"] else "default"
 
 
+def world_note(name: str) -> str:
+    """How a report names a non-default world after its split ("heldout (upright world)")."""
+    return "" if name == "default" else f" ({name} world)"
+
+
 def model_defaults(loaded) -> dict:
     from .generate import trained_defaults
     from .train import GEN_DEFAULTS
@@ -340,7 +345,7 @@ def format_report(result: dict, tables: tuple[str, ...] = ("object",)) -> str:
     table for the words in ``tables``."""
     lines = []
     st = result["settings"]
-    world = "" if st.get("world", "default") == "default" else f" ({st['world']} world)"
+    world = world_note(st.get("world", "default"))
     lines.append(f"split {st['split']}{world}, {st['clips']} clips, {st['steps']} steps, IoU threshold {st['threshold']}, "
                  f"on {st.get('device', '?')}")
     example = {"object": "red circle", "shape": "circle", "colour": "red"}

@@ -107,12 +107,11 @@ def _load(args):
 
 
 def _bench_shapes(args) -> int:
-    from .faithfulness import _log, shape_rate
+    from .faithfulness import _log, shape_rate, world_note
 
     r = shape_rate(_load(args), args.split, args.clips, args.steps, args.guidance, args.start, log=_log,
                    objects=args.objects)
-    world = "" if r["world"] == "default" else f" ({r['world']} world)"
-    print(f"{r['split']}{world}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, "
+    print(f"{r['split']}{world_note(r['world'])}: {r['clips']} clips, {r['objects']} objects, {r['steps']} steps, "
           f"guidance {r['guidance']}, on {r['device']}")
     print(f"  named colour present      {r['colour_present']:.3f}")
     print(f"  named colour + shape      {r['colour_and_shape']:.3f}")
