@@ -49,7 +49,9 @@ def register(sub, bench) -> None:
                          description="The training script's word-reliance probe on a model: on fixed one-object eval "
                                      "clips noised to sigma 0.7 and 0.9, the transformer's flow-matching error "
                                      "(objects weighted up) with the true caption, and how much a wrong shape word, a "
-                                     "wrong colour word or no caption adds. About a minute on a CPU.")
+                                     "wrong colour word or no caption adds; on as many two-object clips, how much "
+                                     "swapping their colour words adds (does the model know which colour goes with "
+                                     "which shape?). About a minute on a CPU.")
     w.add_argument("--model", "-m", default="paik-shapes", help="model (a paik-shapes folder or name)")
     w.add_argument("--clips", type=_at_least(1), default=32)
     w.add_argument("--device", default=None)
@@ -145,19 +147,22 @@ def _bench_faith(args) -> int:
 
 def _bench_words(args) -> int:
     from .faithfulness import device_name, model_defaults, model_world, world_name
-    from .train import PROBE_WORDS, build_probe, word_reliance
+    from .train import BINDING, PROBE_WORDS, build_probe, word_reliance
 
     loaded = _load(args)
     pipe, _, device = loaded
     d, world = model_defaults(loaded), model_world(loaded)
     r = word_reliance(pipe.transformer, *build_probe(pipe, args.clips, d["frames"], d["height"], device, **world))
+    r[BINDING] = word_reliance(pipe.transformer, *build_probe(pipe, args.clips, d["frames"], d["height"], device,
+                                                              objects=2, **world))[BINDING]
     r.update(model=args.model, clips=args.clips, world=world_name(world),
              device=device_name(device))
     print(f"word reliance of {args.model}: {args.clips} one-object eval clips ({r['world']} world), on {r['device']}")
     print("  sigma                  " + "".join(f"{x:>9}" for x in r["sigma"]))
     print("  error, true caption    " + "".join(f"{x:9.4f}" for x in r["loss"]))
-    names = {"shape": "+ a wrong shape word ", "colour": "+ a wrong colour word", "caption": "+ no caption         "}
-    for k in PROBE_WORDS:
+    names = {"shape": "+ a wrong shape word ", "colour": "+ a wrong colour word", "caption": "+ no caption         ",
+             BINDING: "+ colours swapped (2)"}
+    for k in PROBE_WORDS + (BINDING,):
         print(f"  {names[k]}  " + "".join(f"{x:+9.4f}" for x in r[k]))
     if args.json:
         with open(args.json, "w") as f:

@@ -132,7 +132,8 @@ def _load_optim(opt, path: Path) -> None:
 def _save_weights(model, path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+    # a copy of each: a tied pair (the text encoder's shared embedding) cannot be saved as one tensor
+    save_file({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}, str(path))
 
 
 def _load_weights(model, path: Path) -> bool:
@@ -144,12 +145,13 @@ def _load_weights(model, path: Path) -> bool:
     return True
 
 
+TEXT_FROZEN, TEXT_TRAINED = "random, frozen", "trained with the transformer (EMA weights)"
 SHARED_KEYS = ("vae_base", "vae_mult", "vae_down", "text_dim", "text_layers", "text_heads")
 
 
 def init_checkpoint(folder: Path, ckpt: Path, config: str, transformer: bool = True) -> None:
     """Start a checkpoint from an exported ``paik-shapes`` folder (e.g. the shipped one): its VAE
-    (frozen, with its latent statistics), its transformer as both the trained and the EMA
+    (frozen, with its latent statistics), its text encoder, its transformer as both the trained and the EMA
     weights, and its step counts; the optimizer starts afresh, so the LR warms up again.
     ``transformer=False`` takes the VAE alone (stage 1 done) for a fresh transformer of
     ``config``, which must share the folder's VAE and text encoder settings."""
@@ -166,12 +168,17 @@ def init_checkpoint(folder: Path, ckpt: Path, config: str, transformer: bool = T
     for name, sub in parts:
         weights = load_file(str(folder / sub / "diffusion_pytorch_model.safetensors"))
         save_file({k: v.float().contiguous() for k, v in weights.items()}, str(ckpt / f"{name}.safetensors"))
+    from transformers import UMT5EncoderModel
+
+    text = UMT5EncoderModel.from_pretrained(folder / "text_encoder").float()
+    for name in ("text", "text_ema"):  # what the folder's transformer was trained with
+        _save_weights(text, ckpt / f"{name}.safetensors")
     dit_step = info["dit_steps"] if transformer else 0
     state = {"config": config, "seed": info["seed"], "vae_step": info["vae_steps"], "dit_step": dit_step,
              "clips_seen": info["clips_seen"], "latents_mean": vae_cfg["latents_mean"],
              "latents_std": vae_cfg["latents_std"], "runs": info.get("runs", []) if transformer else [],
              "optim_step0": dit_step, "decoder_step": info.get("decoder_steps", 0),
-             "init_from" if transformer else "vae_from": str(folder)}
+             "text_encoder": info.get("text_encoder", TEXT_FROZEN), "init_from" if transformer else "vae_from": str(folder)}
     (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     what = f"dit step {dit_step} (fresh optimizer)" if transformer else f"a fresh {config!r} transformer"
     log(f"starting from {folder}: vae step {state['vae_step']}, {what}")
@@ -314,6 +321,24 @@ def embed_prompts(pipe, caps: list[str], device):
     return e[:, :EMB_LEN].contiguous()
 
 
+def tokenize(tokenizer, caps: list[str], device):
+    """Token ids and attention mask, [N, EMB_LEN] each, as the pipeline tokenizes (its padding
+    cut to EMB_LEN positions: the encoder's masked attention never reads them)."""
+    t = tokenizer(caps, padding="max_length", max_length=MAX_SEQ, truncation=True, add_special_tokens=True,
+                  return_attention_mask=True, return_tensors="pt")
+    if t.attention_mask[:, EMB_LEN:].any():
+        raise RuntimeError(f"a caption has more than {EMB_LEN} tokens")
+    return t.input_ids[:, :EMB_LEN].to(device), t.attention_mask[:, :EMB_LEN].to(device)
+
+
+def encode_text(text_encoder, ids, mask):
+    """The prompt embeddings ``_get_t5_prompt_embeds`` makes, from :func:`tokenize`'s output:
+    [N, EMB_LEN, D], exactly zero after each caption's last token. Differentiable, so the text
+    encoder can learn (``--text-lr``)."""
+    e = text_encoder(ids, mask).last_hidden_state.float()
+    return e * mask.unsqueeze(-1).to(e.dtype)
+
+
 def object_coverage(masks, vae):
     """Object coverage of each latent position, [B, 1, F', H', W'] in [0, 1]: latent frame 0
     is frame 0, latent frame k frames 4k-3..4k (any object there; 4 = the VAE's temporal
@@ -327,7 +352,8 @@ def object_coverage(masks, vae):
 
 
 PROBE_SIGMAS = (0.7, 0.9)  # noise levels where a clip's shape is still being decided
-PROBE_WORDS = ("shape", "colour", "caption")
+PROBE_WORDS = ("shape", "colour", "caption")  # one-object clips
+BINDING = "binding"  # two-object clips, their colour words swapped: which colour goes with which shape
 
 
 def _swap_word(caption: str, word: str, other: str) -> str:
@@ -336,7 +362,13 @@ def _swap_word(caption: str, word: str, other: str) -> str:
 
 def probe_captions(scene: shapes.Scene, i: int) -> dict[str, str]:
     """The probe's captions for a one-object ``scene``: the true one, its shape word swapped for
-    another shape, its colour word for another colour, and the empty caption."""
+    another shape, its colour word for another colour, and the empty caption. For a two-object
+    scene (two colours, two shapes): the true one, and its two colour words swapped ("a red
+    circle and a blue square" -> "a blue circle and a red square"), the same words, bound wrong."""
+    if len(scene.objects) == 2:
+        a, b = (o.colour for o in scene.objects)
+        swapped = " ".join({a: b, b: a}.get(w, w) for w in scene.caption.split(" "))
+        return {"true": scene.caption, BINDING: swapped}
     o = scene.objects[0]
     other_shape = shapes.SHAPES[(shapes.SHAPES.index(o.shape) + 1 + i % (len(shapes.SHAPES) - 1)) % len(shapes.SHAPES)]
     colours = list(shapes.COLOURS)
@@ -348,16 +380,17 @@ def probe_captions(scene: shapes.Scene, i: int) -> dict[str, str]:
 def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: int = 16) -> dict:
     """How much the transformer's prediction rests on each word: the object-weighted flow-matching
     error with the true caption, and how much it grows (mean over clips) when the shape word,
-    the colour word or the whole caption is replaced (``embs``: name -> [N, MAX_SEQ, D]; names
-    as :func:`probe_captions`). At each of ``PROBE_SIGMAS``. A model that draws the named shape
-    must lose more than nothing when told another one."""
+    the colour word or the whole caption is replaced, or two colours swapped (``embs``: name ->
+    [N, MAX_SEQ, D]; names as :func:`probe_captions`). At each of ``PROBE_SIGMAS``. A model that
+    draws the named shape must lose more than nothing when told another one."""
     import contextlib
 
     import torch
 
     autocast = autocast or contextlib.nullcontext()
     dtype = model.dtype  # as WanPipeline casts: a half-precision model of `paik bench words` on a GPU
-    out = {"sigma": list(PROBE_SIGMAS), "loss": []} | {k: [] for k in PROBE_WORDS}
+    words = [k for k in embs if k != "true"]
+    out = {"sigma": list(PROBE_SIGMAS), "loss": []} | {k: [] for k in words}
     with torch.no_grad():
         for s in PROBE_SIGMAS:
             xt = (1 - s) * x0 + s * noise
@@ -375,15 +408,17 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
                                / w.flatten(1).mean(1))
                 err[name] = torch.cat(per)
             out["loss"].append(round(err["true"].mean().item(), 5))
-            for k in PROBE_WORDS:
+            for k in words:
                 out[k].append(round((err[k] - err["true"]).mean().item(), 5))
     return out
 
 
-def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False):
-    """The word-reliance probe's inputs: ``n`` fixed one-object eval clips encoded with the
-    pipeline's VAE (normalized latents), fixed noise, object weights (as ``--object-weight-dit
-    3``) and the embeddings of :func:`probe_captions`, padded as the pipeline pads."""
+def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False,
+                objects: int = 1):
+    """The word-reliance probe's inputs: ``n`` fixed eval clips of one object (or two:
+    :func:`probe_scenes`) encoded with the pipeline's VAE (normalized latents), fixed noise,
+    object weights (as ``--object-weight-dit 3``) and the embeddings of :func:`probe_captions`,
+    padded as the pipeline pads."""
     import contextlib
 
     import torch
@@ -391,74 +426,120 @@ def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upr
     vae = pipe.vae
     mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
-    scenes = [shapes.sample_scene("eval", i, frames, n_objects=1, upright=upright) for i in range(n)]
+    scenes = probe_scenes(n, frames, upright, objects)
     xs, ws = [], []
     for i in range(0, n, 16):
         video, masks = shapes.render(scenes[i:i + 16], size, device)
         with torch.no_grad(), autocast or contextlib.nullcontext():
             xs.append(encode_latents(vae, video.to(vae.dtype), mean, std))
         ws.append(1.0 + 3.0 * object_coverage(masks, vae).float())
-    caps = [probe_captions(sc, i) for i, sc in enumerate(scenes)]
-    embs = {}
-    for k in ("true",) + PROBE_WORDS:
-        e = embed_prompts(pipe, [c[k] for c in caps], device)
-        embs[k] = torch.zeros(n, MAX_SEQ, e.shape[-1], device=device)
-        embs[k][:, :EMB_LEN] = e
     x0 = torch.cat(xs)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(12345)).to(device)
-    return x0, noise, torch.cat(ws), embs
+    return x0, noise, torch.cat(ws), probe_embeddings(pipe.tokenizer, pipe.text_encoder, scenes, device)
 
 
-def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
+def probe_scenes(n: int, frames: int, upright: bool = False, objects: int = 1) -> list:
+    """The probe's fixed eval scenes: seeds 0.. of one object; or, for the binding probe, the
+    first ``n`` two-object scenes from seed 10000 whose objects differ in named colour and shape."""
+    if objects == 1:
+        return [shapes.sample_scene("eval", i, frames, n_objects=1, upright=upright) for i in range(n)]
+    out, seed = [], 10000
+    while len(out) < n:
+        sc = shapes.sample_scene("eval", seed, frames, n_objects=2, upright=upright)
+        a, b = sc.objects
+        if a.named_colour and b.named_colour and a.colour != b.colour and a.shape != b.shape:
+            out.append(sc)
+        seed += 1
+    return out
+
+
+def probe_embeddings(tokenizer, text_encoder, scenes: list, device) -> dict:
+    """The embeddings of :func:`probe_captions` for each scene, padded to MAX_SEQ positions as the
+    pipeline pads: name -> [N, MAX_SEQ, D]."""
     import torch
 
-    transformer, vae = pipe.transformer, pipe.vae
+    caps = [probe_captions(sc, i) for i, sc in enumerate(scenes)]
+    embs = {}
+    with torch.no_grad():
+        for k in caps[0]:
+            e = encode_text(text_encoder, *tokenize(tokenizer, [c[k] for c in caps], device))
+            embs[k] = torch.zeros(len(scenes), MAX_SEQ, e.shape[-1], device=device)
+            embs[k][:, :EMB_LEN] = e
+    return embs
+
+
+def _param_groups(model, scale: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": 0.01, "scale": scale},
+            {"params": no_decay, "weight_decay": 0.0, "scale": scale}]
+
+
+def train_dit(pipe, ema, text_ema, args, state, deadline: float, ckpt: Path, device):
+    """Stage 2: the transformer, and with ``--text-lr`` the text encoder with it (``text_ema``
+    its EMA weights, which export and the probe use)."""
+    import torch
+
+    transformer, vae, text = pipe.transformer, pipe.vae, pipe.text_encoder
+    train_text = args.text_lr > 0
     mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
     transformer.train().requires_grad_(True)
-    decay, no_decay = [], []
-    for n_, p in transformer.named_parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.99))
+    groups = _param_groups(transformer, 1.0)
+    if train_text:  # the encoder learns which words belong together ("red" with "circle")
+        text.train().requires_grad_(True)
+        groups += _param_groups(text, args.text_lr / args.lr)
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
     _load_optim(opt, ckpt / "dit_optim.pt")
+    for group, mine in zip(opt.param_groups, groups):  # this run's --text-lr; older files have no scale
+        group["scale"] = mine["scale"]
     src = ClipSource(state["clips_seen"], args.frames, args.size, device, args.shape_only, args.upright)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
-    ema_params = [p for p in ema.parameters()]
-    train_params = [p.detach() for p in transformer.parameters()]
+    ema_params, train_params = list(ema.parameters()), [p.detach() for p in transformer.parameters()]
+    if train_text:
+        ema_params += list(text_ema.parameters())
+        train_params += [p.detach() for p in text.parameters()]
+    clip_params = [p for g in groups for p in g["params"]]
 
     def fresh(n):
         v, m, caps = src.take(n)
         with torch.no_grad(), autocast:
-            return (encode_latents(vae, v, mean, std), embed_prompts(pipe, caps, device),
+            return (encode_latents(vae, v, mean, std), tokenize(pipe.tokenizer, caps, device),
                     object_coverage(m, vae) if args.object_weight_dit else None)
 
     t0 = time.time()
-    pool_x, pool_e, pool_w = [], [], []
+    pool_x, pool_ids, pool_mask, pool_w = [], [], [], []
     for i in range(0, args.pool, 64):
-        x, e, w = fresh(min(64, args.pool - i))
+        x, (ids, m), w = fresh(min(64, args.pool - i))
         pool_x.append(x)
-        pool_e.append(e)
+        pool_ids.append(ids)
+        pool_mask.append(m)
         pool_w.append(w)
-    pool_x, pool_e = torch.cat(pool_x), torch.cat(pool_e)
+    pool_x, pool_ids, pool_mask = torch.cat(pool_x), torch.cat(pool_ids), torch.cat(pool_mask)
     pool_w = torch.cat(pool_w) if args.object_weight_dit else None
-    empty = embed_prompts(pipe, [""], device)[0]
-    emb = torch.zeros(args.batch, MAX_SEQ, pool_e.shape[-1], device=device)
-    probe = (build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright)
-             if args.probe_clips else None)
+    empty_ids, empty_mask = tokenize(pipe.tokenizer, [""], device)
+    probes = [build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright, k)
+              for k in ((1, 2) if args.probe_clips else ())]
 
     def run_probe():
-        r = word_reliance(ema, *probe, autocast)
+        r = {}
+        for k, probe in enumerate(probes, 1):
+            if train_text:  # the captions as the EMA encoder now reads them
+                probe[3].update(probe_embeddings(pipe.tokenizer, text_ema,
+                                                 probe_scenes(args.probe_clips, args.frames, args.upright, k), device))
+            r.update(word_reliance(ema, *probe, autocast) if k == 1 else
+                     {BINDING: word_reliance(ema, *probe, autocast)[BINDING]})
         state.setdefault("probes", []).append({"dit_step": state["dit_step"], **r})
-        log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object eval clips, sigma "
+        log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object and {args.probe_clips} two-object eval clips, sigma "
             f"{'/'.join(map(str, r['sigma']))}): loss {'/'.join(f'{x:.4f}' for x in r['loss'])}; a wrong word adds: "
-            + ", ".join(f"{k} {'/'.join(f'{x:+.4f}' for x in r[k])}" for k in PROBE_WORDS))
+            + ", ".join(f"{k} {'/'.join(f'{x:+.4f}' for x in r[k])}" for k in PROBE_WORDS + (BINDING,)))
         return r
 
     def probed_now() -> bool:
         return bool(state.get("probes")) and state["probes"][-1]["dit_step"] == state["dit_step"]
 
-    if probe is not None and not probed_now():  # where this run starts from; its time is kept for the last one
+    if probes and not probed_now():  # where this run starts from; its time is kept for the last one
         t_probe = time.time()
         run_probe()
         deadline -= time.time() - t_probe
@@ -469,7 +550,10 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
     # them over was most of the "data" time, ~45% of each step, of runs 1-3 of the shipped model
     g_dev = torch.Generator(device=device).manual_seed(args.seed + 23 + state["dit_step"])
 
-    def loss_and_grad(model, xt, s, target, w):
+    def loss_and_grad(model, xt, s, target, w, ids, mask):
+        with autocast, torch.set_grad_enabled(train_text):
+            emb = encode_text(text, ids, mask)  # zeros after each caption, and after EMB_LEN, as the pipeline pads
+        emb = torch.nn.functional.pad(emb, (0, 0, 0, MAX_SEQ - EMB_LEN))
         with autocast:
             pred = model(hidden_states=xt, timestep=s * 1000.0, encoder_hidden_states=emb, return_dict=False)[0]
         err = (pred.float() - target).square()
@@ -498,15 +582,15 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         step = state["dit_step"]
         t_a = time.time()
         if args.refresh and step % args.refresh_every == 0:
-            x, e, w = fresh(args.refresh)
+            x, (ids, m), w = fresh(args.refresh)
             idx = torch.randint(len(pool_x), (args.refresh,), generator=g).to(device)
-            pool_x[idx], pool_e[idx] = x, e
+            pool_x[idx], pool_ids[idx], pool_mask[idx] = x, ids, m
             if pool_w is not None:
                 pool_w[idx] = w
         idx = torch.randint(len(pool_x), (args.batch,), generator=g).to(device)
         x0 = pool_x[idx]
-        drop = (torch.rand(args.batch, generator=g) < args.caption_dropout).to(device).view(-1, 1, 1)
-        emb[:, :EMB_LEN] = torch.where(drop, empty, pool_e[idx])  # zeros after EMB_LEN, as the pipeline pads
+        drop = (torch.rand(args.batch, generator=g) < args.caption_dropout).to(device).view(-1, 1)
+        ids, mask = torch.where(drop, empty_ids, pool_ids[idx]), torch.where(drop, empty_mask, pool_mask[idx])
         u = torch.rand(args.batch, generator=g).to(device)
         shifted = shift * u / (1 + (shift - 1) * u)
         use_shift = (torch.rand(args.batch, generator=g) < 0.5).to(device)
@@ -516,12 +600,12 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         xt = (1 - sv) * x0 + sv * noise
         target = noise - x0
         for group in opt.param_groups:
-            group["lr"] = _lr(args.lr, progress(), step - state.get("optim_step0", 0), args.warmup)
+            group["lr"] = group["scale"] * _lr(args.lr, progress(), step - state.get("optim_step0", 0), args.warmup)
         t_b = time.time()
         w = 1.0 + args.object_weight_dit * pool_w[idx].float() if pool_w is not None else None
         opt.zero_grad(set_to_none=True)
         try:
-            loss = loss_and_grad(forward, xt, s, target, w)
+            loss = loss_and_grad(forward, xt, s, target, w, ids, mask)
         except Exception as e:  # noqa: BLE001 - a compiler failure of any kind: carry on eagerly
             if forward is transformer:
                 raise
@@ -529,8 +613,8 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
                 "training eagerly")
             forward = transformer
             opt.zero_grad(set_to_none=True)
-            loss = loss_and_grad(forward, xt, s, target, w)
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            loss = loss_and_grad(forward, xt, s, target, w, ids, mask)
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
         opt.step()
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
@@ -540,7 +624,7 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
         t_c = time.time()
         t_data += t_b - t_a
         t_model += t_c - t_b
-        if probe is not None and args.probe_every and state["dit_step"] % args.probe_every == 0:
+        if probes and args.probe_every and state["dit_step"] % args.probe_every == 0:
             run_probe()
         if state["dit_step"] % args.log_every == 0 or state["dit_step"] == 1:
             el = time.time() - t_start
@@ -549,11 +633,15 @@ def train_dit(pipe, ema, args, state, deadline: float, ckpt: Path, device):
                 f"{deadline - time.time():.0f}s left")
     state["clips_seen"] = src.next
     state["dit_seconds"] = seconds0 + time.time() - t_start
-    if probe is not None and not probed_now():
+    if probes and not probed_now():
         run_probe()
     transformer.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
     _save_weights(transformer, ckpt / "dit.safetensors")
     _save_weights(ema, ckpt / "dit_ema.safetensors")
+    if train_text:
+        _save_weights(text, ckpt / "text.safetensors")
+        _save_weights(text_ema, ckpt / "text_ema.safetensors")
     _save_optim(opt, ckpt / "dit_optim.pt")
 
 
@@ -663,6 +751,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train in the upright world (shapes start in their canonical pose; see shapes.sample_scene); "
                         "a checkpoint keeps its world")
     g.add_argument("--caption-dropout", type=float, default=0.1)
+    g.add_argument("--text-lr", type=float, default=0.0,
+                   help="train the text encoder with the transformer at this peak learning rate (same schedule); "
+                        "0 keeps it frozen. A frozen random encoder reads 'a red circle and a blue square' as a "
+                        "bag of words: it cannot tell which colour goes with which shape")
     g.add_argument("--object-weight-dit", type=float, default=0.0,
                    help="extra loss weight on latent positions covered by objects (0: plain flow matching, as "
                         "the shipped weights were trained)")
@@ -744,6 +836,17 @@ def run(args) -> int:
             f"{'give' if state['upright'] else 'leave out'} --upright")
         return 2
     state["upright"] = args.upright
+    if args.text_lr < 0:
+        log(f"error: --text-lr must be 0 (a frozen text encoder) or more, not {args.text_lr}")
+        return 2
+    trains_text = state.get("optim_text", False)  # whether dit_optim.pt holds the text encoder's moments
+    if (ckpt / "dit_optim.pt").is_file() and trains_text != (args.text_lr > 0):
+        log("error: this checkpoint's optimizer " + ("trains the text encoder: give --text-lr" if trains_text else
+            "has no text encoder in it: to train one, start a new checkpoint with --init-from an exported folder"))
+        return 2
+    state["optim_text"] = args.text_lr > 0
+    if args.text_lr > 0:
+        state["text_encoder"] = TEXT_TRAINED
     if args.tune_decoder and state["dit_step"] == 0:
         log("error: --tune-decoder mends the decoder of a trained model: give --init-from FOLDER or --resume")
         return 2
@@ -754,10 +857,13 @@ def run(args) -> int:
     _load_weights(transformer, ckpt / "dit.safetensors")
     ema = copy.deepcopy(transformer)
     _load_weights(ema, ckpt / "dit_ema.safetensors")
-    for m in (vae, transformer, comps["text_encoder"], ema):
+    _load_weights(comps["text_encoder"], ckpt / "text.safetensors")  # else the seed's (or --init-from's)
+    text_ema = copy.deepcopy(comps["text_encoder"])
+    _load_weights(text_ema, ckpt / "text_ema.safetensors")
+    for m in (vae, transformer, comps["text_encoder"], ema, text_ema):
         m.to(device)
-    comps["text_encoder"].eval().requires_grad_(False)
-    ema.eval().requires_grad_(False)
+    for m in (comps["text_encoder"], ema, text_ema):
+        m.eval().requires_grad_(False)
     n_params = {k: sum(p.numel() for p in comps[k].parameters()) for k in ("vae", "text_encoder", "transformer")}
     log(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
         f"params {n_params}, budget {args.time_budget:.0f}s")
@@ -783,21 +889,22 @@ def run(args) -> int:
     vae.eval().requires_grad_(False)
     pipe = WanPipeline(**comps)
     if time.time() < end and not args.tune_decoder:
-        train_dit(pipe, ema, args, state, end, ckpt, device)
+        train_dit(pipe, ema, text_ema, args, state, end, ckpt, device)
     state["runs"].append({"seconds": round(time.time() - t_begin, 1), "vae_step": state["vae_step"],
                           "dit_step": state["dit_step"], "device": str(device),
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                           "decoder_step": state.get("decoder_step", 0), "lr": args.lr,
                           "object_weight_dit": args.object_weight_dit, "shape_only": args.shape_only,
-                          "upright": args.upright,
+                          "upright": args.upright, "text_lr": args.text_lr,
                           "probe": state["probes"][-1] if len(state.get("probes", [])) > probes0 else None})
     save_state()
-    final = dict(comps, transformer=ema)
+    final = dict(comps, transformer=ema, text_encoder=text_ema)
     info = {"defaults": {**GEN_DEFAULTS, "frames": args.frames, "height": args.size, "width": args.size},
             "config": args.config, "seed": state["seed"], "vae_steps": state["vae_step"], "dit_steps": state["dit_step"],
             "decoder_steps": state.get("decoder_step", 0),
             "clips_seen": state["clips_seen"], "runs": state["runs"], "transformer_weights": "EMA",
             "world": {"upright": args.upright},
+            "text_encoder": state.get("text_encoder", TEXT_FROZEN),
             "heldout_pairs": sorted(map(list, shapes.HELDOUT_PAIRS))}
     work = out / "export"
     folder = export(final, work / MODEL_NAME, info, args.export_dtype)

@@ -130,6 +130,27 @@ def test_probe_captions_change_one_word_each():
             assert changed[0][0] == word and changed[0][1] in vocabulary, c
 
 
+def test_training_embeds_captions_exactly_as_the_pipeline_does():
+    """The training loop's own tokenize + encode (differentiable, for --text-lr) against
+    WanPipeline._get_t5_prompt_embeds on the same encoder: the same numbers, zeros after each
+    caption, for captions of different lengths and the empty one (caption dropout)."""
+    from diffusers import WanPipeline
+
+    from capture.train import EMB_LEN, MAX_SEQ, build_components, encode_text, tokenize
+
+    c = build_components("smoke")
+    pipe = WanPipeline(**c)
+    caps = ["a red circle moves left and a big blue square bounces", "a small green star", ""]
+    want = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        got = encode_text(c["text_encoder"], *tokenize(c["tokenizer"], caps, "cpu"))
+    assert got.shape == (3, EMB_LEN, want.shape[-1]) and want[:, EMB_LEN:].abs().max() == 0
+    torch.testing.assert_close(got, want[:, :EMB_LEN], rtol=1e-5, atol=1e-6)
+    assert (got[1, 5:] == 0).all() and (got[1, :5] != 0).any(-1).all()  # 4 word pieces and </s>
+    with pytest.raises(RuntimeError, match="more than"):
+        tokenize(c["tokenizer"], [" ".join(["red"] * (EMB_LEN + 1))], "cpu")
+
+
 def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     from capture.generate import GenerateOptions, generate
     from capture.bundle import open_bundle
@@ -155,6 +176,20 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     state = json.loads((tmp_path / "more" / "ckpt" / "state.json").read_text())
     assert (state["dit_step"], state["optim_step0"], state["vae_step"]) == (7, 5, 2)
     assert (state["runs"][-1]["shape_only"], state["runs"][-1]["object_weight_dit"]) == (0.5, 3.0)
+    # the text encoder trained with the transformer: its weights move, the export ships its EMA
+    # weights and says so, and the checkpoint's optimizer will not go on without it
+    from transformers import UMT5EncoderModel
+
+    assert main(["--out", str(tmp_path / "txt"), "--init-from", str(folder)] + args[2:]
+                + ["--steps", "7", "--text-lr", "0.05"]) == 0
+    before = UMT5EncoderModel.from_pretrained(folder / "text_encoder").float().state_dict()
+    txt = unpack(tmp_path / "txt" / "paik-shapes.tar", tmp_path / "mt")
+    after = UMT5EncoderModel.from_pretrained(txt / "text_encoder").float().state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((txt / "paik.json").read_text())["text_encoder"].startswith("trained")
+    assert json.loads((folder / "paik.json").read_text())["text_encoder"] == "random, frozen"
+    assert main(["--out", str(tmp_path / "txt"), "--resume", str(tmp_path / "txt")] + args[2:] + ["--steps", "8"]) == 2
+    assert main(["--out", str(tmp_path / "bad")] + args[2:] + ["--text-lr", "-1"]) == 2
     assert main(["--out", str(tmp_path / "bad")] + args[2:] + ["--shape-only", "1.5"]) == 2
     assert main(["--out", str(tmp_path / "bad")] + args[2:] + ["--probe-clips", "-1"]) == 2
     # a fresh transformer on the exported VAE: stage 1 is skipped, the VAE comes back unchanged
