@@ -130,6 +130,23 @@ def test_probe_captions_change_one_word_each():
             assert changed[0][0] == word and changed[0][1] in vocabulary, c
 
 
+def test_binding_probe_swaps_the_two_colours_and_nothing_else():
+    """The binding probe's two-object captions keep every word and move only the two colour
+    words, each to the other object: the same bag of words, bound the other way."""
+    from capture.train import BINDING, probe_captions, probe_scenes
+
+    scenes = probe_scenes(12, 17, upright=True, objects=2)
+    assert len({sc.seed for sc in scenes}) == 12
+    for i, scene in enumerate(scenes):
+        a, b = scene.objects
+        assert a.colour != b.colour and a.shape != b.shape and a.named_colour and b.named_colour
+        c = probe_captions(scene, i)
+        assert set(c) == {"true", BINDING} and c["true"] == scene.caption
+        x, y = c["true"].split(" "), c[BINDING].split(" ")
+        assert sorted(x) == sorted(y), c
+        assert [(u, v) for u, v in zip(x, y) if u != v] == [(a.colour, b.colour), (b.colour, a.colour)], c
+
+
 def test_training_embeds_captions_exactly_as_the_pipeline_does():
     """The training loop's own tokenize + encode (differentiable, for --text-lr) against
     WanPipeline._get_t5_prompt_embeds on the same encoder: the same numbers, zeros after each
