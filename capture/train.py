@@ -151,10 +151,11 @@ SHARED_KEYS = ("vae_base", "vae_mult", "vae_down", "text_dim", "text_layers", "t
 
 def init_checkpoint(folder: Path, ckpt: Path, config: str, transformer: bool = True) -> None:
     """Start a checkpoint from an exported ``paik-shapes`` folder (e.g. the shipped one): its VAE
-    (frozen, with its latent statistics), its text encoder, its transformer as both the trained and the EMA
-    weights, and its step counts; the optimizer starts afresh, so the LR warms up again.
-    ``transformer=False`` takes the VAE alone (stage 1 done) for a fresh transformer of
-    ``config``, which must share the folder's VAE and text encoder settings."""
+    (frozen, with its latent statistics), its text encoder (trained or not), its transformer as
+    both the trained and the EMA weights, and its step counts; the optimizer starts afresh, so
+    the LR warms up again. ``transformer=False`` takes the VAE and text encoder (stage 1 done)
+    for a fresh transformer of ``config``, which must share the folder's VAE and text encoder
+    settings."""
     from safetensors.torch import load_file, save_file
 
     info = json.loads((folder / "paik.json").read_text())
@@ -701,7 +702,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an exported paik-shapes folder (e.g. capture/assets/paik-shapes) to continue training from, "
                         "without its optimizer state")
     p.add_argument("--vae-from", default=None,
-                   help="an exported paik-shapes folder whose trained VAE (and latent statistics) a fresh transformer "
+                   help="an exported paik-shapes folder whose trained VAE (and latent statistics) and text encoder a fresh transformer "
                         "of --config trains on: skips stage 1")
     p.add_argument("--config", default="default", choices=list(CONFIGS))
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
