@@ -179,7 +179,8 @@ def init_checkpoint(folder: Path, ckpt: Path, config: str, transformer: bool = T
              "clips_seen": info["clips_seen"], "latents_mean": vae_cfg["latents_mean"],
              "latents_std": vae_cfg["latents_std"], "runs": info.get("runs", []) if transformer else [],
              "optim_step0": dit_step, "decoder_step": info.get("decoder_steps", 0),
-             "text_encoder": info.get("text_encoder", TEXT_FROZEN), "init_from" if transformer else "vae_from": str(folder)}
+             "text_encoder": info.get("text_encoder", TEXT_FROZEN),
+             "init_from" if transformer else "vae_from": str(folder)}
     (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     what = f"dit step {dit_step} (fresh optimizer)" if transformer else f"a fresh {config!r} transformer"
     log(f"starting from {folder}: vae step {state['vae_step']}, {what}")
@@ -532,7 +533,8 @@ def train_dit(pipe, ema, text_ema, args, state, deadline: float, ckpt: Path, dev
             r.update(word_reliance(ema, *probe, autocast) if k == 1 else
                      {BINDING: word_reliance(ema, *probe, autocast)[BINDING]})
         state.setdefault("probes", []).append({"dit_step": state["dit_step"], **r})
-        log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object and {args.probe_clips} two-object eval clips, sigma "
+        log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object and {args.probe_clips} "
+            f"two-object eval clips, sigma "
             f"{'/'.join(map(str, r['sigma']))}): loss {'/'.join(f'{x:.4f}' for x in r['loss'])}; a wrong word adds: "
             + ", ".join(f"{k} {'/'.join(f'{x:+.4f}' for x in r[k])}" for k in PROBE_WORDS + (BINDING,)))
         return r
@@ -702,8 +704,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an exported paik-shapes folder (e.g. capture/assets/paik-shapes) to continue training from, "
                         "without its optimizer state")
     p.add_argument("--vae-from", default=None,
-                   help="an exported paik-shapes folder whose trained VAE (and latent statistics) and text encoder a fresh transformer "
-                        "of --config trains on: skips stage 1")
+                   help="an exported paik-shapes folder whose trained VAE (and latent statistics) and text encoder a "
+                        "fresh transformer of --config trains on: skips stage 1")
     p.add_argument("--config", default="default", choices=list(CONFIGS))
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
