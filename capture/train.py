@@ -311,18 +311,6 @@ def encode_latents(vae, video, mean, std):
     return (z - mean) / std
 
 
-def embed_prompts(pipe, caps: list[str], device):
-    """The pipeline's prompt embeddings, kept to their first EMB_LEN positions (every position
-    after a caption's last token is exactly zero, as ``_get_t5_prompt_embeds`` pads)."""
-    import torch
-
-    with torch.no_grad():
-        e = pipe._get_t5_prompt_embeds(prompt=caps, max_sequence_length=MAX_SEQ, device=device, dtype=torch.float32)
-    if e[:, EMB_LEN:].abs().amax().item() != 0:
-        raise RuntimeError(f"a caption has more than {EMB_LEN} tokens")
-    return e[:, :EMB_LEN].contiguous()
-
-
 def tokenize(tokenizer, caps: list[str], device):
     """Token ids and attention mask, [N, EMB_LEN] each, as the pipeline tokenizes (its padding
     cut to EMB_LEN positions: the encoder's masked attention never reads them)."""
