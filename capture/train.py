@@ -509,17 +509,18 @@ def train_dit(pipe, ema, text_ema, args, state, deadline: float, ckpt: Path, dev
     pool_x, pool_ids, pool_mask = torch.cat(pool_x), torch.cat(pool_ids), torch.cat(pool_mask)
     pool_w = torch.cat(pool_w) if args.object_weight_dit else None
     empty_ids, empty_mask = tokenize(pipe.tokenizer, [""], device)
-    probes = [build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright, k)
-              for k in ((1, 2) if args.probe_clips else ())]
+    kinds = (1, 2) if args.probe_clips else ()  # one-object clips; two-object clips for binding
+    probes = {k: build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright, k)
+              for k in kinds}
+    probe_sets = {k: probe_scenes(args.probe_clips, args.frames, args.upright, k) for k in kinds}
 
     def run_probe():
         r = {}
-        for k, probe in enumerate(probes, 1):
+        for k, probe in probes.items():
             if train_text:  # the captions as the EMA encoder now reads them
-                probe[3].update(probe_embeddings(pipe.tokenizer, text_ema,
-                                                 probe_scenes(args.probe_clips, args.frames, args.upright, k), device))
-            r.update(word_reliance(ema, *probe, autocast) if k == 1 else
-                     {BINDING: word_reliance(ema, *probe, autocast)[BINDING]})
+                probe[3].update(probe_embeddings(pipe.tokenizer, text_ema, probe_sets[k], device))
+            res = word_reliance(ema, *probe, autocast)
+            r.update(res if k == 1 else {BINDING: res[BINDING]})
         state.setdefault("probes", []).append({"dit_step": state["dit_step"], **r})
         log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object and {args.probe_clips} "
             f"two-object eval clips, sigma "

@@ -184,6 +184,7 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     # its last one
     assert [p["dit_step"] for p in state["probes"]] == [0, 2, 3]
     assert state["runs"][-1]["probe"] == state["probes"][-1] and len(state["probes"][-1]["shape"]) == 2
+    assert len(state["probes"][-1]["binding"]) == 2  # the two-object probe: colours swapped
     assert main(args[:2] + ["--resume", str(tmp_path / "run")] + args[2:] + ["--steps", "5"]) == 0
     state = json.loads((tmp_path / "run" / "ckpt" / "state.json").read_text())
     assert [p["dit_step"] for p in state["probes"]] == [0, 2, 3, 4, 5]  # step 3 is not probed twice
