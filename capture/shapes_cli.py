@@ -157,7 +157,8 @@ def _bench_words(args) -> int:
                                                               objects=2, **world))[BINDING]
     r.update(model=args.model, clips=args.clips, world=world_name(world),
              device=device_name(device))
-    print(f"word reliance of {args.model}: {args.clips} one-object eval clips ({r['world']} world), on {r['device']}")
+    print(f"word reliance of {args.model}: {args.clips} one-object and {args.clips} two-object eval clips "
+          f"({r['world']} world), on {r['device']}")
     print("  sigma                  " + "".join(f"{x:>9}" for x in r["sigma"]))
     print("  error, true caption    " + "".join(f"{x:9.4f}" for x in r["loss"]))
     names = {"shape": "+ a wrong shape word ", "colour": "+ a wrong colour word", "caption": "+ no caption         ",
