@@ -147,14 +147,12 @@ def _bench_faith(args) -> int:
 
 def _bench_words(args) -> int:
     from .faithfulness import device_name, model_defaults, model_world, world_name
-    from .train import BINDING, PROBE_WORDS, build_probe, word_reliance
+    from .train import BINDING, PROBE_WORDS, build_probes, probe_words
 
     loaded = _load(args)
     pipe, _, device = loaded
     d, world = model_defaults(loaded), model_world(loaded)
-    r = word_reliance(pipe.transformer, *build_probe(pipe, args.clips, d["frames"], d["height"], device, **world))
-    r[BINDING] = word_reliance(pipe.transformer, *build_probe(pipe, args.clips, d["frames"], d["height"], device,
-                                                              objects=2, **world))[BINDING]
+    r = probe_words(pipe.transformer, build_probes(pipe, args.clips, d["frames"], d["height"], device, **world))
     r.update(model=args.model, clips=args.clips, world=world_name(world),
              device=device_name(device))
     print(f"word reliance of {args.model}: {args.clips} one-object and {args.clips} two-object eval clips "

@@ -428,6 +428,18 @@ def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upr
     return x0, noise, torch.cat(ws), probe_embeddings(pipe.tokenizer, pipe.text_encoder, scenes, device)
 
 
+def build_probes(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False) -> dict:
+    """Both probes' inputs, by objects per clip: 1 (the words) and 2 (binding)."""
+    return {k: build_probe(pipe, n, frames, size, device, autocast, upright, k) for k in (1, 2)}
+
+
+def probe_words(model, probes: dict, autocast=None) -> dict:
+    """:func:`word_reliance` on the one-object probe, and the binding row from the two-object one."""
+    r = word_reliance(model, *probes[1], autocast)
+    r[BINDING] = word_reliance(model, *probes[2], autocast)[BINDING]
+    return r
+
+
 def probe_scenes(n: int, frames: int, upright: bool = False, objects: int = 1) -> list:
     """The probe's fixed eval scenes: seeds 0.. of one object; or, for the binding probe, the
     first ``n`` two-object scenes from seed 10000 whose objects differ in named colour and shape."""
@@ -509,18 +521,15 @@ def train_dit(pipe, ema, text_ema, args, state, deadline: float, ckpt: Path, dev
     pool_x, pool_ids, pool_mask = torch.cat(pool_x), torch.cat(pool_ids), torch.cat(pool_mask)
     pool_w = torch.cat(pool_w) if args.object_weight_dit else None
     empty_ids, empty_mask = tokenize(pipe.tokenizer, [""], device)
-    kinds = (1, 2) if args.probe_clips else ()  # one-object clips; two-object clips for binding
-    probes = {k: build_probe(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright, k)
-              for k in kinds}
-    probe_sets = {k: probe_scenes(args.probe_clips, args.frames, args.upright, k) for k in kinds}
+    probes = (build_probes(pipe, args.probe_clips, args.frames, args.size, device, autocast, args.upright)
+              if args.probe_clips else {})
+    probe_sets = {k: probe_scenes(args.probe_clips, args.frames, args.upright, k) for k in probes}
 
     def run_probe():
-        r = {}
-        for k, probe in probes.items():
-            if train_text:  # the captions as the EMA encoder now reads them
+        if train_text:  # the captions as the EMA encoder now reads them
+            for k, probe in probes.items():
                 probe[3].update(probe_embeddings(pipe.tokenizer, text_ema, probe_sets[k], device))
-            res = word_reliance(ema, *probe, autocast)
-            r.update(res if k == 1 else {BINDING: res[BINDING]})
+        r = probe_words(ema, probes, autocast)
         state.setdefault("probes", []).append({"dit_step": state["dit_step"], **r})
         log(f"probe at dit step {state['dit_step']} (EMA, {args.probe_clips} one-object and {args.probe_clips} "
             f"two-object eval clips, sigma "
@@ -839,6 +848,9 @@ def run(args) -> int:
     state["optim_text"] = args.text_lr > 0
     if args.text_lr > 0:
         state["text_encoder"] = TEXT_TRAINED
+    if args.tune_decoder and args.text_lr > 0:
+        log("error: --tune-decoder trains the decoder alone; --text-lr trains the text encoder with the transformer")
+        return 2
     if args.tune_decoder and state["dit_step"] == 0:
         log("error: --tune-decoder mends the decoder of a trained model: give --init-from FOLDER or --resume")
         return 2

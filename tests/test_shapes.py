@@ -222,6 +222,8 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     assert main(["--out", str(tmp_path / "bad2"), "--vae-from", str(folder), "--config", "large"] + args[4:]) == 2
     # the decoder alone: encoder and transformer come back unchanged, the decoder does not
     assert main(["--out", str(tmp_path / "bad3"), "--vae-from", str(folder), "--tune-decoder"] + args[2:]) == 2
+    assert main(["--out", str(tmp_path / "bad4"), "--init-from", str(folder), "--tune-decoder", "--text-lr", "1e-3"]
+                + args[2:]) == 2
     assert main(["--out", str(tmp_path / "dec"), "--init-from", str(folder), "--tune-decoder", "--decoder-steps", "2"] + args[2:]) == 0
     state = json.loads((tmp_path / "dec" / "ckpt" / "state.json").read_text())
     assert (state["decoder_step"], state["vae_step"], state["dit_step"]) == (2, 2, 5)
