@@ -3,13 +3,13 @@ keep them in a store and write them as a bundle.
 
 The seam with the instrument is small and documented here:
 
-- :func:`capture.bundle.open_bundle` opens a bundle directory lazily and returns a
-  :class:`capture.bundle.Bundle`, whose ``select(token, step, block, head, reduce)`` returns an
+- :func:`paik.capture.bundle.open_bundle` opens a bundle directory lazily and returns a
+  :class:`paik.capture.bundle.Bundle`, whose ``select(token, step, block, head, reduce)`` returns an
   ``[F', H', W']`` array.
-- :class:`capture.store.CaptureStore` is the live, on-device form of the same data.
+- :class:`paik.capture.store.CaptureStore` is the live, on-device form of the same data.
 
 This package never imports OpenGL; importing it does not import diffusers either (that happens
 when a model is loaded).
 """
 
-__version__ = "0.1.0"
+from paik import __version__  # noqa: F401  (recorded in every manifest)

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from .errors import PaikError
-from .layout import GiB, Layout
-from .processor import attach, detach, real_token_probs
-from .store import CaptureStore, Recorder
+from paik.errors import PaikError
+from paik.capture.layout import GiB, Layout
+from paik.capture.processor import attach, detach, real_token_probs
+from paik.capture.store import CaptureStore, Recorder
 
 CONFIGS = {
     "wan2.1-1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
@@ -107,7 +107,7 @@ def run_bench(args) -> int:
             saved = attach(model, recorder, "transformer", layout.blocks)
             on_step = lambda i: recorder.end_step()  # noqa: E731
             if variant == "capture+write":
-                from .writer import BundleWriter
+                from paik.capture.writer import BundleWriter
 
                 tmp = tempfile.mkdtemp(prefix="paik-bench-", dir=args.write)
                 writer = BundleWriter(tmp, {"layout": layout.to_json(), "tokens": []}, overwrite=True)

@@ -34,9 +34,9 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import BundleError, PaikError
-from .layout import Layout, index_ranges
-from .tokens import Token, TokenGroup, prompt_words, resolve_tokens
+from paik.errors import BundleError, PaikError
+from paik.capture.layout import Layout, index_ranges
+from paik.capture.tokens import Token, TokenGroup, prompt_words, resolve_tokens
 
 FORMAT = "paik-bundle"
 FORMAT_VERSION = 1

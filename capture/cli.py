@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .models import ALIASES, DEFAULT_MODEL, TINY
+from paik.capture.models import ALIASES, DEFAULT_MODEL, TINY
 
 
 def register(sub, bench) -> None:
@@ -76,15 +76,12 @@ def register(sub, bench) -> None:
     b.add_argument("--device", default="cuda")
     b.set_defaults(func=_bench)
 
-    from .shapes_cli import register as register_shapes  # paik train, paik bench shapes|faithfulness
-
-    register_shapes(sub, bench)
 
 
 def _generate(args) -> int:
-    from .generate import GenerateOptions, generate
-    from .errors import PaikError
-    from .tokens import split_token_list
+    from paik.capture.generate import GenerateOptions, generate
+    from paik.errors import PaikError
+    from paik.capture.tokens import split_token_list
 
     tokens = split_token_list(args.tokens) if args.tokens is not None else []
     if args.tokens is not None and not tokens:
@@ -105,7 +102,7 @@ def _generate(args) -> int:
 def _info(args) -> int:
     import json
 
-    from .bundle import open_bundle
+    from paik.capture.bundle import open_bundle
 
     b = open_bundle(args.bundle)
     print(json.dumps(b.manifest, indent=1, ensure_ascii=False) if args.json else b.summary())
@@ -113,6 +110,6 @@ def _info(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import run_bench
+    from paik.capture.bench import run_bench
 
     return run_bench(args)

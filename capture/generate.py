@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import PaikError
-from .layout import GiB, Layout
-from .models import load_pipeline, set_flow_shift
-from .plan import MemoryPlan, check_video_size, estimate_working_bytes, parse_heads, parse_indices
-from .processor import attach, detach
-from .store import CaptureStore, Recorder
-from .tokens import clean_prompt, resolve_tokens, token_table
-from .video import write_mp4
-from .writer import BundleWriter
+from paik.capture import __version__
+from paik.errors import PaikError
+from paik.capture.layout import GiB, Layout
+from paik.capture.models import load_pipeline, set_flow_shift
+from paik.capture.plan import MemoryPlan, check_video_size, estimate_working_bytes, parse_heads, parse_indices
+from paik.capture.processor import attach, detach
+from paik.capture.store import CaptureStore, Recorder
+from paik.capture.tokens import clean_prompt, resolve_tokens, token_table
+from paik.video import write_mp4
+from paik.capture.writer import BundleWriter
 
 
 @dataclass
@@ -84,7 +84,7 @@ def trained_defaults(path) -> dict:
 
 def trained_world(path) -> dict:
     """The shapes world a ``paik-shapes`` folder was trained on, as keyword arguments of
-    :func:`capture.shapes.sample_scene` ({"upright": bool}); the default world for any other."""
+    :func:`paik.shapes.world.sample_scene` ({"upright": bool}); the default world for any other."""
     w = _paik_json(path).get("world", {})
     return {"upright": bool(w.get("upright", False)) if isinstance(w, dict) else False}
 
@@ -117,7 +117,7 @@ def rgb_projection(pipe, device) -> torch.Tensor:
 def generate(opts: GenerateOptions, loaded=None) -> Path:
     """Generate one video with capture and write its bundle to ``opts.out``.
 
-    ``loaded``: the ``(pipe, info, device)`` of :func:`capture.models.load_pipeline`, to reuse a
+    ``loaded``: the ``(pipe, info, device)`` of :func:`paik.capture.models.load_pipeline`, to reuse a
     loaded model across runs; by default ``opts.model`` is loaded. Returns the bundle path."""
     t_start = time.perf_counter()
     out = Path(opts.out)

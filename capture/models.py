@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PaikError
+from paik.errors import PaikError
+from paik import resources
 
 ALIASES = {
     "wan2.1-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
@@ -21,7 +22,7 @@ ALIASES = {
 }
 TINY = {"tiny": "t2v", "tiny-t2v": "t2v", "tiny-a14b": "a14b", "tiny-ti2v": "ti2v"}
 # Models shipped in capture/assets/ (trained with `paik train`); the default once present.
-BUILTIN = {"paik-shapes": Path(__file__).resolve().parent / "assets" / "paik-shapes"}
+BUILTIN = {"paik-shapes": resources.assets("paik-shapes")}
 DEFAULT_MODEL = "paik-shapes" if (BUILTIN["paik-shapes"] / "model_index.json").is_file() else "tiny"
 
 
@@ -74,7 +75,7 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
     """(id, path) for a model spec: a tiny alias, a known alias, a local folder or a hub id."""
     spec = (spec or DEFAULT_MODEL).strip()
     if spec.lower() in TINY:
-        from .tiny import ensure_tiny
+        from paik.capture.tiny import ensure_tiny
 
         return spec.lower(), str(ensure_tiny(TINY[spec.lower()]))
     if spec.lower() in BUILTIN:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .errors import PaikError
-from .layout import GiB, Layout, index_ranges
+from paik.errors import PaikError
+from paik.capture.layout import GiB, Layout, index_ranges
 
 
 def parse_indices(text: str | None, n: int, name: str) -> list[int]:

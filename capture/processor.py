@@ -29,7 +29,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 
 if TYPE_CHECKING:
-    from .store import Recorder
+    from paik.capture.store import Recorder
 
 HOOK_NAME = "paik_capture"
 

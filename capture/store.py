@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PaikError
-from .layout import GiB, Layout
+from paik.errors import PaikError
+from paik.capture.layout import GiB, Layout
 
 
 class CaptureStore:

@@ -16,7 +16,7 @@ Kinds (:data:`TINY_KINDS`):
 - ``ti2v``: Wan2.2-TI2V-5B layout: residual VAE with z_dim 48, pixel patchify 2 and 16x spatial
   compression, ``expand_timesteps=True``; height/width must be multiples of 32.
 
-Regenerate the shipped tokenizer with ``python -m capture.tiny`` (only needed when the
+Regenerate the shipped tokenizer with ``python -m paik.capture.tiny`` (only needed when the
 vocabulary below changes; then bump :data:`TINY_VERSION` so cached pipelines are rebuilt).
 """
 
@@ -27,12 +27,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from paik import resources
 
 TINY_KINDS = ("t2v", "a14b", "ti2v")
 # Part of the cache folder name: bump it whenever configs, seeds or the vocabulary change, so a
 # stale cached pipeline is never picked up.
 TINY_VERSION = "v1"
-TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tiny-tokenizer"
+TOKENIZER_DIR = resources.assets("tiny-tokenizer")
 TEXT_DIM = 32  # d_model of the tiny umT5 = text_dim of the tiny transformers
 
 # Whole words, roughly most common first (earlier words get slightly higher scores).

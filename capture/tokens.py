@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from .errors import PaikError
+from paik.errors import PaikError
 
 # Words and standalone punctuation: "soccer", "ball", ",", "don't", "x-ray".
 _WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*|[^\w\s]")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import FORMAT, FORMAT_VERSION, MANIFEST, STEP_FILE
-from .errors import PaikError
+from paik.capture.bundle import FORMAT, FORMAT_VERSION, MANIFEST, STEP_FILE
+from paik.errors import PaikError
 
 
 _ST_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8",

@@ -1,3 +1,3 @@
 """Paik's live side: parameters, control (OSC, MIDI, keys), the GL renderer, the window,
 outputs and the command line. It never imports diffusers: captures are read through
-:mod:`capture.bundle` (and, on a CUDA machine, :mod:`capture.store`) only."""
+:mod:`paik.capture.bundle` (and, on a CUDA machine, :mod:`paik.capture.store`) only."""

@@ -1,78 +1,400 @@
-"""The ``paik`` command: one dispatcher; each package registers its own subcommands.
+"""The instrument's subcommands: ``paik play``, ``paik render``, ``paik grid``, ``paik bench render``.
 
-Subcommand modules expose ``register(sub, bench)``, adding parsers to ``sub`` (top level) and
-``bench`` (``paik bench ...``) with ``set_defaults(func=handler)``. Handlers take the parsed
-args and return an exit code. Heavy imports (torch, diffusers, moderngl) happen inside the
-handlers, so ``paik --help`` is instant and the instrument never imports diffusers.
+Parsing and user errors live here; the work is in window.py, offline.py and bench.py, imported
+inside the handlers so ``paik --help`` stays instant and needs no GL.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
+import math
 import sys
+from pathlib import Path
 
-from capture.errors import PaikError
+from paik.errors import PaikError
 
-# modules that register subcommands; a module not written yet is simply absent
-COMMAND_MODULES = ("capture.cli", "instrument.commands")
+from paik.instrument.control.params import BACKGROUNDS, COMPOSITES, NORMS, REDUCES, VIEWS, Params
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with Paik's one-line errors (``paik: error: ...``, exit 2) instead of a usage
-    dump; subcommand parsers inherit it through ``add_subparsers``."""
-
-    def error(self, message: str):
-        self.exit(2, f"paik: error: {message} (see '{self.prog} --help')\n")
+GRID_VIEWS = {"blocks": "grid-blocks", "steps": "grid-steps", "heads-steps": "grid-heads-steps", "grand": "grand"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="paik",
-        description="Paik: generate video with Wan while capturing its cross-attention, and play the maps live.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench_parser = sub.add_parser("bench", help="measure speed and memory on this machine")
-    bench = bench_parser.add_subparsers(dest="bench", metavar="WHAT")
-    bench_parser.set_defaults(func=lambda args: (bench_parser.print_help(), 2)[1])
-    for name in COMMAND_MODULES:
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, like 1920x1080") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return w, h
+
+
+def _clip(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two percentiles LO,HI, like 1,99.5") from None
+    if not (0 <= lo < hi <= 100):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LO < HI <= 100")
+    return lo, hi
+
+
+def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
+    g = ap.add_argument_group("what to show")
+    g.add_argument("--token", help="word or phrase of the prompt, 'eos', or #N for piece N (default: the first word)")
+    if positions:
+        g.add_argument("--step", help="denoising step (model index; 12.5 crossfades steps 12 and 13)")
+        g.add_argument("--block", help="transformer block (model index; fractions crossfade)")
+    g.add_argument("--head", type=int, default=-1, help="attention head; -1 reduces over heads (default)")
+    g.add_argument("--reduce", choices=REDUCES, default="mean", help="how reduced axes combine (default mean)")
+    g = ap.add_argument_group("how it looks")
+    g.add_argument("--colormap", default="magma", help="viridis, magma, inferno, plasma, turbo, grayscale, jet, "
+                   "or any presets/colormaps/NAME.json (default magma)")
+    g.add_argument("--norm", choices=NORMS, default="global", help="normalization range (default global)")
+    g.add_argument("--clip", type=_clip, default=(0.0, 100.0), metavar="LO,HI",
+                   help="percentiles mapped to the colormap's ends (default 0,100 = min,max)")
+    g.add_argument("--gain", type=float, default=1.0)
+    g.add_argument("--gamma", type=float, default=1.0)
+    g.add_argument("--threshold", type=float, default=0.0, help="normalized values below are transparent")
+    g.add_argument("--composite", choices=COMPOSITES, default="heatmap", help="how maps meet the background")
+    g.add_argument("--background", choices=BACKGROUNDS, default="video", help="video, per-step preview, or none")
+    g.add_argument("--opacity", type=float, default=0.7, help="map opacity for overlay/multiply/screen")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="where maps are reduced (auto: CUDA when torch sees one)")
+
+
+def _model_pos(value: str | None, names: tuple[int, ...], axis: str) -> float:
+    """A model index as typed (int or fraction) -> position among the captured ones."""
+    if value is None:
+        return 0.0
+    try:
+        x = float(value)
+    except ValueError:
+        raise PaikError(f"--{axis} {value!r}: expected a number") from None
+    from paik.capture.layout import index_ranges
+
+    lo, hi = math.floor(x), math.ceil(x)
+    if lo not in names or hi not in names:
+        raise PaikError(f"--{axis} {value} is not in this bundle; captured {axis}s: {index_ranges(names)}")
+    i = names.index(lo)
+    return i + (x - lo) / max(hi - lo, 1) * (names.index(hi) - i)
+
+
+def _params(args, src, view: str) -> Params:
+    from paik.instrument.render import colormaps
+
+    p = Params().bind(len(src.words), src.dims.n_steps, src.dims.n_blocks, src.dims.n_heads, colormaps.available())
+    if args.colormap not in p.colormaps:
+        raise PaikError(f"unknown colormap {args.colormap!r}; available: {', '.join(p.colormaps)}")
+    if args.head != -1 and not 0 <= args.head < src.dims.n_heads:
+        raise PaikError(f"--head {args.head} is out of range: this bundle stores {src.dims.n_heads} heads "
+                        f"(0..{src.dims.n_heads - 1}), or -1 for all")
+    for name, value, lo, hi in (("gain", args.gain, 0, 16), ("gamma", args.gamma, 0.05, 8),
+                                ("threshold", args.threshold, 0, 1), ("opacity", args.opacity, 0, 1)):
+        if not lo <= value <= hi:
+            raise PaikError(f"--{name} {value} is out of range ({lo}..{hi})")
+    p.token = src.word_index(args.token) if args.token else 0
+    p.n_tokens = len(src.words)
+    p.step = _model_pos(getattr(args, "step", None), src.dims.step_names, "step")
+    p.block = _model_pos(getattr(args, "block", None), src.dims.block_names, "block")
+    p.head, p.reduce, p.view = args.head, args.reduce, view
+    p.colormap, p.norm, (p.clip_lo, p.clip_hi) = args.colormap, args.norm, args.clip
+    p.gain, p.gamma, p.threshold = args.gain, args.gamma, args.threshold
+    p.composite, p.background, p.opacity = args.composite, args.background, args.opacity
+    return p
+
+
+def _source(args):
+    from paik.instrument.render.source import Source
+
+    return Source.open(args.bundle, args.device)
+
+
+# -- handlers ------------------------------------------------------------------------------------
+def cmd_play(args) -> int:
+    import signal
+
+    from paik.instrument.control.hub import Control
+    from paik.instrument.outputs.live import from_args, report
+
+    outputs = from_args(args, args.size)  # flag errors before any GL
+    src = _source(args)
+    p = _params(args, src, args.view)
+    p.help = args.show_keys
+    p.record = bool(args.record)
+
+    def stop(_sig, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends the show cleanly
+    # keys, OSC, MIDI and the console all reach the bank through ctl.live (instrument/live.py)
+    with Control.from_args(args, src, p) as ctl:
+        if args.headless:
+            from paik.instrument.render.headless import play_headless
+
+            rc = play_headless(ctl.live, size=args.size, fps=args.out_fps, max_frames=args.frames,
+                               run_for=args.seconds, fixed_step=args.fixed_step, outputs=outputs)
+        else:
+            from paik.instrument.render.window import play
+
+            rc = play(ctl.live, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor,
+                      vsync=not args.no_vsync, max_frames=args.frames, screenshot=args.screenshot, outputs=outputs)
+    return report(outputs) or rc
+
+
+def cmd_render(args) -> int:
+    from paik.instrument.render.offline import fit_duration, render_video
+
+    src = _source(args)
+    p = _params(args, src, args.view)
+    size = args.size or src.video_size
+    fps = src.fps if args.fps is None else args.fps  # --fps 0 is a mistake, not "the video's"
+    if not (fps > 0 and math.isfinite(fps)):
+        raise PaikError(f"--fps must be positive, not {args.fps}")
+    duration = fit_duration(args.duration, src)
+    out = Path(args.out)
+    codec = args.codec
+    n = render_video(src, p, out, size, fps, duration, codec, progress=not args.quiet)
+    print(f"wrote {out} ({n} frames, {size[0]}x{size[1]} @ {fps:g} fps, {codec})")
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from paik.instrument.render.offline import grid_figures, positions
+
+    view = GRID_VIEWS[args.view]
+    if args.cell_width < 1 or args.gap < 0:
+        raise PaikError(f"--cell-width must be at least 1 and --gap at least 0 (pixels), not {args.cell_width} "
+                        f"and {args.gap}")
+    src = _source(args)
+    step_list, block_list = args.steps, args.blocks
+    p = _params(args, src, view)
+    if view == "grid-blocks":
+        values = positions(step_list, src.dims.step_names, "step", [0])
+    elif view == "grand":
+        values = [0.0]
+    else:
+        values = positions(block_list, src.dims.block_names, "block", [src.dims.block_names[len(src.dims.block_names) // 2]])
+    times = []
+    for part in args.time.split(","):
         try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub, bench)
-    return parser
+            t = float(part)
+        except ValueError:
+            raise PaikError(f"--time {args.time!r}: expected positions in the video like 0,1 (0 first, 1 last frame)") from None
+        if not 0 <= t <= 1:
+            raise PaikError(f"--time {t}: positions run from 0 (first frame) to 1 (last frame)")
+        times.append(t)
+    label = src.words[p.token].label
+    paths = grid_figures(src, p, Path(args.out), view, values, times, args.cell_width, args.gap, label)
+    for path in paths:
+        print(path)
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0), or a flag error already printed on one line (2)
-        return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="paik: %(levelname)s: %(message)s")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except PaikError as e:
-        if args.verbose:
-            raise
-        print(f"paik: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("paik: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `paik info B | head`: the reader left, nothing to report
-        sys.stderr.close()
-        return 0
+def cmd_bench_render(args) -> int:
+    from paik.instrument.bench import render as bench
+
+    bundle = None
+    if args.bundle:
+        from paik.capture.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)
+    if args.frames < 1:
+        raise PaikError(f"--frames must be at least 1, not {args.frames}")
+    views = args.views.split(",") if args.views else list(VIEWS)
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise PaikError(f"--views: unknown {', '.join(bad)}; views: {', '.join(VIEWS)}")
+    print(bench.HEADER, flush=True)
+    rows = bench.run(bundle, sizes=args.sizes, frames=args.frames, views=views, device=args.device,
+                     log=lambda s: print(s, flush=True) if not s.startswith(("GL", "capture")) else print(s, file=sys.stderr))
+    worst = {}
+    for r in rows:
+        worst[r.size] = max(worst.get(r.size, 0.0), r.p99_ms)
+    print("worst p99: " + ", ".join(f"{k} {v:.3f} ms" for k, v in worst.items()))
+    if args.json:
+        bench.write_json(rows, Path(args.json), {"frames": args.frames})
+        print(f"wrote {args.json}")
+    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def cmd_bench_first_frame(args) -> int:
+    from paik.instrument.bench import render as bench
+
+    r = bench.first_frame(args.bundle, args.size, args.token, args.device)
+    read = "n/a" if r["read_mib"] is None else f"{r['read_mib']:.1f} MiB read from storage in all, GL driver included"
+    print(f"{r['bundle_gib']:.2f} GiB bundle: first {args.size[0]}x{args.size[1]} frame in {r['seconds']:.2f} s "
+          f"({read}, memory +{r['rss_growth_mib']:.0f} MiB) on {r['gl']}")
+    return 0
+
+
+def cmd_bench_record(args) -> int:
+    from paik.instrument.bench import record as bench_record
+
+    bundle = None
+    if args.bundle:
+        from paik.capture.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)
+    if not args.seconds > 0:
+        raise PaikError(f"--seconds must be positive, not {args.seconds}")
+    print(bench_record.HEADER, flush=True)
+    rows = bench_record.run(bundle, configs=args.configs, seconds=args.seconds, codec=args.codec, view=args.view,
+                            device=args.device, keep=args.keep, baseline=args.baseline,
+                            log=lambda s: print(s, file=sys.stderr if s.startswith("GL") else sys.stdout, flush=True))
+    lost = sum(r.late + r.dropped for r in rows)
+    print("none late or dropped" if lost == 0 else f"late or dropped frames: {lost}")
+    if args.json:
+        bench_record.write_json(rows, Path(args.json), {"seconds": args.seconds, "codec": args.codec})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _configs(text: str):
+    out = []
+    for part in text.split(","):
+        size, _, fps = part.partition("@")
+        try:
+            rate = float(fps) if fps else 60.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected WxH@FPS, like 1920x1080@60") from None
+        if not 0 < rate <= 1000:
+            raise argparse.ArgumentTypeError(f"{part!r}: the rate must be between 0 and 1000")
+        out.append((_size(size), rate))
+    return out
+
+
+def cmd_bench_latency(args) -> int:
+    from paik.instrument.bench import latency as bench_latency
+
+    bundle = None
+    if args.bundle:
+        from paik.capture.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)
+    if args.messages < 2 or not args.rate > 0:
+        raise PaikError("--messages must be at least 2 and --rate positive")
+    from paik.instrument.render.headless import egl_context
+
+    ctx = egl_context()
+    gl = f"{ctx.info['GL_RENDERER']} | {ctx.info['GL_VERSION']}"
+    ctx.release()
+    print(f"GL: {gl}", file=sys.stderr, flush=True)
+    print(f"{'size':>10} {'messages':>8} {'rate':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'missed':>6}", flush=True)
+    for size in args.sizes:
+        r = bench_latency.run(bundle, size=size, messages=args.messages, rate=args.rate, view=args.view,
+                              device=args.device)
+        print(f"{r['size']:>10} {r['messages']:>8} {r['rate_hz']:>6g} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+              f"{r['max_ms']:8.2f} {r['missed']:>6}", flush=True)
+    return 0
+
+
+def register(sub, bench) -> None:
+    views = ", ".join(VIEWS)
+    ap = sub.add_parser("play", help="play a bundle's attention live in a window",
+                        description="Play a capture live. Press F1 in the window for the keys. Views: " + views)
+    ap.add_argument("bundle", help="bundle directory (from 'paik generate --out DIR')")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--size", type=_size, default=(1280, 720), help="window size WxH (default 1280x720)")
+    ap.add_argument("--fullscreen", action="store_true", help="fullscreen on --monitor")
+    ap.add_argument("--monitor", type=int, default=0, help="monitor index for fullscreen (default 0)")
+    ap.add_argument("--no-vsync", action="store_true", help="do not wait for the display's refresh")
+    ap.add_argument("--show-keys", action="store_true", help="start with the key overlay shown (F1 toggles it)")
+    ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: quit after N frames
+    ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # tests: save the last frame
+    ap.add_argument("--headless", action="store_true",
+                    help="no window: render offscreen (EGL) at --size (--out-fps frames a second, and at once when a "
+                         "control changes) for --record/--out, played by OSC/MIDI/console until stopped")
+    ap.add_argument("--seconds", type=float, help="--headless: stop after this many seconds (default: Ctrl-C)")
+    ap.add_argument("--fixed-step", action="store_true", help=argparse.SUPPRESS)  # tests: frame/fps clock, no sleep
+    from paik.instrument.control.hub import add_flags
+    from paik.instrument.outputs import add_play_flags
+
+    add_play_flags(ap)
+    _look_flags(ap)
+    add_flags(ap)
+    ap.set_defaults(func=cmd_play)
+
+    ap = sub.add_parser("render", help="render a view to a video file, headless",
+                        description="Render a view headless (EGL) to H.264 or ProRes 4444. Views: " + views)
+    ap.add_argument("bundle")
+    ap.add_argument("--out", required=True, help="output file (.mp4 for h264, .mov for prores)")
+    ap.add_argument("--view", choices=VIEWS, default="sweep", help="default sweep (the step sweep)")
+    ap.add_argument("--size", type=_size, help="WxH (default: the video's size)")
+    ap.add_argument("--fps", type=float, help="frames per second (default: the video's)")
+    ap.add_argument("--duration", type=float, help="seconds; the whole video is spanned (default: its length)")
+    ap.add_argument("--codec", choices=("h264", "prores"), default="h264",
+                    help="h264 (alpha premultiplied over black) or prores (4444 with alpha, .mov)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    _look_flags(ap)
+    ap.set_defaults(func=cmd_render)
+
+    ap = sub.add_parser("grid", help="labelled PNG grids like the paper's figures",
+                        description="Write labelled PNG grids: every block at given steps (Fig. 3), every step "
+                                    "at given blocks (Fig. 4), heads x steps (Fig. 5), or the grand average (Fig. 6).")
+    ap.add_argument("bundle")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--view", choices=tuple(GRID_VIEWS), default="blocks")
+    ap.add_argument("--steps", "--step", dest="steps", help="for --view blocks: steps like 0,12,24, 'last' or 'all' (default 0)")
+    ap.add_argument("--blocks", "--block", dest="blocks", help="for --view steps/heads-steps: blocks like 15 (default: the middle)")
+    ap.add_argument("--time", default="0", help="positions in the video, 0 = first frame, 1 = last (default 0), e.g. 0,1")
+    ap.add_argument("--cell-width", type=int, default=208, help="pixels per cell (default 208)")
+    ap.add_argument("--gap", type=int, default=2, help="pixels between cells (default 2)")
+    _look_flags(ap, positions=False)
+    ap.set_defaults(func=cmd_grid)
+
+    ap = bench.add_parser("render", help="GPU time per frame of every view at 1080p and 4K (GL timer queries)")
+    ap.add_argument("--bundle", help="a bundle to use (default: in-memory capture of Wan2.1-1.3B's layout)")
+    ap.add_argument("--sizes", type=lambda s: [_size(x) for x in s.split(",")], default=[(1920, 1080), (3840, 2160)],
+                    help="comma-separated WxH (default 1920x1080,3840x2160)")
+    ap.add_argument("--frames", type=int, default=120, help="timed frames per view and size (default 120)")
+    ap.add_argument("--views", help="comma-separated subset of: " + views)
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.add_argument("--json", help="also write the table as JSON here")
+    ap.set_defaults(func=cmd_bench_render)
+
+    ap = bench.add_parser("first-frame", help="seconds from opening a bundle to its first frame, headless",
+                          description="Open BUNDLE, render its first frame headless and say how long that took "
+                                      "and how much of the bundle was read (drop the page cache first for a "
+                                      "cold start: sync; echo 3 > /proc/sys/vm/drop_caches).")
+    ap.add_argument("bundle")
+    ap.add_argument("--size", type=_size, default=(1920, 1080), help="WxH (default 1920x1080)")
+    ap.add_argument("--token", help="a word to show (default: the first)")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.set_defaults(func=cmd_bench_first_frame)
+
+    ap = bench.add_parser("latency", help="OSC packet to the first frame that shows it (p50/p99), headless",
+                          description="Send /paik/step over UDP at --rate Hz (alternating two steps) to a headless "
+                                      "instrument and time each packet until the first finished frame drawn from it.")
+    ap.add_argument("--bundle", help="a bundle to use (default: in-memory capture of Wan2.1-1.3B's layout)")
+    ap.add_argument("--sizes", type=lambda s: [_size(x) for x in s.split(",")], default=[(1280, 720)],
+                    help="comma-separated WxH of the rendered frame (default 1280x720)")
+    ap.add_argument("--messages", type=int, default=1000, help="OSC messages (default 1000)")
+    ap.add_argument("--rate", type=float, default=60.0, help="messages per second (default 60)")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.set_defaults(func=cmd_bench_latency)
+
+    ap = bench.add_parser("record", help="frame time and lost frames while recording at 1080p60 and 4K30, headless",
+                          description="Render headless at each WxH@FPS while recording (as 'paik play --headless "
+                                      "--record' does) and report frame-time p50/p99 and late or dropped frames.")
+    ap.add_argument("--bundle", help="a bundle to use (default: in-memory capture of Wan2.1-1.3B's layout)")
+    ap.add_argument("--configs", type=_configs, default=[((1920, 1080), 60.0), ((3840, 2160), 30.0)],
+                    metavar="WxH@FPS,...", help="comma-separated (default 1920x1080@60,3840x2160@30)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds per configuration (default 60)")
+    ap.add_argument("--codec", choices=("h264", "prores"), default="h264")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.add_argument("--keep", help="keep the recordings in this directory (default: deleted)")
+    ap.add_argument("--baseline", action="store_true", help="also run each configuration without recording")
+    ap.add_argument("--json", help="also write the table as JSON here")
+    ap.set_defaults(func=cmd_bench_record)
+
+
+def default_look_args(**overrides) -> argparse.Namespace:
+    """The parsed defaults of the shared view flags (for callers that build Params without a CLI)."""
+    ap = argparse.ArgumentParser()
+    _look_flags(ap)
+    args = ap.parse_args([])
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args

@@ -42,8 +42,8 @@ def make_bundle(path, steps: int = 3, blocks: int = 4, heads: int = 2, latent=(4
     and previews whose step s is a flat color) to ``path``; returns the [S,B,H,T,F,H,W] maps."""
     import torch
 
-    from capture.layout import Layout
-    from capture.writer import BundleWriter
+    from paik.capture.layout import Layout
+    from paik.capture.writer import BundleWriter
 
     f, h, w = latent
     maps = expected_maps(steps, blocks, heads, latent)

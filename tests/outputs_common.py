@@ -12,14 +12,14 @@ SIZE = (64, 48)
 
 @pytest.fixture(scope="module")
 def ctx():
-    from instrument.headless import egl_context
+    from paik.instrument.render.headless import egl_context
 
     return egl_context()
 
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-    from instrument.source import Source
+    from paik.instrument.render.source import Source
 
     b = tmp_path_factory.mktemp("rec") / "b"
     make_bundle(b, steps=2, blocks=2, heads=1, video=False, preview=False)
@@ -27,8 +27,8 @@ def src(tmp_path_factory):
 
 
 def params(src, **kw):
-    from instrument import colormaps
-    from instrument.params import Params
+    from paik.instrument.render import colormaps
+    from paik.instrument.control.params import Params
 
     d = src.dims
     p = Params().bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, colormaps.available())
@@ -40,8 +40,8 @@ def params(src, **kw):
 
 def reference(ctx, src, p, t, premultiply=True):
     """[H, W, 4] top row first: the view rendered headless at video position t."""
-    from instrument.headless import Offscreen
-    from instrument.renderer import Renderer
+    from paik.instrument.render.headless import Offscreen
+    from paik.instrument.render.renderer import Renderer
 
     off = Offscreen(ctx, SIZE)
     off.use()

@@ -11,14 +11,14 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
-from capture.bench import reference_probs
-from capture.bundle import open_bundle
-from capture.generate import GenerateOptions, generate
-from capture.layout import Layout
-from capture.models import load_pipeline
-from capture.processor import CaptureProcessor, attach, detach
-from capture.store import CaptureStore, Recorder
-from capture.writer import BundleWriter
+from paik.capture.bench import reference_probs
+from paik.capture.bundle import open_bundle
+from paik.capture.generate import GenerateOptions, generate
+from paik.capture.layout import Layout
+from paik.capture.models import load_pipeline
+from paik.capture.processor import CaptureProcessor, attach, detach
+from paik.capture.store import CaptureStore, Recorder
+from paik.capture.writer import BundleWriter
 
 PROMPT = "a red circle and a kissing cat"
 NEGATIVE = "blurry dog"
@@ -108,7 +108,7 @@ def test_constructed_case_puts_each_token_in_its_region(tmp_path):
 
 def test_processor_matches_full_softmax_with_random_qk():
     """real_token_probs (n+1 logits + logsumexp) == softmax over all L keys, bf16 q/k included."""
-    from capture.processor import real_token_probs
+    from paik.capture.processor import real_token_probs
 
     g = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.bfloat16):
@@ -266,7 +266,7 @@ def test_attention_backend_still_reaches_capture_processor():
 @pytest.mark.gpu
 def test_gpu_bf16_maps_within_1e3_of_fp32_reference():
     """On CUDA with the bf16 model: logits in fp32 from bf16 q/k keep the maps within 1e-3."""
-    from capture.bench import build_transformer, check_against_reference
+    from paik.capture.bench import build_transformer, check_against_reference
 
     dev = torch.device("cuda")
     model, text_dim = build_transformer("tiny", dev, torch.bfloat16)

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from capture.bundle import open_bundle, read_safetensors
-from capture.errors import BundleError, PaikError
-from capture.generate import GenerateOptions, generate
-from capture.layout import Layout
-from capture.models import load_pipeline
-from capture.plan import MemoryPlan, check_video_size, parse_indices
-from capture.tokens import resolve_tokens, split_token_list, token_table
-from capture.writer import BundleWriter
-from instrument.cli import main as paik
+from paik.capture.bundle import open_bundle, read_safetensors
+from paik.errors import BundleError, PaikError
+from paik.capture.generate import GenerateOptions, generate
+from paik.capture.layout import Layout
+from paik.capture.models import load_pipeline
+from paik.capture.plan import MemoryPlan, check_video_size, parse_indices
+from paik.capture.tokens import resolve_tokens, split_token_list, token_table
+from paik.capture.writer import BundleWriter
+from paik.cli import main as paik
 
 PROMPT = "a red circle and a kissing cat"
 
@@ -83,7 +83,7 @@ def test_video_size_messages():
 
 
 def test_memory_plan_matches_the_store_and_suggests_what_fits():
-    from capture.store import CaptureStore
+    from paik.capture.store import CaptureStore
 
     lay = Layout(steps=list(range(25)), blocks=list(range(30)), heads=12, head_mean=False, n_heads=12,
                  tokens=list(range(32)), latent=(16, 30, 52), n_real=32, seq_len=512)
@@ -128,7 +128,7 @@ def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch):
     assert b.video_path is None
     assert b.select("kissing", step=1, block=None, head=None).shape == b.layout.latent
     # the model is left as it was: no capture processor, no hook
-    from capture.processor import CaptureProcessor
+    from paik.capture.processor import CaptureProcessor
 
     assert not any(isinstance(blk.attn2.processor, CaptureProcessor) for blk in pipe.transformer.blocks)
 
@@ -147,7 +147,7 @@ def test_sigkill_mid_run_leaves_a_bundle_that_opens(tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instrument.cli", "generate", PROMPT, "--out", str(out), "--model", "tiny", "--steps", "200",
+        [sys.executable, "-m", "paik", "generate", PROMPT, "--out", str(out), "--model", "tiny", "--steps", "200",
          "--frames", "17", "--height", "128", "--width", "128", "--quiet"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent,
     )
@@ -355,7 +355,7 @@ def test_step_files_are_standard_safetensors(tmp_path):
     """Decode what we encoded with safetensors' own reader: other tools can read bundles."""
     from safetensors import safe_open
 
-    from capture.writer import write_safetensors
+    from paik.capture.writer import write_safetensors
 
     g = torch.Generator().manual_seed(0)
     t = {"maps": torch.rand(2, 3, 4, 5, generator=g).half(), "preview": torch.randint(0, 255, (3, 4, 3), dtype=torch.uint8),

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from capture.errors import PaikError
-from instrument import grammar, keys
-from instrument.live import Live, RateLimitedLog
-from instrument.params import SPECS, Command, Params, apply, denormalized, normalized
-from instrument.scenes import SceneStore
-from instrument.source import Source
+from paik.errors import PaikError
+from paik.instrument.control import grammar, keys
+from paik.instrument.control.live import Live, RateLimitedLog
+from paik.instrument.control.params import SPECS, Command, Params, apply, denormalized, normalized
+from paik.instrument.control.scenes import SceneStore
+from paik.instrument.render.source import Source
 from instrument_fixtures import make_bundle
 
 
@@ -22,7 +22,7 @@ def src(tmp_path_factory):
 
 
 def bank(src):
-    from instrument import colormaps
+    from paik.instrument.render import colormaps
 
     d = src.dims
     return Params().bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, colormaps.available())
@@ -187,7 +187,7 @@ def test_load_swaps_the_bundle_between_frames(src, tmp_path):
 
 
 def test_shipped_scenes_recall(src, tmp_path):
-    from instrument.scenes import SHIPPED
+    from paik.instrument.control.scenes import SHIPPED
 
     lv = Live(src, bank(src), SceneStore(tmp_path / "s", shipped=SHIPPED))
     assert {"kiss-sweep", "fig3-blocks"} <= set(lv.scenes.names())
@@ -197,8 +197,8 @@ def test_shipped_scenes_recall(src, tmp_path):
 
 
 def test_osc_reference_documents_every_address():
-    from instrument import colormaps
-    from instrument.osc import address_space, reference
+    from paik.instrument.render import colormaps
+    from paik.instrument.control.osc import address_space, reference
 
     text = reference()
     for a in address_space(Params().bind(4, 3, 4, 2, colormaps.available())):
@@ -209,7 +209,7 @@ def test_osc_reference_documents_every_address():
 def test_console_lines_reach_the_bank(src, tmp_path, capsys):
     import io
 
-    from instrument import console
+    from paik.instrument.control import console
 
     lv = live(src, tmp_path)
     t = console.start(lv, io.StringIO("colormap jet\n# a comment\nstep nudge 1\nnonsense 3\ngain norm 0.5\n"))

@@ -9,12 +9,12 @@ import time
 import mido
 import pytest
 
-from capture.errors import PaikError
-from instrument import midi
-from instrument.live import Live
-from instrument.params import Command, Params
-from instrument.scenes import SceneStore
-from instrument.source import Source
+from paik.errors import PaikError
+from paik.instrument.control import midi
+from paik.instrument.control.live import Live
+from paik.instrument.control.params import Command, Params
+from paik.instrument.control.scenes import SceneStore
+from paik.instrument.render.source import Source
 from instrument_fixtures import make_bundle
 
 
@@ -26,7 +26,7 @@ def src(tmp_path_factory):
 
 
 def live(src, tmp_path):
-    from instrument import colormaps
+    from paik.instrument.render import colormaps
 
     d = src.dims
     p = Params().bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, colormaps.available())

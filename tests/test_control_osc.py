@@ -19,13 +19,13 @@ import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from capture.errors import PaikError
-from instrument.live import Live
-from instrument.osc import OscServer, address_space, translate
-from instrument.oscquery import OscQueryServer
-from instrument.params import SPECS, Command
-from instrument.scenes import SceneStore
-from instrument.source import Source
+from paik.errors import PaikError
+from paik.instrument.control.live import Live
+from paik.instrument.control.osc import OscServer, address_space, translate
+from paik.instrument.control.oscquery import OscQueryServer
+from paik.instrument.control.params import SPECS, Command
+from paik.instrument.control.scenes import SceneStore
+from paik.instrument.render.source import Source
 from instrument_fixtures import make_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +41,8 @@ def bundle(tmp_path_factory):
 @pytest.fixture
 def rig(bundle, tmp_path):
     """A Live fed by a real OSC server on an ephemeral loopback port; the test drains it."""
-    from instrument import colormaps
-    from instrument.params import Params
+    from paik.instrument.render import colormaps
+    from paik.instrument.control.params import Params
 
     src = Source.open(bundle, "cpu")
     d = src.dims
@@ -180,8 +180,8 @@ def test_fuzz_thousands_of_random_packets_never_stop_it(rig, caplog):
 
 
 def test_allowlist_drops_other_senders(bundle, tmp_path):
-    from instrument import colormaps
-    from instrument.params import Params
+    from paik.instrument.render import colormaps
+    from paik.instrument.control.params import Params
 
     src = Source.open(bundle, "cpu")
     lv = Live(src, Params().bind(4, 3, 4, 2, colormaps.available()), SceneStore(tmp_path, shipped=None))
@@ -241,7 +241,7 @@ def test_headless_instrument_played_over_udp(tmp_path):
     b = tmp_path / "b"
     make_bundle(b, steps=3, blocks=4, heads=2, video=False, preview=False)
     port = _free_port()
-    argv = [sys.executable, "-m", "instrument.cli", "play", str(b), "--headless", "--osc-port", str(port),
+    argv = [sys.executable, "-m", "paik", "play", str(b), "--headless", "--osc-port", str(port),
             "--size", "64x48", "--seconds", "60", "--no-zeroconf", "--scenes", str(tmp_path / "scenes"),
             "--colormap", "grayscale", "--smooth", "0", "--console", "off"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -323,7 +323,7 @@ def test_zeroconf_failure_is_a_warning(rig, monkeypatch, caplog):
 
 
 def test_taken_ports_default_plays_on_explicit_is_an_error(bundle, capsys, caplog):
-    from instrument.cli import main
+    from paik.cli import main
 
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from instrument import colormaps
-from instrument.osc import address_space, translate
-from instrument.params import Params
+from paik.instrument.render import colormaps
+from paik.instrument.control.osc import address_space, translate
+from paik.instrument.control.params import Params
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHES = ROOT / "patches"

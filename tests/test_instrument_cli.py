@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instrument.cli import main
+from paik.cli import main
 from instrument_fixtures import make_bundle
 
 
@@ -37,12 +37,12 @@ def test_render_decodes_to_expected_frames_rate_and_pixels(bundle_dir, tmp_path,
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
     assert len(frames) == 15
     # the same frames rendered headless: the encode must carry the picture (H.264 at crf 16)
-    from instrument.commands import _params, default_look_args
+    from paik.instrument.cli import _params, default_look_args
 
-    from instrument.headless import Offscreen, egl_context
-    from instrument.offline import frame_times
-    from instrument.renderer import Renderer
-    from instrument.source import Source
+    from paik.instrument.render.headless import Offscreen, egl_context
+    from paik.instrument.render.offline import frame_times
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.source import Source
 
     src = Source.open(bundle_dir, "cpu")
     p = _params(default_look_args(token="kiss", colormap="grayscale"), src, "sweep")

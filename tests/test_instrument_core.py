@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from capture.errors import PaikError
-from instrument import keys
-from instrument.params import SPECS, Command, CommandQueue, Params, apply
+from paik.errors import PaikError
+from paik.instrument.control import keys
+from paik.instrument.control.params import SPECS, Command, CommandQueue, Params, apply
 from instrument_fixtures import make_bundle
 
 
@@ -62,7 +62,7 @@ def test_every_key_binding_is_a_valid_command_and_documented():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from capture.bundle import open_bundle
+    from paik.capture.bundle import open_bundle
 
     p = tmp_path_factory.mktemp("core") / "b"
     make_bundle(p, steps=4, blocks=4, heads=3, video=False)
@@ -71,7 +71,7 @@ def bundle(tmp_path_factory):
 
 @pytest.mark.parametrize("reduce", ["mean", "max"])
 def test_reducer_matches_bundle_select(bundle, reduce):
-    from instrument.reduce import Reducer, Selection
+    from paik.instrument.render.reduce import Reducer, Selection
 
     r = Reducer(bundle, device="cpu")
     kiss = tuple(bundle.resolve("kiss"))
@@ -94,8 +94,8 @@ def test_reducer_matches_bundle_select(bundle, reduce):
 
 
 def test_views_reach_every_cell_and_crossfade_weights_sum_to_one(bundle):
-    from instrument.source import Source
-    from instrument.views import cell_table, plan
+    from paik.instrument.render.source import Source
+    from paik.instrument.render.views import cell_table, plan
 
     src = Source(bundle, "cpu")
     p = bank()
@@ -112,10 +112,10 @@ def test_views_reach_every_cell_and_crossfade_weights_sum_to_one(bundle):
 
 
 def test_broken_shader_keeps_the_last_good_program(tmp_path):
-    from instrument.headless import Offscreen, egl_context
-    from instrument.renderer import Renderer
-    from instrument.shaders import SHADERS
-    from instrument.source import Source
+    from paik.instrument.render.headless import Offscreen, egl_context
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.shaders import SHADERS
+    from paik.instrument.render.source import Source
 
     d = tmp_path / "shaders"
     shutil.copytree(SHADERS, d)

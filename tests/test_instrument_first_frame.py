@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from instrument_fixtures import make_bundle
 
-from instrument.cli import main as paik
+from paik.cli import main as paik
 
 
 def test_first_frame_bench_reports_time_and_reads(tmp_path, capsys):

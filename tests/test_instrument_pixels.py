@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from instrument import colormaps, normalize
-from instrument.params import Params
+from paik.instrument.render import colormaps, normalize
+from paik.instrument.control.params import Params
 from instrument_fixtures import make_bundle
 
 W, H = 96, 72
@@ -28,7 +28,7 @@ def bundle_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ctx():
-    from instrument.headless import egl_context
+    from paik.instrument.render.headless import egl_context
 
     try:
         c = egl_context()
@@ -40,9 +40,9 @@ def ctx():
 
 @pytest.fixture(scope="module")
 def rig(ctx, bundle_dir):
-    from instrument.headless import Offscreen
-    from instrument.renderer import Renderer
-    from instrument.source import Source
+    from paik.instrument.render.headless import Offscreen
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.source import Source
 
     src = Source.open(bundle_dir, device="cpu")
     return src, Renderer(ctx, src), Offscreen(ctx, (W, H))
@@ -204,7 +204,7 @@ def test_grid_of_blocks_with_gaps_and_step_norm(rig):
     p = params(src, view="grid-blocks", step=1.0, norm="step", colormap="turbo")
     gap = 3.0
     img = gl_render(rig, p, 1.0, gap=gap)
-    from instrument.views import plan
+    from paik.instrument.render.views import plan
 
     pl = plan(p, src.dims, src.words[p.token].positions, "kiss")
     ref = np.zeros((H, W, 4))
@@ -319,7 +319,7 @@ def test_grids_over_their_own_previews(rig, view):
                colormap="viridis", norm="step", clip_hi=98.0)
     gap, t = 2.0, 0.6
     img = gl_render(rig, p, t, gap=gap)
-    from instrument.views import plan
+    from paik.instrument.render.views import plan
 
     pl = plan(p, src.dims, src.words[p.token].positions, "kiss")
     if view == "grid-steps":
@@ -371,7 +371,7 @@ def test_pass_one_runs_only_when_its_inputs_change(rig):
     gl_render(rig, p, 0.3)
     assert r.bakes["field"] == before["field"] + 2 and r.bakes["backdrop"] == before["backdrop"] + 1
     # and another output size in between shares the same pass 1 (outputs, recording)
-    from instrument.headless import Offscreen
+    from paik.instrument.render.headless import Offscreen
 
     other = Offscreen(r.ctx, (40, 30))
     other.use()
@@ -401,10 +401,10 @@ def test_pass_one_shader_hot_reload(ctx, bundle_dir, tmp_path):
     import shutil
     import time
 
-    from instrument.headless import Offscreen
-    from instrument.renderer import Renderer
-    from instrument.shaders import SHADERS
-    from instrument.source import Source
+    from paik.instrument.render.headless import Offscreen
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.shaders import SHADERS
+    from paik.instrument.render.source import Source
 
     d = tmp_path / "shaders"
     shutil.copytree(SHADERS, d)

@@ -43,7 +43,7 @@ def test_window_opens_renders_and_shows_keys(display, tmp_path):
     shots = {}
     for keys_shown in (False, True):
         shot = tmp_path / f"shot{keys_shown}.png"
-        argv = [sys.executable, "-m", "instrument.cli", "play", str(b), "--token", "kiss", "--size", "320x240",
+        argv = [sys.executable, "-m", "paik", "play", str(b), "--token", "kiss", "--size", "320x240",
                 "--frames", "3", "--screenshot", str(shot), "--colormap", "grayscale"]
         if keys_shown:
             argv.append("--show-keys")
@@ -63,7 +63,7 @@ def test_play_without_display_is_a_clear_error(tmp_path):
     b = tmp_path / "b"
     make_bundle(b, steps=1, blocks=1, heads=1, video=False)
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    r = subprocess.run([sys.executable, "-m", "instrument.cli", "play", str(b), "--frames", "1"], env=env,
+    r = subprocess.run([sys.executable, "-m", "paik", "play", str(b), "--frames", "1"], env=env,
                        capture_output=True, text=True, timeout=120,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 2 and "paik: error:" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -33,10 +33,10 @@ def bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def picture(bundle):
     """The frame every recording of this bundle shows (CLI defaults, token 'kiss'), RGB."""
-    from instrument.commands import _params, default_look_args
-    from instrument.headless import Offscreen, egl_context
-    from instrument.renderer import Renderer
-    from instrument.source import Source
+    from paik.instrument.cli import _params, default_look_args
+    from paik.instrument.render.headless import Offscreen, egl_context
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.source import Source
 
     src = Source.open(bundle, "cpu")
     p = _params(default_look_args(token="kiss"), src, "single")
@@ -50,7 +50,7 @@ def picture(bundle):
 
 
 def play(bundle, *extra, **kw):
-    argv = [sys.executable, "-m", "instrument.cli", "play", str(bundle), "--headless", "--size", "64x48",
+    argv = [sys.executable, "-m", "paik", "play", str(bundle), "--headless", "--size", "64x48",
             "--token", "kiss", "--osc-port", "-1", "--console", "off", *extra]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
@@ -148,7 +148,7 @@ def test_bench_record_prints_a_table_and_json(bundle, tmp_path):
     import json
 
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "instrument.cli", "bench", "record", "--bundle", str(bundle),
+    r = subprocess.run([sys.executable, "-m", "paik", "bench", "record", "--bundle", str(bundle),
                         "--configs", "64x48@20", "--seconds", "1", "--baseline", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -168,7 +168,7 @@ def test_window_records_at_the_output_size_and_shows_rec(display, bundle, pictur
     out = tmp_path / "win.mp4"
     for rec in (False, True):
         shot = tmp_path / f"shot{rec}.png"
-        argv = [sys.executable, "-m", "instrument.cli", "play", str(bundle), "--token", "kiss", "--size", "320x240",
+        argv = [sys.executable, "-m", "paik", "play", str(bundle), "--token", "kiss", "--size", "320x240",
                 "--frames", "12", "--screenshot", str(shot), "--osc-port", "-1", "--console", "off", "--no-vsync"]
         if rec:
             argv += ["--record", str(out), "--out-size", "64x48", "--out-fps", "30"]

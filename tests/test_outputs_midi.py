@@ -4,7 +4,7 @@ themselves follow the ``record`` parameter: see test_outputs_record)."""
 
 from __future__ import annotations
 
-from instrument import midi
+from paik.instrument.control import midi
 from test_control_midi import cc, feed, live, src  # noqa: F401 - src is a fixture
 
 

@@ -37,9 +37,9 @@ def ndi(tmp_path, monkeypatch):
 
 
 def test_ndi_sends_and_cyndilib_receives_the_picture(ctx, src, ndi):
-    from instrument.outputs import open_output, parse_out
-    from instrument.outputs.live import Outputs
-    from instrument.renderer import Renderer
+    from paik.instrument.outputs import open_output, parse_out
+    from paik.instrument.outputs.live import Outputs
+    from paik.instrument.render.renderer import Renderer
 
     Finder, Receiver, VideoFrameSync, RecvColorFormat, RecvBandwidth = ndi
     name = f"paik-test-{os.getpid()}"

@@ -45,8 +45,8 @@ def decode(path, fmt="rgb24"):
 
 def run(ctx, src, p, settings, times, record_at=None):
     """Drive Outputs like a loop at settings.fps; record_at(i) -> bool sets p.record per frame."""
-    from instrument.outputs.live import Outputs
-    from instrument.renderer import Renderer
+    from paik.instrument.outputs.live import Outputs
+    from paik.instrument.render.renderer import Renderer
 
     outs = Outputs(ctx, Renderer(ctx, src), [], settings)
     for i, t in enumerate(times):
@@ -56,7 +56,7 @@ def run(ctx, src, p, settings, times, record_at=None):
 
 
 def test_recording_has_the_frames_rate_and_pixels_of_the_renders(ctx, src, tmp_path):
-    from instrument.outputs.live import RecordSettings
+    from paik.instrument.outputs.live import RecordSettings
 
     p = params(src)
     times = [i / 11 for i in range(12)]
@@ -81,8 +81,8 @@ def test_recording_has_the_frames_rate_and_pixels_of_the_renders(ctx, src, tmp_p
 
 
 def test_takes_toggle_on_the_record_parameter_and_late_slots_repeat_a_frame(ctx, src, tmp_path):
-    from instrument.outputs.live import Outputs, RecordSettings
-    from instrument.renderer import Renderer
+    from paik.instrument.outputs.live import Outputs, RecordSettings
+    from paik.instrument.render.renderer import Renderer
 
     p = params(src)
     path = tmp_path / "live.mp4"
@@ -107,7 +107,7 @@ def test_takes_toggle_on_the_record_parameter_and_late_slots_repeat_a_frame(ctx,
 
 
 def test_prores_recording_keeps_straight_alpha(ctx, src, tmp_path):
-    from instrument.outputs.live import RecordSettings
+    from paik.instrument.outputs.live import RecordSettings
 
     p = params(src, composite="alpha")
     path = tmp_path / "alpha.mov"
@@ -122,8 +122,8 @@ def test_prores_recording_keeps_straight_alpha(ctx, src, tmp_path):
 
 
 def test_recording_user_errors_are_clear(tmp_path):
-    from capture.errors import PaikError
-    from instrument.record import Recorder
+    from paik.errors import PaikError
+    from paik.instrument.outputs.record import Recorder
 
     with pytest.raises(PaikError, match="even width"):
         Recorder(tmp_path / "a.mp4", (63, 48), 30)
@@ -134,7 +134,7 @@ def test_recording_user_errors_are_clear(tmp_path):
 
 
 def test_cadence_phase_locks_to_the_output_rate():
-    from instrument.record import Cadence
+    from paik.instrument.outputs.record import Cadence
 
     c = Cadence(30)
     rng = np.random.default_rng(0)
@@ -154,9 +154,9 @@ def test_cadence_phase_locks_to_the_output_rate():
 def test_an_encoder_that_falls_behind_drops_says_so_and_keeps_the_timeline(ctx, src, tmp_path, monkeypatch, caplog):
     import threading
 
-    from instrument.outputs.live import Outputs, RecordSettings
-    from instrument.record import Recorder
-    from instrument.renderer import Renderer
+    from paik.instrument.outputs.live import Outputs, RecordSettings
+    from paik.instrument.outputs.record import Recorder
+    from paik.instrument.render.renderer import Renderer
 
     gate = threading.Event()
     real = Recorder._encode

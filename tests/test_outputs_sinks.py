@@ -11,15 +11,15 @@ import types
 import numpy as np
 import pytest
 
-from capture.errors import PaikError
+from paik.errors import PaikError
 from outputs_common import SIZE, ctx, params, reference, src  # noqa: F401  (fixtures)
 
 
 
 
 def drive(ctx, src, sinks, p, n=3, fps=10.0):
-    from instrument.outputs.live import Outputs
-    from instrument.renderer import Renderer
+    from paik.instrument.outputs.live import Outputs
+    from paik.instrument.render.renderer import Renderer
 
     outs = Outputs(ctx, Renderer(ctx, src), sinks, None)
     for i in range(n):
@@ -29,7 +29,7 @@ def drive(ctx, src, sinks, p, n=3, fps=10.0):
 
 # -- the --out grammar ---------------------------------------------------------------------------
 def test_out_specs_parse():
-    from instrument.outputs import OutSpec, parse_out, parse_outs
+    from paik.instrument.outputs import OutSpec, parse_out, parse_outs
 
     assert parse_out("ndi:Paik") == OutSpec("ndi", "Paik")
     assert parse_out("NDI:Paik main,size=1280x720,fps=30") == OutSpec("ndi", "Paik main", (1280, 720), 30.0)
@@ -45,7 +45,7 @@ def test_out_specs_parse():
 
 
 def test_a_missing_extra_names_the_pip_extra(monkeypatch):
-    from instrument.outputs import open_output, parse_out
+    from paik.instrument.outputs import open_output, parse_out
 
     monkeypatch.setitem(sys.modules, "cyndilib", None)  # import fails as if not installed
     with pytest.raises(PaikError, match=r"pip install 'paik\[ndi\]'"):
@@ -98,7 +98,7 @@ def texture_picture(ctx, glo, size):
 
 
 def test_syphon_publishes_the_render_texture(ctx, src):
-    from instrument.outputs.syphon import SyphonSink
+    from paik.instrument.outputs.syphon import SyphonSink
 
     fake = types.SimpleNamespace(SyphonOpenGLServer=FakeSyphonServer)
     p = params(src, composite="alpha")
@@ -118,7 +118,7 @@ def test_syphon_publishes_the_render_texture(ctx, src):
 
 
 def test_spout_sends_the_render_texture_inverted(ctx, src):
-    from instrument.outputs.spout import SpoutSink
+    from paik.instrument.outputs.spout import SpoutSink
 
     fake = types.SimpleNamespace(SpoutSender=FakeSpoutSender)
     p = params(src)
@@ -155,7 +155,7 @@ class FakeCamera:
 
 
 def test_v4l2_sends_rgb_frames_top_row_first(ctx, src):
-    from instrument.outputs import open_output, parse_out
+    from paik.instrument.outputs import open_output, parse_out
 
     fake = types.SimpleNamespace(Camera=FakeCamera, PixelFormat=types.SimpleNamespace(RGB="RGB"))
     with pytest.raises(PaikError, match="modprobe v4l2loopback"):

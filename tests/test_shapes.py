@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from capture import shapes
-from capture.models import BUILTIN
+from paik.shapes import world as shapes
+from paik.capture.models import BUILTIN
 
 # Floors for the shipped model (known clips, held-out split, CLIPS clips x STEPS steps), a margin
 # below what its weights of 61,547 steps (the last 16,854 with the text encoder trained along)
@@ -27,7 +27,7 @@ FLOOR_GAP = 0.5  # pointing of "mean all", object words vs the same maps rotated
 
 
 def test_vocabulary_has_every_caption_word_whole():
-    from capture.tiny import load_tokenizer
+    from paik.capture.tiny import load_tokenizer
 
     assert shapes.check_vocabulary(load_tokenizer()) == []
 
@@ -118,7 +118,7 @@ def test_detector_finds_the_true_objects():
 
 
 def test_probe_captions_change_one_word_each():
-    from capture.train import probe_captions
+    from paik.shapes.train import probe_captions
 
     for i in range(12):
         scene = shapes.sample_scene("eval", i, 17, n_objects=1)
@@ -134,7 +134,7 @@ def test_probe_captions_change_one_word_each():
 def test_binding_probe_swaps_the_two_colours_and_nothing_else():
     """The binding probe's two-object captions keep every word and move only the two colour
     words, each to the other object: the same bag of words, bound the other way."""
-    from capture.train import BINDING, probe_captions, probe_scenes
+    from paik.shapes.train import BINDING, probe_captions, probe_scenes
 
     scenes = probe_scenes(12, 17, upright=True, objects=2)
     assert len({sc.seed for sc in scenes}) == 12
@@ -154,7 +154,7 @@ def test_training_embeds_captions_exactly_as_the_pipeline_does():
     caption, for captions of different lengths and the empty one (caption dropout)."""
     from diffusers import WanPipeline
 
-    from capture.train import EMB_LEN, MAX_SEQ, build_components, encode_text, tokenize
+    from paik.shapes.train import EMB_LEN, MAX_SEQ, build_components, encode_text, tokenize
 
     c = build_components("smoke")
     pipe = WanPipeline(**c)
@@ -170,9 +170,9 @@ def test_training_embeds_captions_exactly_as_the_pipeline_does():
 
 
 def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
-    from capture.generate import GenerateOptions, generate
-    from capture.bundle import open_bundle
-    from capture.train import main, unpack
+    from paik.capture.generate import GenerateOptions, generate
+    from paik.capture.bundle import open_bundle
+    from paik.shapes.train import main, unpack
 
     args = ["--out", str(tmp_path / "run"), "--config", "smoke", "--frames", "9", "--size", "64", "--vae-crop", "0",
             "--vae-batch", "1", "--vae-pool", "2", "--vae-refresh", "1", "--vae-steps", "2", "--batch", "2",
@@ -236,7 +236,7 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     assert all(torch.equal(t0[k].float(), t1[k]) for k in t0)
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
     # the upright world: recorded in paik.json, read back by the benchmarks, kept on resume
-    from capture.generate import trained_world
+    from paik.capture.generate import trained_world
 
     assert trained_world(folder) == {"upright": False} and trained_world(None) == {"upright": False}
     assert main(["--out", str(tmp_path / "up"), "--init-from", str(folder), "--upright"] + args[2:]
@@ -256,8 +256,8 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
                     reason="the trained paik-shapes model is not shipped yet (capture/assets/paik-shapes); "
                            "train it with `paik train` (README) to enable this floor")
 def test_shipped_model_maps_point_at_the_named_objects():
-    from capture.faithfulness import best, faithfulness
-    from capture.models import load_pipeline
+    from paik.shapes.faithfulness import best, faithfulness
+    from paik.capture.models import load_pipeline
 
     torch.set_num_threads(2)
     loaded = load_pipeline("paik-shapes", "float32", "cpu")
@@ -273,9 +273,16 @@ def test_shipped_model_maps_point_at_the_named_objects():
 def test_shipped_model_maps_lose_their_object_when_misplaced():
     """The same maps rotated by 180 degrees must point far worse: a transposed or misordered
     reshape, or a map taken from the wrong token, would erase this gap."""
-    from capture.faithfulness import (Tally, candidates, known_clip_maps, model_defaults, model_world, object_tokens,
-                                      score_maps)
-    from capture.models import load_pipeline
+    from paik.shapes.faithfulness import (
+        Tally,
+        candidates,
+        known_clip_maps,
+        model_defaults,
+        model_world,
+        object_tokens,
+        score_maps,
+    )
+    from paik.capture.models import load_pipeline
 
     torch.set_num_threads(2)
     loaded = load_pipeline("paik-shapes", "float32", "cpu")
@@ -302,11 +309,11 @@ def test_shipped_model_leans_on_its_colour_and_shape_words(tmp_path):
     encoder: +0.034, +0.073, +0.029 and +0.0001 — they could not tell which colour went with
     which shape). The CLI's numbers are the probe's; the same caption given as the "wrong" one
     costs exactly nothing."""
-    from capture.faithfulness import model_defaults, model_world
-    from capture.models import load_pipeline
-    from capture.train import build_probe, word_reliance
+    from paik.shapes.faithfulness import model_defaults, model_world
+    from paik.capture.models import load_pipeline
+    from paik.shapes.train import build_probe, word_reliance
 
-    from instrument.cli import main as paik
+    from paik.cli import main as paik
 
     assert paik(["bench", "words", "--clips", "6", "--json", str(tmp_path / "w.json")]) == 0
     r = json.loads((tmp_path / "w.json").read_text())
@@ -333,8 +340,8 @@ def test_shipped_model_draws_each_named_shape_in_its_named_colour():
     """Must-have 4 of issue 5 on a busy scene: 4 two-object eval clips generated at the model's
     defaults, each object detected by its colour, then its shape. Measured 8 of 8 (the weights
     before stage four, which could not bind colours to shapes: 3 of 8; chance 20%)."""
-    from capture.faithfulness import shape_rate
-    from capture.models import load_pipeline
+    from paik.shapes.faithfulness import shape_rate
+    from paik.capture.models import load_pipeline
 
     torch.set_num_threads(2)
     r = shape_rate(load_pipeline("paik-shapes", "float32", "cpu"), "eval", clips=4, objects=2)
@@ -343,8 +350,8 @@ def test_shipped_model_draws_each_named_shape_in_its_named_colour():
 
 
 def test_a_broken_paik_json_is_a_clear_error(tmp_path):
-    from capture.errors import PaikError
-    from capture.generate import trained_defaults, trained_world
+    from paik.errors import PaikError
+    from paik.capture.generate import trained_defaults, trained_world
 
     assert trained_defaults(tmp_path) == {} and trained_world(tmp_path) == {"upright": False}
     for text in ("{not json", "[1, 2]", '{"defaults": 3}'):
@@ -360,7 +367,7 @@ def test_a_broken_paik_json_is_a_clear_error(tmp_path):
 def test_bench_shapes_cli_counts_every_object_once(tmp_path):
     """`paik bench shapes --objects N`: only clips of N objects, and the breakdowns per shape, size
     and object count each add up to the overall rate."""
-    from instrument.cli import main as paik
+    from paik.cli import main as paik
 
     assert paik(["bench", "shapes", "--clips", "2", "--steps", "3", "--objects", "2",
                  "--json", str(tmp_path / "s.json")]) == 0

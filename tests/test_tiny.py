@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from capture import tiny
-from capture.tiny import TINY_KINDS, build_tokenizer, ensure_tiny, load_tokenizer, tiny_components
+from paik.capture import tiny
+from paik.capture.tiny import TINY_KINDS, build_tokenizer, ensure_tiny, load_tokenizer, tiny_components
 
 PROMPT = "a red circle moves left"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capture.errors import PaikError
+from paik.errors import PaikError
 
 KINDS = ("ndi", "syphon", "spout", "v4l2")
 EXAMPLES = "ndi:Paik, syphon:Paik, spout:Paik, v4l2:/dev/video10, ndi:Paik,size=1280x720,fps=30"
@@ -97,18 +97,18 @@ def open_output(spec: OutSpec, size: tuple[int, int], fps: float, lib=None):
     size = spec.size or size
     fps = spec.fps or fps
     if spec.kind == "ndi":
-        from .ndi import NDISink
+        from paik.instrument.outputs.ndi import NDISink
 
         return NDISink(spec.target, size, fps, lib=lib)
     if spec.kind == "syphon":
-        from .syphon import SyphonSink
+        from paik.instrument.outputs.syphon import SyphonSink
 
         return SyphonSink(spec.target, size, fps, lib=lib)
     if spec.kind == "spout":
-        from .spout import SpoutSink
+        from paik.instrument.outputs.spout import SpoutSink
 
         return SpoutSink(spec.target, size, fps, lib=lib)
-    from .v4l2 import V4L2Sink
+    from paik.instrument.outputs.v4l2 import V4L2Sink
 
     return V4L2Sink(spec.target, size, fps, lib=lib)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from capture.errors import PaikError
+from paik.errors import PaikError
 
 
 def need(module: str, extra: str, what: str, platform: str | None = None):

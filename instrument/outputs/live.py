@@ -6,7 +6,7 @@ Once per frame, after the loop has drained its command queue, :meth:`Outputs.fra
 2. starts or stops the recording when the ``record`` parameter changed (a key, an OSC
    message or a MIDI control: they all set the parameter through the command queue);
 3. for each output size whose frame is due (each output keeps its own rate on a
-   :class:`~instrument.record.Cadence`), draws the view once into a texture of that size (or,
+   :class:`~paik.instrument.outputs.record.Cadence`), draws the view once into a texture of that size (or,
    when the loop's own frame has that size, copies or reads it instead of drawing again),
    publishes the texture to Syphon/Spout, packs it to yuv420p on the GPU for H.264, and
    queues an asynchronous readback (PBOs) for the pixel outputs, delivered next iteration.
@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capture.errors import PaikError
+from paik.errors import PaikError
 
-from ..readback import AsyncReader, Target, YuvPacker
-from ..record import Cadence, Recorder, default_path, numbered
+from paik.instrument.outputs.readback import AsyncReader, Target, YuvPacker
+from paik.instrument.outputs.record import Cadence, Recorder, default_path, numbered
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +286,8 @@ class Outputs:
 def from_args(args, size: tuple[int, int]):
     """Check ``paik play``'s output flags now (before any GL) and return the factory the loops
     call with their context and renderer: ``make(ctx, renderer) -> Outputs``."""
-    from . import open_output, parse_outs
-    from ..record import _check
+    from paik.instrument.outputs import open_output, parse_outs
+    from paik.instrument.outputs.record import _check
 
     specs = parse_outs(args.out)
     out_size = args.out_size or size

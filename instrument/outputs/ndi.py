@@ -7,8 +7,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from ._extras import need
-from .base import ThreadedSink
+from paik.instrument.outputs._extras import need
+from paik.instrument.outputs.base import ThreadedSink
 
 
 class NDISink(ThreadedSink):

@@ -4,8 +4,8 @@ thread, with the window's context current."""
 
 from __future__ import annotations
 
-from ._extras import need
-from .base import Sink
+from paik.instrument.outputs._extras import need
+from paik.instrument.outputs.base import Sink
 
 GL_TEXTURE_2D = 0x0DE1
 

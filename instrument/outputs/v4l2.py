@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from capture.errors import PaikError
+from paik.errors import PaikError
 
-from ._extras import need
-from .base import ThreadedSink
+from paik.instrument.outputs._extras import need
+from paik.instrument.outputs.base import ThreadedSink
 
 LOOPBACK_HINT = ("load the v4l2loopback kernel module first, e.g. 'sudo modprobe v4l2loopback devices=1 "
                  "video_nr=10 card_label=Paik exclusive_caps=1' (Debian/Ubuntu: apt install v4l2loopback-dkms), "

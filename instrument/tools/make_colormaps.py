@@ -1,5 +1,5 @@
 """Regenerate presets/colormaps/*.json from matplotlib (run once by a developer:
-``pip install matplotlib && python -m instrument.tools.make_colormaps``). Paik reads the JSON at
+``pip install matplotlib && python -m paik.instrument.tools.make_colormaps``). Paik reads the JSON at
 runtime and never imports matplotlib."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from instrument.colormaps import PRESETS
+from paik.instrument.render.colormaps import PRESETS
 
 NAMED = ("viridis", "magma", "inferno", "plasma", "turbo", "jet")
 

@@ -1,0 +1,1 @@
+"""The instrument's benchmarks: render time per view, OSC-to-frame latency, recording."""

@@ -1,0 +1,1 @@
+"""Parameters and control: the one parameter bank and grammar, keys, OSC, OSCQuery, MIDI, console, scenes."""

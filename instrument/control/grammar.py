@@ -1,0 +1,129 @@
+"""The typed command grammar: one line of text -> one :class:`~paik.instrument.control.params.Command`.
+
+The same words reach the instrument from the console (``paik play`` reads lines from stdin),
+from OSC (``/paik/cmd "step nudge 0.5"``, and every address ``/paik/a/b x`` is the line
+``a b x``), from MIDI maps (a control's ``command = "scene recall 3"``) and from keys::
+
+    step 12.5            set (out of range is refused, not clamped)
+    step nudge -0.1      add, clamped to the range
+    step norm 0.5        a 0..1 position along the range (faders)
+    colormap next        cycle forward (prev: backward; cycle N: N places)
+    playing toggle       flip an on/off parameter (a bare "playing" does the same)
+    gain reset           back to the default
+    token kiss           a word of the prompt (or its index; "soccer ball" as two words)
+    scene save 3         store every parameter as scene "3" (recall, delete; "scene 3" recalls)
+    load out/kiss        open another bundle
+    learn gain           MIDI learn: the next control moved plays gain (learn cancel, learn save NAME)
+    snapshot shot.png    write the next rendered frame as a PNG
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from paik.errors import PaikError
+
+from paik.instrument.control.params import OPS, SPECS, Command
+
+# actions: names that are not parameters, with the operations they take
+ACTIONS = {
+    "scene": ("recall", "save", "delete"),
+    "load": ("set",),
+    "learn": ("arm", "cancel", "save", "clear"),
+    "snapshot": ("set",),
+    "state": ("get",),
+}
+SCENE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def scene_name(value) -> str:
+    """A scene name from an OSC int or string; refuses names that could escape the scene folder."""
+    if isinstance(value, bool):
+        raise PaikError(f"scene name {value!r}: expected a number or a word")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    name = str(value).strip()
+    if not SCENE_NAME.match(name) or ".." in name:
+        raise PaikError(f"scene name {name!r}: use letters, digits, '-', '_' or '.' (up to 64)")
+    return name
+
+
+def parse(line: str, source: str = "console") -> Command:
+    """One line -> one command. Raises PaikError with what was wrong and what is accepted."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError as e:
+        raise PaikError(f"{line!r}: {e}") from None
+    if not words:
+        raise PaikError("empty command")
+    name, rest = words[0].lower(), words[1:]
+    if name in ACTIONS:
+        return _action(name, rest, source)
+    if name not in SPECS:
+        raise PaikError(f"unknown command {name!r}; parameters: {', '.join(SPECS)}; actions: {', '.join(ACTIONS)}")
+    kind = SPECS[name].kind
+    if not rest:
+        if kind == "bool":
+            return Command(name, "toggle", None, source)
+        raise PaikError(f"{name} needs a value, e.g. '{name} {SPECS[name].default}'")
+    op = rest[0].lower()
+    if op in ("next", "prev"):
+        return Command(name, "cycle", 1 if op == "next" else -1, source)
+    if op in OPS and op != "pickup":
+        arg = " ".join(rest[1:]) if len(rest) > 1 else None
+        if op in ("nudge", "norm", "set") and arg is None:
+            raise PaikError(f"'{name} {op}' needs a value")
+        if op == "cycle":
+            arg = _number(arg or "1", name, int)
+        elif op in ("nudge", "norm"):
+            arg = _number(arg, name, float)
+        return Command(name, op, arg, source)
+    return Command(name, "set", " ".join(rest), source)
+
+
+def _number(text, name: str, typ):
+    try:
+        return typ(float(text)) if typ is int else typ(text)
+    except (TypeError, ValueError):
+        raise PaikError(f"{name}: {text!r} is not a number") from None
+
+
+def _action(name: str, rest: list[str], source: str) -> Command:
+    ops = ACTIONS[name]
+    if name == "scene":
+        if len(rest) == 1:  # "scene 3" recalls
+            return Command("scene", "recall", scene_name(rest[0]), source)
+        if len(rest) != 2 or rest[0] not in ops:
+            raise PaikError("scene: expected 'scene recall NAME', 'scene save NAME' or 'scene delete NAME'")
+        return Command("scene", rest[0], scene_name(rest[1]), source)
+    if name in ("load", "snapshot"):
+        if not rest:
+            raise PaikError(f"{name} needs a path")
+        return Command(name, "set", " ".join(rest), source)
+    if name == "learn":
+        if not rest:
+            raise PaikError("learn: expected a parameter or a command line to arm, or cancel / save NAME / clear")
+        if rest[0] in ("cancel", "clear"):
+            return Command("learn", rest[0], None, source)
+        if rest[0] == "save":
+            return Command("learn", "save", scene_name(rest[1]) if len(rest) > 1 else "learned", source)
+        target = " ".join(rest)
+        if rest[0] not in SPECS:
+            parse(target)  # a whole command line: check it now, not when the control moves
+        return Command("learn", "arm", target, source)
+    return Command(name, "get", None, source)
+
+
+def format(cmd: Command) -> str:
+    """The line that :func:`parse` turns back into ``cmd`` (for maps and logs)."""
+    value = "" if cmd.value is None else str(cmd.value)
+    if " " in value:
+        value = shlex.quote(value)
+    if cmd.name in ACTIONS:
+        if cmd.op in ("set", "get"):
+            return f"{cmd.name} {value}".strip()
+        return f"{cmd.name} {cmd.op} {value}".strip()
+    if cmd.op == "set":
+        return f"{cmd.name} {value}"
+    return f"{cmd.name} {cmd.op} {value}".strip()

@@ -1,0 +1,241 @@
+"""The live state between the inputs and the render loop.
+
+Keys, OSC, MIDI and the console only build :class:`~paik.instrument.control.params.Command` s and
+:meth:`Live.put` them (any thread). Once per frame the render loop calls :meth:`Live.update`,
+which applies every pending command to the bank, runs the actions (scenes, bundle load, MIDI
+learn, snapshots), resolves soft takeover, advances the playhead and glides the continuous
+parameters; then it tells listeners (OSC feedback, MIDI LEDs) what changed. Nothing here
+touches GL; other threads read only :attr:`Live.values`, a dict replaced whole each frame.
+
+Two banks: :attr:`target` is what the performer set (and what feedback reports); :attr:`shown`
+is what is drawn: equal to the target except that the continuous parameters (``SMOOTHED``)
+glide towards it with the time constant ``smooth`` (seconds; 0 jumps).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time as _time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from paik.errors import PaikError
+
+from paik.instrument.control.grammar import ACTIONS
+from paik.instrument.control.params import SMOOTHED, SPECS, Command, CommandQueue, Params, apply, normalized
+from paik.instrument.control.scenes import SceneStore
+
+log = logging.getLogger("paik.control")
+
+PICKUP_TOLERANCE = 0.02  # a fader this close (0..1) to the value takes it over
+
+
+class RateLimitedLog:
+    """Logs the first message of a kind, then at most one per ``interval`` seconds with a count of
+    those suppressed: a flood of bad packets must not flood the terminal (or slow the loop)."""
+
+    def __init__(self, logger: logging.Logger = log, interval: float = 2.0):
+        self.logger, self.interval = logger, interval
+        self._state: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self.count = 0  # every message, logged or not (tests and the overlay read it)
+
+    def __call__(self, kind: str, message: str) -> None:
+        now = _time.monotonic()
+        with self._lock:
+            self.count += 1
+            last, suppressed = self._state.get(kind, (-math.inf, 0))
+            if now - last < self.interval:
+                self._state[kind] = (last, suppressed + 1)
+                return
+            self._state[kind] = (now, 0)
+        more = f" (and {suppressed} more like this)" if suppressed else ""
+        if len(message) > 300:
+            message = message[:300] + "..."
+        self.logger.warning("%s%s", message, more)
+
+
+class Live:
+    def __init__(self, src, params: Params, scenes: SceneStore | None = None):
+        self.src = src
+        self.target = params
+        self.shown = params.copy()
+        self.inbox = CommandQueue()
+        self.scenes = scenes if scenes is not None else SceneStore()
+        self.rlog = RateLimitedLog()
+        self.errors: deque[tuple[float, str]] = deque(maxlen=6)  # (when, message) for the overlay
+        self.listeners: list[Callable[[dict, dict], None]] = []  # (values, changed) after each change
+        self.actions: dict[str, Callable[[Command], None]] = {}  # extra actions (MIDI learn)
+        self.engaged: dict[str, str] = {}  # parameter -> the source that holds it (soft takeover)
+        self.snapshots: list[Path] = []  # PNGs to write after the next frame
+        self.last_scene = ""
+        self.frame = 0
+        self._last_now: float | None = None
+        self._pending_src = None
+        self._touched: set[str] = set()
+        self.values: dict = {}
+        self._publish(force=True)
+
+    # -- any thread ---------------------------------------------------------------------------
+    def put(self, cmd: Command) -> None:
+        self.inbox.put(cmd)
+
+    def word(self, values: dict | None = None) -> str:
+        v = self.values if values is None else values
+        words = v.get("words", ())
+        t = v.get("token", 0)
+        return words[t] if 0 <= t < len(words) else ""
+
+    # -- the render thread --------------------------------------------------------------------
+    def update(self, now: float) -> Params:
+        """Apply what arrived, advance the playhead, glide; returns the bank to draw."""
+        if self._pending_src is not None:
+            self._swap_source()
+        for cmd in self.inbox.take():
+            self.handle(cmd)
+        dt = 0.0 if self._last_now is None else max(0.0, now - self._last_now)
+        self._last_now = now
+        t, s = self.target, self.shown
+        if t.playing:
+            rate = (t.tempo / 60.0 / t.beats) if t.tempo > 0 else s.speed / max(self.src.duration(), 1e-3)
+            t.time = (t.time + dt * rate) % 1.0
+        alpha = 1.0 if t.smooth <= 0 else 1.0 - math.exp(-dt / t.smooth)
+        for name in SPECS:
+            goal = getattr(t, name)
+            if name in SMOOTHED and alpha < 1.0:
+                cur = getattr(s, name)
+                lo, hi = t.bounds(name)
+                snap = 1e-4 * max(hi - lo, 1e-6)
+                new = cur + (goal - cur) * alpha
+                setattr(s, name, goal if abs(goal - new) <= snap else new)  # arrive exactly
+            else:
+                setattr(s, name, goal)
+        s.n_tokens = t.n_tokens
+        self.frame += 1
+        self._publish()
+        return s
+
+    def handle(self, cmd: Command) -> None:
+        """Apply one command now (the render thread). Bad ones are logged, never raised."""
+        try:
+            if cmd.name in ACTIONS or cmd.name in self.actions:
+                self._action(cmd)
+            else:
+                self._apply(cmd)
+        except PaikError as e:
+            self.error(str(e), kind=cmd.source.split(":")[0] or "command")
+
+    def error(self, message: str, kind: str = "command") -> None:
+        self.errors.append((_time.monotonic(), message))
+        self.rlog(kind, f"{kind}: {message}")
+
+    def _apply(self, cmd: Command) -> None:
+        name, t = cmd.name, self.target
+        if name == "token" and cmd.op == "set" and isinstance(cmd.value, str):
+            text = cmd.value.strip()
+            if not text.lstrip("-").isdigit():
+                cmd = Command(name, "set", self.src.word_index(text), cmd.source)
+                t.n_tokens = len(self.src.words)
+        if cmd.op == "pickup":
+            x, prev = cmd.value
+            cur = normalized(t, name) if name in SPECS else 0.0
+            held = self.engaged.get(name) == cmd.source
+            near = abs(float(x) - cur) <= PICKUP_TOLERANCE
+            crossed = prev is not None and (float(prev) - cur) * (float(x) - cur) <= 0
+            if not (held or near or crossed):
+                return  # the fader has not reached the value yet: no jump
+            self.engaged[name] = cmd.source
+            cmd = Command(name, "norm", x, cmd.source)
+        elif self.engaged.get(name) not in (None, cmd.source):
+            del self.engaged[name]  # someone else moved it: the fader must pick it up again
+        apply(t, cmd)
+        self._touched.add(name)
+
+    def _action(self, cmd: Command) -> None:
+        if cmd.name in self.actions:
+            self.actions[cmd.name](cmd)
+            return
+        if cmd.name == "scene":
+            if cmd.op == "save":
+                path = self.scenes.save(cmd.value, self.target.values(), self.src.words[self.target.token].label)
+                log.info("saved scene %s to %s", cmd.value, path)
+            elif cmd.op == "delete":
+                self.scenes.delete(cmd.value)
+            else:
+                for c in self.scenes.commands(cmd.value, source=cmd.source or "scene"):
+                    self.handle(c)
+            self.last_scene = str(cmd.value)
+            self._touched.add("scene")
+        elif cmd.name == "load":
+            self._load(cmd.value)
+        elif cmd.name == "snapshot":
+            self.snapshots.append(Path(cmd.value))
+        elif cmd.name == "state":
+            print("  ".join(f"{k}={v}" for k, v in self.values.items() if k in SPECS), flush=True)
+        elif cmd.name == "learn":
+            raise PaikError("MIDI learn needs MIDI: start paik play with --midi")
+
+    # -- bundle load: opened on a thread, swapped in between frames --------------------------------
+    def _load(self, path) -> None:
+        device = getattr(getattr(self.src, "reducer", None), "device", "auto")
+
+        def work():
+            from paik.instrument.render.source import Source
+
+            try:
+                self._pending_src = Source.open(path, str(device))
+            except PaikError as e:
+                self.error(f"load {path}: {e}", kind="load")
+            except Exception as e:  # a broken bundle must not end the show
+                self.error(f"load {path}: {type(e).__name__}: {e}", kind="load")
+
+        threading.Thread(target=work, name="paik-load", daemon=True).start()
+
+    def _swap_source(self) -> None:
+        src, self._pending_src = self._pending_src, None
+        d = src.dims
+        for bank in (self.target, self.shown):
+            bank.bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, bank.colormaps)
+        self.src = src
+        self._touched.update(("token", "step", "block", "head", "words"))
+        log.info("loaded %s", src.bundle.path)
+
+    # -- after the frame ------------------------------------------------------------------------
+    def rendered(self, read_rgba: Callable[[], "object"]) -> None:
+        """The loop calls this after drawing; pending snapshots read the frame here."""
+        if not self.snapshots:
+            return
+        from PIL import Image
+
+        img = Image.fromarray(read_rgba())
+        for path in self.snapshots:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp.png")
+                img.save(tmp)
+                tmp.replace(path)  # readers never see half a file
+            except OSError as e:
+                self.error(f"snapshot {path}: {e.strerror}", kind="snapshot")
+        self.snapshots.clear()
+
+    def _publish(self, force: bool = False) -> None:
+        t = self.target
+        values = t.values()
+        values["words"] = tuple(w.label for w in self.src.words)
+        values["counts"] = (t.n_tokens, t.n_steps, t.n_blocks, t.n_heads)
+        values["scene"] = self.last_scene
+        old = self.values
+        changed = {k: v for k, v in values.items() if old.get(k) != v and (k != "time" or "time" in self._touched)}
+        if "scene" in self._touched:
+            changed["scene"] = self.last_scene
+        self._touched.clear()
+        self.values = values
+        if changed and not force:
+            for fn in self.listeners:
+                try:
+                    fn(values, changed)
+                except Exception as e:  # feedback must never stop the loop
+                    self.rlog("feedback", f"feedback: {type(e).__name__}: {e}")

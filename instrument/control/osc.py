@@ -1,0 +1,440 @@
+"""OSC in and out (python-osc for the wire format; our own socket loop).
+
+Every parameter has an address with its natural type and 0..1 variants for faders; every
+address is also a line of the command grammar (``/paik/step/nudge 0.5`` is ``step nudge 0.5``).
+:func:`address_space` is the single list the server, the OSCQuery namespace, the README table
+and the patch tests are built from.
+
+The receive thread only parses and enqueues (the render loop applies). python-osc's own server
+swallows parse errors silently; here every bad packet (malformed, unknown address, wrong types,
+out of range, sender not allowed) is dropped with a rate-limited log line.
+
+Feedback: a client sends ``/paik/subscribe`` (replies go to the port it sends from) or
+``/paik/subscribe i PORT`` (replies go to PORT on its host). It gets the whole state at once and
+then every change, once per frame: ``/paik/<param> value`` and ``/paik/<param>/norm f``, plus
+``/paik/token/word s``, ``/paik/words s...``, ``/paik/counts i i i i`` and ``/paik/scene s``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+import struct
+
+from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_message import OscMessage, ParseError
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from paik.errors import PaikError
+
+from paik.instrument.control import grammar
+from paik.instrument.control.live import Live, RateLimitedLog
+from paik.instrument.control.params import SPECS, Command, Params, normalized
+
+log = logging.getLogger("paik.osc")
+
+PREFIX = "/paik"
+MAX_SUBSCRIBERS = 32
+
+
+@dataclass(frozen=True)
+class Address:
+    path: str
+    types: tuple[str, ...]  # accepted type tag strings ("f", "i", "s", "T" for bools, "" = no argument)
+    help: str
+    param: str | None = None  # the parameter it reads back (OSCQuery VALUE, feedback)
+    rng: tuple = ()  # (lo, hi) for numbers, or the list of choices
+    writable: bool = True
+
+
+def _kind_types(spec) -> tuple[str, ...]:
+    return {"float": ("f", "i"), "int": ("i", "f"), "bool": ("i", "T", "f", ""), "enum": ("s", "i")}[spec.kind]
+
+
+def address_space(p: Params) -> list[Address]:
+    """Every address the instrument understands, with the types it accepts (first = canonical)."""
+    out = []
+    for name, spec in SPECS.items():
+        lo, hi = p.bounds(name) if spec.kind in ("float", "int") else (None, None)
+        rng = tuple(p.choices(name)) if spec.kind == "enum" else ((lo, hi) if spec.kind != "bool" else (0, 1))
+        types = ("i", "s", "f") if name == "token" else _kind_types(spec)
+        what = {"token": "word of the prompt (s) or its index (i)", "head": "head index, -1 = reduce over heads"}.get(
+            name, spec.help or name)
+        out.append(Address(f"{PREFIX}/{name}", types, what, name, rng))
+        out.append(Address(f"{PREFIX}/{name}/norm", ("f", "i"), f"{name} as 0..1 (faders, CHOPs)", name, (0.0, 1.0)))
+        if spec.kind in ("float", "int"):
+            out.append(Address(f"{PREFIX}/{name}/nudge", ("f", "i"), f"add to {name} (clamped)", None, ()))
+        if spec.kind in ("enum", "int"):
+            out.append(Address(f"{PREFIX}/{name}/cycle", ("", "i"), f"next {name} (or N places; wraps)", None, ()))
+        if spec.kind == "bool":
+            out.append(Address(f"{PREFIX}/{name}/toggle", ("",), f"flip {name}", None, ()))
+        out.append(Address(f"{PREFIX}/{name}/reset", ("",), f"{name} back to {spec.default!r}", None, ()))
+    for op, text in (("recall", "recall a scene (number or name)"), ("save", "save every parameter as a scene"),
+                     ("delete", "delete a saved scene")):
+        out.append(Address(f"{PREFIX}/scene/{op}", ("i", "s", "f"), text))
+    out += [
+        Address(f"{PREFIX}/load", ("s",), "open another bundle (a path on the instrument's machine)"),
+        Address(f"{PREFIX}/snapshot", ("s",), "write the next rendered frame to this PNG path"),
+        Address(f"{PREFIX}/cmd", ("s",), "one line of the typed command grammar, e.g. 'step nudge 0.5'"),
+        Address(f"{PREFIX}/learn", ("s",), "MIDI learn: the next control moved plays this parameter (or command line)"),
+        Address(f"{PREFIX}/learn/cancel", ("",), "disarm MIDI learn"),
+        Address(f"{PREFIX}/learn/save", ("s",), "save the learned MIDI map as ~/.config/paik/midi/NAME.toml"),
+        Address(f"{PREFIX}/subscribe", ("", "i", "f"), "send state to me now and on every change (optional reply port)"),
+        Address(f"{PREFIX}/unsubscribe", ("", "i", "f"), "stop sending state to me"),
+        Address(f"{PREFIX}/state", ("", "i", "f"), "send the whole state to me once (optional reply port)"),
+    ]
+    return out
+
+
+def feedback_addresses() -> list[tuple[str, str, str]]:
+    """What the instrument sends to subscribers: (address, types, meaning)."""
+    out = []
+    for name, spec in SPECS.items():
+        t = {"float": "f", "int": "i", "bool": "i", "enum": "s"}[spec.kind]
+        out.append((f"{PREFIX}/{name}", t, f"{name} changed"))
+        out.append((f"{PREFIX}/{name}/norm", "f", f"{name} as 0..1"))
+    out += [(f"{PREFIX}/token/word", "s", "the selected word"), (f"{PREFIX}/words", "s...", "the bundle's words, in order"),
+            (f"{PREFIX}/counts", "iiii", "tokens, steps, blocks, heads of the bundle"),
+            (f"{PREFIX}/scene", "s", "the scene last recalled or saved"), (f"{PREFIX}/error", "s", "a command was refused")]
+    return out
+
+
+def typetag(value) -> str:
+    if isinstance(value, bool):
+        return "T"
+    if isinstance(value, int):
+        return "i"
+    if isinstance(value, float):
+        return "f"
+    if isinstance(value, str):
+        return "s"
+    return "?"
+
+
+def _integral(value, what: str) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PaikError(f"{what} expects a whole number, not {value!r}")
+        return int(value)
+    return int(value)
+
+
+def translate(address: str, args: list, source: str = "osc") -> Command:
+    """An OSC message -> a command, checking the argument types. Raises PaikError."""
+    if not address.startswith(PREFIX + "/"):
+        raise PaikError(f"unknown address {address!r} (addresses start with {PREFIX}/)")
+    parts = address[len(PREFIX) + 1:].split("/")
+    args = [a for a in args if a is not None]  # N (nil), as some clients send for a bare trigger
+    tags = "".join(typetag(a) for a in args)
+    if len(args) > 1:
+        raise PaikError(f"{address} takes at most one argument, got {len(args)} ({tags})")
+    arg = args[0] if args else None
+    tag = tags
+    name = parts[0]
+    if name in SPECS and len(parts) <= 2:
+        spec = SPECS[name]
+        op = parts[1] if len(parts) == 2 else "set"
+        if op == "set":
+            if spec.kind == "bool":
+                if tag == "":
+                    return Command(name, "toggle", None, source)
+                if tag not in ("i", "f", "T"):
+                    raise PaikError(f"{address} expects i (0/1), T/F or nothing (toggle), not {tag}")
+                return Command(name, "set", bool(arg), source)
+            if tag == "":
+                raise PaikError(f"{address} needs a value")
+            if spec.kind == "enum":
+                if tag == "i":
+                    return Command(name, "norm_index", arg, source)
+                if tag != "s":
+                    raise PaikError(f"{address} expects s (a name) or i (an index), not {tag}")
+                return Command(name, "set", arg, source)
+            if name == "token" and tag == "s":
+                return Command(name, "set", arg, source)
+            if tag not in ("i", "f"):
+                raise PaikError(f"{address} expects a number (f or i), not {tag}")
+            if spec.kind == "int":
+                arg = _integral(arg, address)
+            return Command(name, "set", arg, source)
+        if op == "norm":
+            if tag not in ("f", "i"):
+                raise PaikError(f"{address} expects f in 0..1, not {tag or 'nothing'}")
+            return Command(name, "norm", float(arg), source)
+        if op == "nudge" and spec.kind in ("float", "int"):
+            if tag not in ("f", "i"):
+                raise PaikError(f"{address} expects a number, not {tag or 'nothing'}")
+            return Command(name, "nudge", float(arg), source)
+        if op == "cycle" and spec.kind in ("enum", "int"):
+            if tag not in ("", "i", "f"):
+                raise PaikError(f"{address} expects nothing or i, not {tag}")
+            return Command(name, "cycle", 1 if arg is None else _integral(arg, address), source)
+        if op == "toggle" and spec.kind == "bool":
+            return Command(name, "toggle", None, source)
+        if op == "reset" and tag == "":
+            return Command(name, "reset", None, source)
+        raise PaikError(f"unknown address {address!r}")
+    if name == "scene" and len(parts) == 2 and parts[1] in ("recall", "save", "delete"):
+        if tag not in ("i", "s", "f"):
+            raise PaikError(f"{address} expects a scene number (i) or name (s), not {tag or 'nothing'}")
+        return Command("scene", parts[1], grammar.scene_name(arg), source)
+    if len(parts) == 1 and name in ("load", "snapshot", "cmd", "learn"):
+        if tag != "s":
+            raise PaikError(f"{address} expects s, not {tag or 'nothing'}")
+        if name == "cmd":
+            return grammar.parse(arg, source)
+        if name == "learn":
+            return grammar.parse(f"learn {arg}", source)
+        return Command(name, "set", arg, source)
+    if name == "learn" and len(parts) == 2 and parts[1] in ("cancel", "save"):
+        if parts[1] == "save":
+            if tag != "s":
+                raise PaikError(f"{address} expects s (a map name)")
+            return Command("learn", "save", grammar.scene_name(arg), source)
+        return Command("learn", "cancel", None, source)
+    raise PaikError(f"unknown address {address!r}")
+
+
+def _message(address: str, *values) -> bytes:
+    b = OscMessageBuilder(address)
+    for v in values:
+        if isinstance(v, bool):
+            b.add_arg(int(v), "i")
+        elif isinstance(v, int):
+            b.add_arg(v, "i")
+        elif isinstance(v, float):
+            b.add_arg(v, "f")
+        else:
+            b.add_arg(str(v), "s")
+    return b.build().dgram
+
+
+def state_messages(values: dict, names, live_params: Params) -> list[bytes]:
+    """The feedback datagrams for the given names of a published state (see :class:`Live`)."""
+    out = []
+    for name in names:
+        if name in SPECS:
+            v = values[name]
+            out.append(_message(f"{PREFIX}/{name}", v))
+            try:
+                out.append(_message(f"{PREFIX}/{name}/norm", float(normalized(live_params, name, v))))
+            except (ValueError, KeyError):
+                pass
+            if name == "token":
+                words = values.get("words", ())
+                out.append(_message(f"{PREFIX}/token/word", words[v] if 0 <= v < len(words) else ""))
+        elif name == "words":
+            out.append(_message(f"{PREFIX}/words", *values["words"]))
+        elif name == "counts":
+            out.append(_message(f"{PREFIX}/counts", *values["counts"]))
+        elif name == "scene":
+            out.append(_message(f"{PREFIX}/scene", values.get("scene", "")))
+    return out
+
+
+def parse_packet(data: bytes, depth: int = 0) -> list[OscMessage]:
+    """The messages of a datagram (bundles walked here: python-osc logs to the root logger, once
+    per bad element, and drops what it cannot identify; this raises instead)."""
+    if OscMessage.dgram_is_message(data):
+        return [OscMessage(data)]
+    if not OscBundle.dgram_is_bundle(data):
+        raise ParseError("neither an OSC message nor a bundle")
+    if depth > 8 or len(data) < 16:
+        raise ParseError("bundle too short or nested too deep")
+    out, i = [], 16  # "#bundle\0" + 8-byte time tag (ignored: messages apply at once)
+    while i < len(data):
+        if i + 4 > len(data):
+            raise ParseError("truncated bundle element size")
+        size = struct.unpack(">i", data[i:i + 4])[0]
+        i += 4
+        if size <= 0 or size % 4 or i + size > len(data):
+            raise ParseError(f"bundle element of size {size} does not fit")
+        out += parse_packet(data[i:i + size], depth + 1)
+        i += size
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class OscServer:
+    """UDP server on ``host:port`` (port 0 picks a free one: see :attr:`port`)."""
+
+    def __init__(self, live: Live, host: str = "127.0.0.1", port: int = 9000, allow: list[str] | None = None,
+                 rlog: RateLimitedLog | None = None):
+        self.live = live
+        self.rlog = rlog or live.rlog
+        self.allow = None
+        if allow:
+            try:
+                self.allow = {str(ipaddress.ip_address(a.strip())) for a in allow if a.strip()}
+            except ValueError as e:
+                raise PaikError(f"--osc-allow: {e}; expected IP addresses like 192.168.1.20,192.168.1.21") from None
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        except socket.gaierror as e:
+            raise PaikError(f"--osc-host {host!r}: {e.strerror}") from None
+        self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        try:
+            self.sock.bind(info[4])
+        except OSError as e:
+            self.sock.close()
+            raise PaikError(f"cannot listen for OSC on {host}:{port} ({e.strerror}); is another paik running? "
+                            "pick another --osc-port") from None
+        self.sock.settimeout(0.2)
+        self.host, self.port = self.sock.getsockname()[:2]
+        if not _is_loopback(self.host):
+            log.warning("OSC listens beyond this machine on %s:%s%s", self.host, self.port,
+                        f" (only from {', '.join(sorted(self.allow))})" if self.allow else " (anyone on the network may play)")
+        self.subscribers: dict[tuple, None] = {}
+        self._sub_lock = threading.Lock()
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paik-osc", daemon=True)
+        live.listeners.append(self._feedback)
+
+    def start(self) -> "OscServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    # -- receive thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError:  # e.g. ECONNREFUSED left by feedback to a closed port: keep serving
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self.handle_packet(data, addr)
+            except Exception as e:  # never let one packet end the thread
+                self.rlog("osc", f"osc: packet from {addr[0]} dropped: {type(e).__name__}: {e}")
+
+    def handle_packet(self, data: bytes, addr) -> None:
+        self.received += 1
+        if self.allow is not None and addr[0] not in self.allow:
+            self.rlog("osc-deny", f"osc: ignored a packet from {addr[0]} (not in --osc-allow)")
+            return
+        try:
+            messages = parse_packet(data)
+        except Exception as e:  # python-osc raises ParseError, but also struct/Unicode/Index errors
+            self.rlog("osc-parse", f"osc: malformed packet from {addr[0]}:{addr[1]} ({len(data)} bytes): {e}")
+            return
+        for msg in messages:
+            try:
+                self.handle_message(msg.address, list(msg.params), addr)
+            except PaikError as e:
+                self.rlog("osc", f"osc: {e}")
+                self._reply_error(addr, str(e))
+
+    def handle_message(self, address: str, args: list, addr) -> None:
+        if address in (f"{PREFIX}/subscribe", f"{PREFIX}/unsubscribe", f"{PREFIX}/state"):
+            if len(args) > 1 or (args and typetag(args[0]) not in ("i", "f")):
+                raise PaikError(f"{address} takes nothing or a reply port (i)")
+            port = _integral(args[0], address) if args else addr[1]
+            if not 0 < port < 65536:
+                raise PaikError(f"{address}: port {port} is out of range")
+            dest = (addr[0], port)
+            if address.endswith("unsubscribe"):
+                with self._sub_lock:
+                    self.subscribers.pop(dest, None)
+                return
+            if address.endswith("subscribe"):
+                with self._sub_lock:
+                    if dest not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
+                        raise PaikError(f"too many subscribers ({MAX_SUBSCRIBERS}); unsubscribe one first")
+                    self.subscribers[dest] = None
+            values = self.live.values
+            self._send([dest], state_messages(values, list(SPECS) + ["words", "counts", "scene"], self.live.target))
+            return
+        cmd = translate(address, args, source=f"osc:{addr[0]}")
+        if cmd.op == "norm_index":  # an enum by index: resolved against the current choices
+            choices = self.live.target.choices(cmd.name)
+            i = _integral(cmd.value, address)
+            if not 0 <= i < len(choices):
+                raise PaikError(f"{address} index {i} is out of range (0..{len(choices) - 1})")
+            cmd = Command(cmd.name, "set", choices[i], cmd.source)
+        self.live.put(cmd)
+
+    # -- feedback (called on the render thread: sendto only) ---------------------------------------
+    def _feedback(self, values: dict, changed: dict) -> None:
+        with self._sub_lock:
+            dests = list(self.subscribers)
+        if dests:
+            self._send(dests, state_messages(values, list(changed), self.live.target))
+
+    def _reply_error(self, addr, text: str) -> None:
+        with self._sub_lock:
+            dests = [d for d in self.subscribers if d[0] == addr[0]]
+        if dests:
+            self._send(dests, [_message(f"{PREFIX}/error", text[:400])])
+
+    def _send(self, dests, datagrams: list[bytes]) -> None:
+        for dest in dests:
+            for d in datagrams:
+                try:
+                    self.sock.sendto(d, dest)
+                except OSError:
+                    pass  # a subscriber that went away: UDP feedback is best effort
+
+
+def reference() -> str:
+    """The README's OSC tables, from the same list the server uses (``python -m paik.instrument.control.osc``)."""
+    from paik.instrument.render import colormaps
+
+    p = Params().bind(32, 25, 30, 12, colormaps.available())
+    space = address_space(p)
+    paths = {a.path for a in space}
+    rows = ["| parameter | `/paik/NAME` takes | range or choices | default | also `/paik/NAME/...` |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, spec in SPECS.items():
+        a = next(x for x in space if x.path == f"{PREFIX}/{name}")
+        if spec.kind == "enum":
+            rng = "a name in presets/colormaps" if name == "colormap" else ", ".join(p.choices(name))
+        elif spec.kind == "bool":
+            rng = "0 / 1"
+        elif spec.hi is None:
+            rng = f"{spec.lo:g} .. count - 1 (the bundle's)"
+        else:
+            rng = f"{spec.lo:g} .. {spec.hi:g}"
+        takes = {"token": "i (index) or s (word)", "head": "i (-1 = mean of heads)"}.get(
+            name, {"float": "f (or i)", "int": "i (or a whole f)", "bool": "i 0/1, T/F, or nothing (toggle)",
+                   "enum": "s (or i: index)"}[spec.kind])
+        also = " ".join(f"`{op}`" for op in ("norm", "nudge", "cycle", "toggle", "reset")
+                        if f"{PREFIX}/{name}/{op}" in paths)
+        rows.append(f"| `{name}` | {takes} | {rng} | {spec.default!r} | {also} |")
+        assert a.types
+    rows += ["", "`/norm f` takes 0..1 across the range (choices in equal bands), for faders and CHOPs; "
+             "`/nudge f` adds (clamped); `/cycle [i]` steps through choices (wraps); `/toggle` flips; "
+             "`/reset` restores the default. A value out of range is refused, not clamped.", "",
+             "| address | takes | does |", "| --- | --- | --- |"]
+    for a in space:
+        if a.param is None and a.path.count("/") >= 2 and a.path.split("/")[2] not in SPECS:
+            types = " or ".join(t if t else "nothing" for t in a.types)
+            rows.append(f"| `{a.path}` | {types} | {a.help} |")
+    rows += ["", "Sent to subscribers (after `/paik/subscribe`, once whole, then on every change):", "",
+             "| address | types | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{a}` | {t} | {m} |" for a, t, m in feedback_addresses()
+             if not (a.endswith("/norm") or a.split("/")[-1] in SPECS)]
+    rows += ["| `/paik/NAME` | as above | every parameter, when it changed |",
+             "| `/paik/NAME/norm` | f | the same as 0..1 |"]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference())

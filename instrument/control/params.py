@@ -1,0 +1,291 @@
+"""The parameter bank: every knob of the instrument, with its range and default, and the one
+way to change it (:func:`apply`).
+
+Keys, the CLI, and later OSC and MIDI all speak the same small command grammar: a
+:class:`Command` names a parameter and an operation ("set", "nudge", "toggle", "cycle"). Input
+handlers only build commands and enqueue them; the render loop drains the queue once per frame
+and applies them here, so no input thread ever touches GL state or a half-updated bank.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from paik.errors import PaikError
+
+VIEWS = ("single", "heads", "blocks", "steps", "grid-blocks", "grid-steps", "grid-heads-steps", "grand", "sweep")
+VIEW_HELP = {
+    "single": "one map: token at step, block, head (head -1 = reduce over heads)",
+    "heads": "reduce over all heads (at step, block)",
+    "blocks": "reduce over all blocks and heads (at step)",
+    "steps": "reduce over all steps and heads (at block)",
+    "grid-blocks": "a grid of every block at one step (paper Fig. 3)",
+    "grid-steps": "a grid of every step at one block (paper Fig. 4)",
+    "grid-heads-steps": "heads (columns) x steps (rows) at one block (paper Fig. 5)",
+    "grand": "the grand average over steps, blocks and heads (paper Fig. 6)",
+    "sweep": "the token's map moving through the steps along the video's timeline",
+}
+NORMS = ("global", "frame", "step")
+COMPOSITES = ("heatmap", "overlay", "multiply", "screen", "alpha")
+BACKGROUNDS = ("video", "preview", "none")
+REDUCES = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a parameter may hold. ``choices`` for enums; ``lo``/``hi`` for numbers (``hi`` None
+    means the bound comes from the bundle, see :meth:`Params.bounds`)."""
+
+    kind: str  # "float", "int", "bool", "enum"
+    default: Any
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+
+SPECS: dict[str, Spec] = {
+    "token": Spec("int", 0, 0, None, help="index into the bundle's captured words"),
+    "step": Spec("float", 0.0, 0, None, help="position among captured steps; fractions crossfade"),
+    "block": Spec("float", 0.0, 0, None, help="position among captured blocks; fractions crossfade"),
+    "head": Spec("int", -1, -1, None, help="head index, -1 = reduce over heads"),
+    "view": Spec("enum", "single", choices=VIEWS),
+    "reduce": Spec("enum", "mean", choices=REDUCES, help="how reduced axes are combined"),
+    "colormap": Spec("enum", "magma", choices=(), help="a LUT from presets/colormaps"),
+    "norm": Spec("enum", "global", choices=NORMS, help="range used to normalize the maps"),
+    "clip_lo": Spec("float", 0.0, 0.0, 100.0, help="lower percentile clipped to black"),
+    "clip_hi": Spec("float", 100.0, 0.0, 100.0, help="upper percentile clipped to white"),
+    "gain": Spec("float", 1.0, 0.0, 16.0),
+    "gamma": Spec("float", 1.0, 0.05, 8.0),
+    "threshold": Spec("float", 0.0, 0.0, 1.0, help="normalized values below are transparent"),
+    "composite": Spec("enum", "heatmap", choices=COMPOSITES),
+    "background": Spec("enum", "video", choices=BACKGROUNDS, help="what the maps are composited over"),
+    "opacity": Spec("float", 0.7, 0.0, 1.0, help="heatmap opacity in overlay mode"),
+    "time": Spec("float", 0.0, 0.0, 1.0, help="position in the video, 0..1"),
+    "speed": Spec("float", 1.0, -8.0, 8.0, help="playback rate (1 = the video's fps)"),
+    "playing": Spec("bool", True),
+    "tempo": Spec("float", 0.0, 0.0, 300.0, help="BPM of the playhead (0 = the video's own pace x speed); MIDI clock sets it"),
+    "beats": Spec("float", 16.0, 1.0, 256.0, help="beats per pass through the video (and the step sweep) when tempo > 0"),
+    "smooth": Spec("float", 0.05, 0.0, 5.0, help="seconds continuous parameters take to glide to a new value (0 = jump)"),
+    "help": Spec("bool", False, help="show the key overlay"),
+    "record": Spec("bool", False, help="record the output to a file while on (paik play --record FILE; each take "
+                   "after the first gets _2, _3 ...)"),
+}
+# continuous parameters glide (see instrument/live.py); time is the playhead and never glides
+SMOOTHED = ("step", "block", "clip_lo", "clip_hi", "gain", "gamma", "threshold", "opacity", "speed")
+
+
+@dataclass
+class Params:
+    """The live values. Bounds that depend on the bundle (token, step, block, head counts) are
+    set once with :meth:`bind`."""
+
+    token: int = 0
+    step: float = 0.0
+    block: float = 0.0
+    head: int = -1
+    view: str = "single"
+    reduce: str = "mean"
+    colormap: str = "magma"
+    norm: str = "global"
+    clip_lo: float = 0.0
+    clip_hi: float = 100.0
+    gain: float = 1.0
+    gamma: float = 1.0
+    threshold: float = 0.0
+    composite: str = "heatmap"
+    background: str = "video"
+    opacity: float = 0.7
+    time: float = 0.0
+    speed: float = 1.0
+    playing: bool = True
+    tempo: float = 0.0
+    beats: float = 16.0
+    smooth: float = 0.05
+    help: bool = False
+    record: bool = False
+    # bundle-dependent bounds (counts); not parameters themselves
+    n_tokens: int = field(default=1, repr=False)
+    n_steps: int = field(default=1, repr=False)
+    n_blocks: int = field(default=1, repr=False)
+    n_heads: int = field(default=1, repr=False)
+    colormaps: tuple[str, ...] = field(default=("magma",), repr=False)
+
+    def bind(self, n_tokens: int, n_steps: int, n_blocks: int, n_heads: int, colormaps: tuple[str, ...]) -> "Params":
+        self.n_tokens, self.n_steps, self.n_blocks, self.n_heads = n_tokens, n_steps, n_blocks, n_heads
+        self.colormaps = tuple(colormaps)
+        for name in SPECS:  # re-clamp values set before the bounds were known
+            setattr(self, name, _coerce(self, name, getattr(self, name)))
+        return self
+
+    def bounds(self, name: str) -> tuple[float, float]:
+        spec = SPECS[name]
+        hi = {"token": self.n_tokens - 1, "step": self.n_steps - 1, "block": self.n_blocks - 1,
+              "head": self.n_heads - 1}.get(name, spec.hi)
+        return spec.lo, hi
+
+    def choices(self, name: str) -> tuple[str, ...]:
+        return self.colormaps if name == "colormap" else SPECS[name].choices
+
+    def copy(self) -> "Params":
+        return replace(self)
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SPECS}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One change to the bank: ``op`` is "set" (value; out of range is an error), "nudge" (add
+    value, clamped), "toggle" (bools), "cycle" (enums and ints: step by value, wrapping), "norm"
+    (a 0..1 position along the range or list of choices: faders), "reset" (the default), or
+    "pickup" (value = (position 0..1, previous position or None): a fader under soft takeover,
+    resolved by :class:`paik.instrument.control.live.Live`). ``source`` names who sent it ("key", "osc",
+    "midi:<port>:<control>", ...); names outside the bank are actions (see instrument/grammar.py)."""
+
+    name: str
+    op: str = "set"
+    value: Any = None
+    source: str = ""
+
+
+OPS = ("set", "nudge", "toggle", "cycle", "norm", "reset", "pickup")
+
+
+def normalized(p: Params, name: str, value=None) -> float:
+    """The value (default: the current one) as a 0..1 position, as a fader or LED would show it."""
+    spec = SPECS[name]
+    v = getattr(p, name) if value is None else value
+    if spec.kind == "bool":
+        return 1.0 if v else 0.0
+    if spec.kind == "enum":
+        choices = p.choices(name)
+        return choices.index(v) / max(len(choices) - 1, 1) if v in choices else 0.0
+    lo, hi = p.bounds(name)
+    return 0.0 if hi <= lo else min(1.0, max(0.0, (float(v) - lo) / (hi - lo)))
+
+
+def denormalized(p: Params, name: str, x: float):
+    """A 0..1 position -> a value of the parameter (enums: equal bands per choice)."""
+    x = float(x)
+    if not (math.isfinite(x) and -1e-9 <= x <= 1 + 1e-9):
+        raise PaikError(f"{name}: a normalized value must lie in 0..1, not {x!r}")
+    x = min(1.0, max(0.0, x))
+    spec = SPECS[name]
+    if spec.kind == "bool":
+        return x >= 0.5
+    if spec.kind == "enum":
+        choices = p.choices(name)
+        return choices[min(int(x * len(choices)), len(choices) - 1)]
+    lo, hi = p.bounds(name)
+    v = lo + x * (hi - lo)
+    return int(round(v)) if spec.kind == "int" else v
+
+
+def _coerce(p: Params, name: str, value, strict: bool = False):
+    spec = SPECS.get(name)
+    if spec is None:
+        raise PaikError(f"unknown parameter {name!r}; parameters: {', '.join(SPECS)}")
+    if spec.kind == "enum":
+        choices = p.choices(name)
+        value = str(value)
+        if value not in choices:
+            raise PaikError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+    if spec.kind == "bool":
+        if isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
+                raise PaikError(f"{name} must be on or off, not {value!r}")
+            return value.lower() in ("1", "true", "on", "yes")
+        return bool(value)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise PaikError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(x):
+        raise PaikError(f"{name} must be finite, not {value!r}")
+    lo, hi = p.bounds(name)
+    if strict and ((lo is not None and x < lo - 1e-9) or (hi is not None and x > hi + 1e-9)):
+        raise PaikError(f"{name} {x:g} is out of range ({lo:g}..{hi:g})")
+    x = max(lo, x) if lo is not None else x
+    x = min(hi, x) if hi is not None else x
+    return int(round(x)) if spec.kind == "int" else x
+
+
+def apply(p: Params, cmd: Command) -> None:
+    """Apply one command to the bank in place. Raises PaikError for unknown names or bad values."""
+    spec = SPECS.get(cmd.name)
+    if spec is None:
+        raise PaikError(f"unknown parameter {cmd.name!r}; parameters: {', '.join(SPECS)}")
+    cur = getattr(p, cmd.name)
+    strict = False
+    if cmd.op == "set":
+        new, strict = cmd.value, True
+    elif cmd.op == "norm":
+        new = denormalized(p, cmd.name, cmd.value)
+    elif cmd.op == "reset":
+        new = spec.default
+    elif cmd.op == "toggle":
+        if spec.kind != "bool":
+            raise PaikError(f"{cmd.name} is not on/off")
+        new = not cur
+    elif cmd.op == "nudge":
+        if spec.kind not in ("float", "int"):
+            raise PaikError(f"{cmd.name} is not a number")
+        new = cur + float(cmd.value)
+    elif cmd.op == "cycle":
+        if spec.kind == "enum":
+            choices = p.choices(cmd.name)
+            new = choices[(choices.index(cur) + int(cmd.value or 1)) % len(choices)]
+        elif spec.kind == "int":
+            lo, hi = p.bounds(cmd.name)
+            span = int(hi - lo + 1)
+            new = lo + (int(cur - lo) + int(cmd.value or 1)) % span
+        else:
+            raise PaikError(f"{cmd.name} cannot be cycled")
+    else:
+        raise PaikError(f"unknown operation {cmd.op!r} ({', '.join(OPS[:-1])})")
+    setattr(p, cmd.name, _coerce(p, cmd.name, new, strict))
+
+
+class CommandQueue:
+    """Thread-safe inbox. Producers (keys, OSC, MIDI) :meth:`put`; once per frame the render loop
+    (:meth:`paik.instrument.control.live.Live.update`) :meth:`take` s them all. Bad commands are logged by the
+    caller, never fatal."""
+
+    def __init__(self):
+        self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._ready = threading.Event()
+
+    def put(self, cmd: Command) -> None:
+        self._q.put(cmd)
+        self._ready.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a command (a loop that renders on demand)."""
+        return self._ready.wait(max(0.0, timeout))
+
+    def take(self) -> list[Command]:
+        """Every pending command, in order (the caller applies them)."""
+        self._ready.clear()
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                return out
+
+    def drain(self, p: Params) -> list[str]:
+        """Apply every pending command; returns the error messages of those that failed."""
+        errors = []
+        for cmd in self.take():
+            try:
+                apply(p, cmd)
+            except PaikError as e:
+                errors.append(str(e))
+        return errors
+

@@ -1,0 +1,67 @@
+"""Packing many small volumes into one 3D texture (tiles side by side in x and y, time in z).
+
+One texture instead of hundreds keeps the shader's sampler count fixed for every view and makes
+a selection change a single upload. Pass 1 (shaders/field.frag, backdrop.frag) reads these
+tiles texel by texel at the origins :func:`origins` gives; the textures pass 2 filters are laid
+out like the picture's grid, and it clamps its coordinates to each tile's texel centers, so
+linear filtering never mixes neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from paik.errors import PaikError
+
+
+def layout(n: int, tile_w: int, tile_h: int, max_size: int) -> tuple[int, int]:
+    """(columns, rows) of tiles fitting ``max_size`` texels per side."""
+    cols = max(1, min(n, max_size // tile_w))
+    rows = math.ceil(n / cols)
+    if rows * tile_h > max_size or tile_w > max_size:
+        raise PaikError(f"{n} tiles of {tile_w}x{tile_h} do not fit a {max_size}-texel 3D texture on this GPU; "
+                        "choose fewer steps/blocks or a smaller capture")
+    return cols, rows
+
+
+def pack(tiles: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
+    """tiles [N, D, H, W, C] -> (atlas [D, rows*H, cols*W, C], cols), unused tiles zero."""
+    n, d, h, w, c = tiles.shape
+    cols, rows = layout(n, w, h, max_size)
+    out = np.zeros((d, rows, cols, h, w, c), tiles.dtype)
+    flat = out.reshape(d, rows * cols, h, w, c)
+    flat[:, :n] = tiles.transpose(1, 0, 2, 3, 4)
+    return np.ascontiguousarray(out.transpose(0, 1, 3, 2, 4, 5).reshape(d, rows * h, cols * w, c)), cols
+
+
+def upload(ctx, tex, atlas: np.ndarray, dtype: str):
+    """Write ``atlas`` [D, H, W, C] into ``tex`` (reused when the size matches) and return it."""
+    d, h, w, c = atlas.shape
+    if tex is None or tex.size != (w, h, d) or tex.components != c or tex.dtype != dtype:
+        if tex is not None:
+            tex.release()
+        tex = ctx.texture3d((w, h, d), c, dtype=dtype)
+        tex.repeat_x = tex.repeat_y = tex.repeat_z = False
+        import moderngl
+
+        tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+    tex.write(atlas.tobytes())
+    return tex
+
+
+def origins(n: int, cols: int, tile_w: int, tile_h: int) -> np.ndarray:
+    """[n, 2] float32 texel origin (x, y) of each tile in an atlas of ``cols`` tiles per row."""
+    i = np.arange(n)
+    return np.stack([(i % cols) * tile_w, (i // cols) * tile_h], 1).astype(np.float32)
+
+
+def frame_pairs(packed: np.ndarray) -> np.ndarray:
+    """A packed atlas [D, H, W, 1] -> [D, H, W, 2]: each frame with the next (the last with
+    itself), so that one texel read gives both ends of the time interpolation."""
+    out = np.empty(packed.shape[:3] + (2,), packed.dtype)
+    out[..., 0] = packed[..., 0]
+    out[:-1, ..., 1] = packed[1:, ..., 0]
+    out[-1, ..., 1] = packed[-1, ..., 0]
+    return out

@@ -1,0 +1,136 @@
+"""``paik render`` and ``paik grid``: the live pictures, made headless for artworks and figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from paik.errors import PaikError
+from paik.capture.layout import index_ranges
+
+from paik.instrument.outputs.encode import Encoder, ensure_dir
+from paik.instrument.render.headless import Offscreen, egl_context
+from paik.instrument.control.params import Params
+from paik.instrument.render.renderer import Renderer
+from paik.instrument.render.source import Source
+
+
+def frame_times(n: int) -> np.ndarray:
+    """Video positions (0..1) of n output frames: first and last frames of the video included,
+    so a render of any length spans the whole generation."""
+    return np.zeros(1) if n == 1 else np.arange(n) / (n - 1)
+
+
+def render_video(src: Source, p: Params, out: Path, size: tuple[int, int], fps: float, duration: float,
+                 codec: str = "h264", progress: bool = True, ctx=None) -> int:
+    """Render ``duration`` seconds at ``fps`` to ``out``; returns the number of frames written."""
+    n = max(1, round(duration * fps))
+    ctx = ctx or egl_context()
+    renderer = Renderer(ctx, src)
+    off = Offscreen(ctx, size)
+    enc = Encoder(out, size, fps, codec)
+    from tqdm import tqdm
+
+    try:
+        for t in tqdm(frame_times(n), desc=f"render {out.name}", unit="frame", disable=not progress):
+            off.use()
+            renderer.draw(p, float(t), (0, 0, *size), premultiply=(codec == "h264"))
+            enc.write(off.read())
+    finally:
+        enc.close()
+        off.release()
+    return n
+
+
+def cell_rects(size, rows, cols, gap, title_h=0):
+    """(x, y, w, h) of every cell in image pixels, as attention.frag lays them out."""
+    w, h = size
+    px, py = (w + gap) / cols, (h + gap) / rows
+    return [(c * px, title_h + r * py, px - gap, py - gap) for r in range(rows) for c in range(cols)]
+
+
+def label_grid(img: np.ndarray, labels, rows, cols, gap, title: str):
+    """A title strip above the grid and each cell's label in its corner (like the paper's figures)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = img.shape[:2]
+    fs = max(10, min(18, int(min(w / cols, h / rows) / 9)))
+    font = ImageFont.load_default(size=fs)
+    title_h = fs * 2
+    canvas = Image.new("RGB", (w, h + title_h), (255, 255, 255))
+    canvas.paste(Image.fromarray(img[..., :3]), (0, title_h))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, fs // 2), title, fill=(0, 0, 0), font=font)
+    if len(labels) > 1:
+        for (x, y, _, _), text in zip(cell_rects((w, h), rows, cols, gap, title_h), labels):
+            draw.text((x + 3, y + 2), text, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return canvas
+
+
+def grid_figures(src: Source, p: Params, out_dir: Path, view: str, values: list[float], times: list[float],
+                 cell_width: int, gap: int, token_label: str, ctx=None) -> list[Path]:
+    """One labelled PNG per value (step for 'blocks', block for 'steps'/'heads-steps') and time."""
+    from paik.instrument.render.views import plan
+
+    ensure_dir(out_dir)
+    ctx = ctx or egl_context()
+    renderer = Renderer(ctx, src)
+    axis = "step" if view == "grid-blocks" else "block"
+    written = []
+    for value in values:
+        setattr(p, axis, float(value))
+        pl = plan(p, src.dims, src.words[p.token].positions, token_label)
+        cell_h = max(1, round(cell_width / src.dims.aspect))
+        size = (pl.cols * cell_width + (pl.cols - 1) * gap, pl.rows * cell_h + (pl.rows - 1) * gap)
+        off = Offscreen(ctx, size)
+        for t in times:
+            off.use()
+            renderer.draw(p, float(t), (0, 0, *size), gap=gap, premultiply=True)
+            img = off.read()
+            name_val = "" if view == "grand" else f"_{axis}{_model_index(src, axis, value)}"
+            path = out_dir / f"{_slug(token_label)}_{view}{name_val}_t{t:.2f}.png"
+            label_grid(img, pl.labels, pl.rows, pl.cols, gap, f"{pl.title}  t={t:.2f}").save(path)
+            written.append(path)
+        off.release()
+    return written
+
+
+def _model_index(src: Source, axis: str, pos: float) -> int:
+    names = src.dims.step_names if axis == "step" else src.dims.block_names
+    return names[int(round(pos))]
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() else "-" for c in text.strip("▁"))
+    return keep.strip("-") or "token"
+
+
+def positions(values: str | None, names: tuple[int, ...], axis: str, default: list[int]) -> list[float]:
+    """Model indices as typed ('0,12,24', 'all', 'last') -> capture positions, with clear errors."""
+    if values is None:
+        return [float(names.index(v)) for v in default]
+    if values.strip() == "all":
+        return [float(i) for i in range(len(names))]
+    out = []
+    for part in values.split(","):
+        part = part.strip()
+        if part == "last":
+            out.append(float(len(names) - 1))
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            raise PaikError(f"--{axis} {values!r}: expected indices like 0,12,24 (or 'all', 'last')") from None
+        if v not in names:
+            raise PaikError(f"--{axis} {v} is not in this bundle; captured {axis}s: {index_ranges(names)}")
+        out.append(float(names.index(v)))
+    return out
+
+
+def fit_duration(duration: float | None, src: Source) -> float:
+    d = src.duration() if duration is None else duration
+    if not (d > 0 and math.isfinite(d)):
+        raise PaikError(f"--duration must be a positive number of seconds, not {duration}")
+    return d

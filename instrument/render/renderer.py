@@ -1,0 +1,372 @@
+"""Draws one view of a bundle into the current framebuffer (window or offscreen alike).
+
+Two passes, so that the work per output pixel stays the same small constant whatever the view:
+
+1. at map resolution (``field.frag``): for every cell and map texel, the cell's crossfade tiles
+   (up to four) at the current time, each normalized by its range, one tile per channel of a
+   half-float texture laid out like the picture's grid (300 cells x 30x52 texels for the
+   heads x steps grid: under half a million texels). At background resolution
+   (``backdrop.frag``): the distinct background tiles at the current time (the video frame, or
+   the previews blended in time and across steps) into one RGBA8 texture. Each runs only when
+   what it depends on changes (time, the cells, the selection, the ranges, the shader);
+2. at output resolution (``attention.frag``): one bilinear sample of the field, clamp and blend
+   the channels, shape, one LUT sample, one background sample (none for the heatmap), composite.
+
+Bilinear filtering, the crossfade weights, the time interpolation and the (lo, hi) mapping are
+all linear, so normalizing at the texels and filtering afterwards gives what filtering each tile
+(trilinear) and normalizing it would; what is not linear (the clamp of each tile to 0..1, gain,
+gamma, threshold, colormap) stays per pixel in pass 2, after the sample.
+
+Heavier work happens only when what it depends on changes:
+
+- selection (token, view, step/block pair, head, reduce) -> reduce + one atlas upload;
+- normalization settings -> (lo, hi) ranges upload;
+- colormap -> LUT upload; background mode -> video or previews upload (decoded once).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from paik.errors import PaikError
+
+from paik.instrument.render import atlas, background, colormaps, normalize, views
+from paik.instrument.control.params import COMPOSITES, Params
+from paik.instrument.render.shaders import Program
+from paik.instrument.render.source import Source
+
+log = logging.getLogger(__name__)
+
+CHANNELS = {1: 1, 2: 2, 3: 4, 4: 4}  # field channels for a number of crossfade taps (no RGB16F: not renderable)
+
+
+class Passes:
+    """The renderer's programs, seen as one by the hot-reload loop (``poll``, ``error``,
+    ``generation``); ``prog`` is the output pass's program."""
+
+    def __init__(self, ctx, directory=None):
+        kw = {} if directory is None else {"directory": directory}
+        self.main = Program(ctx, "fullscreen.vert", "attention.frag", **kw)
+        self.field = Program(ctx, "field.vert", "field.frag", **kw)
+        self.backdrop = Program(ctx, "backdrop.vert", "backdrop.frag", **kw)
+        self.all = (self.main, self.field, self.backdrop)
+
+    @property
+    def prog(self):
+        return self.main.prog
+
+    @property
+    def generation(self) -> int:
+        return sum(p.generation for p in self.all)
+
+    @property
+    def error(self) -> str | None:
+        errors = [p.error for p in self.all if p.error]
+        return "\n".join(errors) if errors else None
+
+    def poll(self) -> bool:
+        """Rebuild whichever program's files changed; True when a new program is in use."""
+        return any([p.poll() for p in self.all])
+
+    def set(self, name: str, value) -> None:
+        self.main.set(name, value)
+
+
+def frame_pair(t01: float, n: int) -> tuple[int, int, float]:
+    """Frames around video position t01 (0..1) of n frames and the weight of the second."""
+    z = min(max(float(t01), 0.0), 1.0) * (n - 1)
+    f0 = min(max(int(np.floor(z)), 0), n - 1)
+    return f0, min(f0 + 1, n - 1), min(max(z - f0, 0.0), 1.0)
+
+
+class Renderer:
+    def __init__(self, ctx, source: Source, shader_dir=None):
+        self.ctx = ctx
+        self.src = source
+        self.program = Passes(ctx, shader_dir)
+        self.max3d = int(ctx.info["GL_MAX_3D_TEXTURE_SIZE"])
+        self.max2d = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
+        self._quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], "f4").tobytes())
+        self._unit = ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], "f4").tobytes())
+        self._vaos: dict[str, tuple[tuple, object]] = {}
+        self.maps = self.lut = self.bg = None
+        self._keys: dict[str, object] = {}
+        self.plan: views.Plan | None = None
+        self._plan_key: tuple | None = None  # the parameters self.plan was made from
+        self.tiles: np.ndarray | None = None  # the f16-rounded volumes on the GPU, as float32
+        self.tile_org = np.zeros((1, 2), np.float32)  # texel origin of every tile in the map atlas
+        self.ranges = np.zeros((1, 1, 2), np.float32)  # [tile, frame, (lo, hi)]
+        self.cell_tiles = np.zeros((1, 4), np.int64)  # the (up to) four tiles each cell blends
+        self.cell_bg = np.zeros(1, np.float32)  # background position of every cell
+        self.weights = (1.0, 0.0, 0.0, 0.0)  # crossfade weight of each tap, the same in every cell
+        self.taps = 1
+        self.bg_info = (0, 1, (1, 1, 1), False)  # count, cols, tile size, nearest-time
+        self._bg_cache: dict[str, tuple] = {}
+        # pass 1: texture, framebuffer and the key of what they hold; per-instance attributes
+        self._targets: dict[str, list] = {"field": [None, None, None], "backdrop": [None, None, None]}
+        self._inst: dict[str, object] = {"field": None, "backdrop": None}
+        self._buffers = 0  # instance buffers made so far (a new one needs a new vertex array)
+        self._version = {"field": 0, "backdrop": 0}  # bumped when an input of a pass-1 target changes
+        self.backdrop_step = (0.0, 0.0)
+        self._layout = (-1, (False, False))  # (backdrop version, _backdrop_layout()) cached
+        self.bakes = {"field": 0, "backdrop": 0}  # pass-1 runs so far (tests, profiling)
+
+    # -- state --------------------------------------------------------------------------------
+    def update(self, p: Params, time: float) -> None:
+        """Bring GPU state in line with ``p`` at video position ``time`` (0..1)."""
+        # the plan (up to 300 cell labels) depends on these alone: rebuilt when one changes, not per frame
+        key = (p.token, p.view, p.step, p.block, p.head, p.reduce)
+        if self.plan is None or self._plan_key != key:
+            word = self.src.words[p.token]
+            pl = views.plan(p, self.src.dims, word.positions, word.label)
+        else:
+            pl = self.plan
+        if self._changed("selection", pl.selection):
+            vols = self.src.reducer.volumes(pl.selection)  # [N, F', H', W'] float32
+            half = vols.astype(np.float16)
+            self.tiles = half.astype(np.float32)
+            packed, cols = atlas.pack(half[..., None], self.max3d)
+            self.maps = atlas.upload(self.ctx, self.maps, atlas.frame_pairs(packed), "f2")
+            n, _, h, w = half.shape
+            self.tile_org = atlas.origins(n, cols, w, h)
+            self._keys.pop("ranges", None)
+            self._version["field"] += 1
+        self.plan, self._plan_key = pl, key
+        if self._changed("ranges", (p.norm, p.clip_lo, p.clip_hi)):
+            self.ranges = normalize.ranges(self.tiles, p.norm, p.clip_lo, p.clip_hi)  # [N, F', 2]
+            self._version["field"] += 1
+        sweep_t = time if p.view == "sweep" else None
+        if self._changed("cells", (pl, p.step, p.block, p.view, sweep_t)):
+            taps, bg = views.cell_table(p, self.src.dims, pl, time)
+            weights = taps[:, 1]
+            if not np.allclose(weights, weights[:1], rtol=0, atol=1e-7):
+                raise PaikError(f"view {p.view}: crossfade weights differ between cells; pass 2 takes one set")
+            self.weights = tuple(float(x) for x in weights[0])
+            self.taps = max([k + 1 for k in range(4) if weights[0, k] > 0] or [1])
+            self.cell_tiles = np.rint(taps[:, 0]).astype(np.int64)
+            self.cell_bg = bg.astype(np.float32)
+            self._version["field"] += 1
+            self._version["backdrop"] += 1
+        if self._changed("lut", p.colormap):
+            if self.lut is not None:
+                self.lut.release()
+            self.lut = self.ctx.texture((256, 1), 3, colormaps.lut_bytes(p.colormap))
+            self.lut.repeat_x = self.lut.repeat_y = False
+        # the heatmap alone needs no background: do not decode the video for it (first frame fast)
+        bg_mode = "none" if p.composite == "heatmap" else p.background
+        if self._changed("bg", bg_mode):
+            self._set_background(bg_mode)
+            self._version["backdrop"] += 1
+
+    def _changed(self, key: str, value) -> bool:
+        if key in self._keys and self._keys[key] == value:
+            return False
+        self._keys[key] = value
+        return True
+
+    def _set_background(self, mode: str) -> None:
+        if mode not in self._bg_cache:
+            self._bg_cache[mode] = self._load_background(mode)
+        tex, self.bg_info = self._bg_cache[mode]
+        self.bg = tex
+
+    def _load_background(self, mode: str):
+        tiles, nearest = None, False
+        if mode == "video":
+            path = self.src.bundle.video_path
+            if path is None:
+                log.warning("%s has no video; compositing over black", self.src.bundle.path)
+            else:
+                tiles, nearest = background.decode_video(path, self.max3d)[None], True
+        elif mode == "preview":
+            tiles = background.previews(self.src.bundle)
+            if tiles is None:
+                log.warning("%s has no per-step previews; compositing over black", self.src.bundle.path)
+        if tiles is None:
+            tex = self.ctx.texture3d((1, 1, 1), 4, bytes(4))
+            return tex, (0, 1, (1, 1, 1), False)
+        n, d, h, w, _ = tiles.shape
+        packed, cols = atlas.pack(tiles, self.max3d)
+        tex = atlas.upload(self.ctx, None, packed, "f1")
+        return tex, (n, cols, (w, h, d), nearest)
+
+    # -- pass 1 -------------------------------------------------------------------------------
+    def _target(self, name: str, size: tuple[int, int], comps: int, dtype: str):
+        """The texture + framebuffer pass 1 renders ``name`` into, (re)made at this size/format."""
+        import moderngl
+
+        slot = self._targets[name]
+        tex = slot[0]
+        # a crossfade that comes and goes (the sweep passing an integer step) must not remake the
+        # target every time: keep more channels than needed while the size stays the same
+        if tex is None or tex.size != size or tex.components < comps or tex.dtype != dtype:
+            if size[0] > self.max2d or size[1] > self.max2d:
+                raise PaikError(f"the {name} of this view needs a {size[0]}x{size[1]} texture; this GPU allows "
+                                f"{self.max2d} per side: choose fewer steps/blocks or a smaller capture")
+            if tex is not None:
+                slot[1].release()
+                tex.release()
+            tex = self.ctx.texture(size, comps, dtype=dtype)
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            tex.repeat_x = tex.repeat_y = False
+            fbo = self.ctx.framebuffer(color_attachments=[tex])
+            fbo.clear(0.0, 0.0, 0.0, 1.0)  # cells of the grid left empty stay defined
+            slot[:] = [tex, fbo, None]
+        return slot
+
+    def _instances(self, name: str, prog: Program, data: np.ndarray, layout: str, attrs: tuple[str, ...]):
+        """Write per-instance attributes [instances, floats] and return the vertex array."""
+        data = np.ascontiguousarray(data, np.float32)
+        buf = self._inst[name]
+        if buf is None or buf.size < data.nbytes:
+            if buf is not None:
+                buf.release()
+            buf = self._inst[name] = self.ctx.buffer(reserve=max(data.nbytes, 4096), dynamic=True)
+            self._buffers += 1
+        buf.write(data.tobytes())
+        key = (prog.generation, self._buffers)
+        old = self._vaos.get(name)
+        if old is None or old[0] != key:
+            if old is not None:
+                old[1].release()
+            vao = self.ctx.vertex_array(prog.prog, [(self._unit, "2f", "in_pos"), (buf, layout, *attrs)],
+                                        skip_errors=True)
+            self._vaos[name] = (key, vao)
+        return self._vaos[name][1]
+
+    def _bake_field(self, time: float) -> tuple[int, int]:
+        """Pass 1 for the maps; returns the field's size in texels."""
+        import moderngl
+
+        f, h, w = self.src.reducer.latent
+        pl = self.plan
+        size = (pl.cols * w, pl.rows * h)
+        slot = self._target("field", size, CHANNELS[self.taps], "f2")
+        prog = self.program.field
+        f0, f1, t = frame_pair(time, f)
+        key = (self._version["field"], prog.generation, f0, t)
+        if slot[2] == key:
+            return size
+        tiles = self.cell_tiles  # [cells, 4]
+        n = len(tiles)
+        r = self.ranges[tiles, f0] * (1.0 - t) + self.ranges[tiles, f1] * t  # [cells, 4, (lo, hi)]
+        lo = r[..., 0]
+        scale = 1.0 / np.maximum(r[..., 1] - lo, 1e-20)
+        rows, cols = np.divmod(np.arange(n), pl.cols)
+        inst = np.concatenate([np.stack([cols * w, rows * h], 1), self.tile_org[tiles].reshape(n, 8), lo, scale], 1)
+        vao = self._instances("field", prog, inst, "2f 4f 4f 4f 4f/i",
+                              ("in_cell", "in_org01", "in_org23", "in_lo", "in_scale"))
+        slot[1].use()
+        self.maps.use(0)
+        for k, v in (("u_maps", 0), ("u_frame", f0), ("u_frac", float(t)), ("u_taps", self.taps),
+                     ("u_tile", (float(w), float(h))), ("u_target", (float(size[0]), float(size[1])))):
+            prog.set(k, v)
+        vao.render(moderngl.TRIANGLE_STRIP, instances=n)
+        slot[2] = key
+        self.bakes["field"] += 1
+        return size
+
+    def _backdrop_layout(self) -> tuple[bool, bool]:
+        """Whether cells need their own background tiles along columns / rows (else they share)."""
+        n = self.bg_info[0]
+        pl = self.plan
+        eff = np.clip(self.cell_bg, 0, max(n - 1, 0))
+        grid = np.full(pl.rows * pl.cols, np.nan, np.float64)
+        grid[:len(eff)] = eff
+        grid = grid.reshape(pl.rows, pl.cols)
+        with np.errstate(invalid="ignore"):
+            sx = bool(np.any(np.nanmax(grid, 1) != np.nanmin(grid, 1)))
+            sy = bool(np.any(np.nanmax(grid, 0) != np.nanmin(grid, 0)))
+        rep = grid[:, :1] if not sx else grid
+        rep = rep[:1] if not sy else rep
+        ok = np.isnan(grid) | (grid == np.broadcast_to(rep, grid.shape))
+        return (sx, sy) if ok.all() else (True, True)
+
+    def _bake_backdrop(self, time: float) -> tuple[int, int]:
+        """Pass 1 for the background; returns the backdrop's size in texels."""
+        import moderngl
+
+        n, bcols, (bw, bh, bd), nearest = self.bg_info
+        pl = self.plan
+        if self._layout[0] != self._version["backdrop"]:
+            self._layout = (self._version["backdrop"], self._backdrop_layout())
+        sx, sy = self._layout[1]
+        tc, tr = (pl.cols if sx else 1), (pl.rows if sy else 1)
+        size = (tc * bw, tr * bh)
+        slot = self._target("backdrop", size, 4, "f1")
+        self.backdrop_step = (float(sx), float(sy))
+        prog = self.program.backdrop
+        if nearest:  # the video: whole frames, never a blend of two
+            z0 = z1 = min(int(np.floor(min(max(float(time), 0.0), 1.0) * (bd - 1) + 0.5)), bd - 1)
+            zf = 0.0
+        else:
+            z0, z1, zf = frame_pair(time, bd)
+        key = (self._version["backdrop"], prog.generation, z0, zf, sx, sy)
+        if slot[2] == key:
+            return size
+        rows, cols = np.divmod(np.arange(tc * tr), tc)
+        cells = np.minimum(rows * pl.cols + cols, len(self.cell_bg) - 1)
+        pos = np.clip(self.cell_bg[cells].astype(np.float64), 0, n - 1)
+        i0 = np.floor(pos).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n - 1)
+        org = atlas.origins(n, bcols, bw, bh)
+        inst = np.concatenate([np.stack([cols * bw, rows * bh], 1), org[i0], org[i1], (pos - i0)[:, None]], 1)
+        vao = self._instances("backdrop", prog, inst, "2f 4f 1f/i", ("in_cell", "in_org", "in_mix"))
+        slot[1].use()
+        self.bg.use(0)
+        for k, v in (("u_bg", 0), ("u_bg_z0", z0), ("u_bg_z1", z1), ("u_bg_zfrac", float(zf)),
+                     ("u_tile", (float(bw), float(bh))), ("u_target", (float(size[0]), float(size[1])))):
+            prog.set(k, v)
+        vao.render(moderngl.TRIANGLE_STRIP, instances=len(inst))
+        slot[2] = key
+        self.bakes["backdrop"] += 1
+        return size
+
+    # -- drawing ------------------------------------------------------------------------------
+    def draw(self, p: Params, time: float, viewport: tuple[int, int, int, int], gap: float = 0.0,
+             premultiply: bool = True) -> None:
+        self.update(p, time)
+        target = self.ctx.fbo  # the framebuffer the caller bound: pass 1 binds its own
+        f, h, w = self.src.reducer.latent
+        pl = self.plan
+        fsize = self._bake_field(time)
+        bg_on = p.composite != "heatmap" and self.bg_info[0] > 0
+        bsize, btile = (1, 1), (1.0, 1.0)
+        if bg_on:
+            bsize = self._bake_backdrop(time)
+            btile = tuple(float(x) for x in self.bg_info[2][:2])
+        target.use()
+        self.ctx.viewport = viewport
+        field = self._targets["field"][0]
+        backdrop = self._targets["backdrop"][0] if bg_on else field
+        field.use(0)
+        backdrop.use(1)
+        self.lut.use(2)
+        gap = float(gap) if pl.rows * pl.cols > 1 else 0.0
+        pitch = ((viewport[2] + gap) / pl.cols, (viewport[3] + gap) / pl.rows)
+        self._fullscreen(self.program.main, (
+            ("u_field", 0), ("u_backdrop", 1), ("u_lut", 2),
+            ("u_viewport", tuple(float(v) for v in viewport)), ("u_grid", (float(pl.cols), float(pl.rows))),
+            ("u_pitch", pitch), ("u_cell", (pitch[0] - gap, pitch[1] - gap)), ("u_ncells", float(len(pl.labels))),
+            ("u_field_tile", (float(w), float(h))), ("u_field_texel", (1.0 / fsize[0], 1.0 / fsize[1])),
+            ("u_weights", self.weights),
+            ("u_backdrop_on", bool(bg_on)), ("u_backdrop_tile", btile),
+            ("u_backdrop_texel", (1.0 / bsize[0], 1.0 / bsize[1])), ("u_backdrop_step", self.backdrop_step),
+            ("u_gain", p.gain), ("u_gamma", p.gamma), ("u_threshold", p.threshold),
+            ("u_opacity", p.opacity), ("u_composite", COMPOSITES.index(p.composite)),
+            ("u_premultiply", bool(premultiply)),
+        ))
+
+    def _fullscreen(self, prog: Program, uniforms) -> None:
+        import moderngl
+
+        for k, v in uniforms:
+            prog.set(k, v)
+        old = self._vaos.get("main")
+        if old is None or old[0] != prog.generation:  # a hot reload made a new program
+            if old is not None:
+                old[1].release()
+            self._vaos["main"] = (prog.generation, self.ctx.vertex_array(prog.prog, [(self._quad, "2f", "in_pos")]))
+        self._vaos["main"][1].render(moderngl.TRIANGLE_STRIP)

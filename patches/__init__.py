@@ -1,0 +1,1 @@
+"""Package data: patches (read through paik.resources)."""

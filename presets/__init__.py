@@ -1,0 +1,1 @@
+"""Package data: presets (read through paik.resources)."""

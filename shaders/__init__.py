@@ -1,0 +1,1 @@
+"""Package data: shaders (read through paik.resources)."""
