@@ -165,3 +165,30 @@ def test_bench_render_prints_a_table_and_json(bundle_dir, tmp_path, capsys):
     assert [ln.split()[0] for ln in lines[1:4]] == ["single", "grid-heads-steps", "sweep"]
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 3 and all(r["p50_ms"] > 0 for r in rows)
+
+
+def test_bench_words_progress_counts_every_forward_pass():
+    """`paik bench words` shows a tqdm bar (stderr) over the probe's forward passes: its total,
+    probe_forwards, is the number word_reliance really makes (here with a toy transformer)."""
+    import torch
+
+    from paik.shapes.train import probe_forwards, word_reliance
+
+    class Toy(torch.nn.Module):
+        dtype = torch.float32
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+            return (hidden_states * 0 + encoder_hidden_states.mean(),)
+
+    class Bar:
+        n = 0
+
+        def update(self, k=1):
+            self.n += k
+
+    n = 18  # two batches of 16
+    x0, noise, weight = torch.zeros(n, 2, 1, 2, 2), torch.ones(n, 2, 1, 2, 2), torch.ones(n, 2, 1, 2, 2)
+    embs = {k: torch.full((n, 4, 3), float(i)) for i, k in enumerate(("true", "shape", "colour"))}
+    bar = Bar()
+    r = word_reliance(Toy(), x0, noise, weight, embs, bar=bar)
+    assert bar.n == probe_forwards(n, len(embs)) == len(r["sigma"]) * 3 * 2
