@@ -395,7 +395,9 @@ def register(sub, bench) -> None:
     ap.add_argument("--fps", type=float, help="frames per second (default: the video's)")
     ap.add_argument("--duration", type=float, help="seconds; the whole video is spanned (default: its length)")
     ap.add_argument("--codec", choices=("h264", "prores"), default="h264",
-                    help="h264 (alpha premultiplied over black) or prores (4444 with alpha, .mov)")
+                    help="h264 (alpha premultiplied over black) or prores (4444 with straight alpha, .mov: "
+                         "transparent where there is no picture: --background none, a --threshold on the heatmap, "
+                         "the bars around a picture of another aspect)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     _look_flags(ap)
     ap.set_defaults(func=cmd_render)
