@@ -63,9 +63,10 @@ def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
     g.add_argument("--threshold", type=float, default=0.0,
                    help="normalized values below are transparent (the background shows, or real alpha in "
                         "ProRes/NDI where there is none)")
-    g.add_argument("--composite", choices=COMPOSITES, default="screen",
+    g.add_argument("--composite", choices=COMPOSITES,
                    help="how maps meet the background (default screen: the map lights up the video, which stays "
-                        "as it is where attention is low; heatmap: the map alone, opaque)")
+                        "as it is where attention is low; heatmap, the map alone and opaque, for a bundle "
+                        "without a video)")
     g.add_argument("--background", choices=BACKGROUNDS, default="video",
                    help="video, per-step preview, or none (then the map is the alpha: ProRes 4444 and NDI "
                         "carry it)")
@@ -134,8 +135,19 @@ def _params(args, src, view: str) -> Params:
     p.head, p.reduce, p.view = args.head, args.reduce, view
     p.colormap, p.norm, (p.clip_lo, p.clip_hi) = args.colormap, args.norm, args.clip
     p.gain, p.gamma, p.threshold = args.gain, args.gamma, args.threshold
-    p.composite, p.background, p.opacity = args.composite, args.background, args.opacity
+    p.composite, p.background, p.opacity = _composite(args, src), args.background, args.opacity
     return p
+
+
+def _composite(args, src) -> str:
+    """--composite as given, or the default: the map screened over what lies under it, the video
+    or the previews (with --background none the map is the alpha, for compositing elsewhere);
+    the plain heatmap when the video asked for is not in the bundle (nothing to see through to)."""
+    if args.composite is not None:
+        return args.composite
+    if args.background == "video" and src.bundle.video_path is None:
+        return "heatmap"
+    return "screen"
 
 
 def _source(args):

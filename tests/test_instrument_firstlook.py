@@ -72,6 +72,16 @@ def test_defaults_pick_a_content_word_the_last_step_and_the_consensus_block(bund
     assert len(set(np.round(corr, 6))) == 4, "the fixture's blocks differ: the choice is not a tie"
 
 
+def test_without_a_video_the_default_is_the_opaque_heatmap(tmp_path):
+    from paik.instrument.cli import _params, default_look_args
+    from paik.instrument.render.source import Source
+
+    make_bundle(tmp_path / "b", steps=1, blocks=1, heads=1, video=False)
+    src = Source.open(tmp_path / "b", "cpu")
+    assert _params(default_look_args(), src, "single").composite == "heatmap"
+    assert _params(default_look_args(background="none"), src, "single").composite == "screen"  # the map as alpha
+
+
 @pytest.mark.parametrize("words,specials,want", [
     (["a", "red", "kiss", "</s>"], {"</s>"}, 1),
     (["The", "of", "Kiss", "</s>"], {"</s>"}, 2),
