@@ -302,7 +302,7 @@ def test_reductions_against_numpy(tmp_path):
     (["generate", PROMPT, "--out", "{tmp}/x", "--device", "gpu"], "--device 'gpu': expected cuda, cuda:N or cpu"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--device", "cuda:99"], "--device cuda:99: this PyTorch sees"),
     (["generate", PROMPT, "--out", "{tmp}/file/x"], "file is a file, not a directory"),
-    (["generate", "--out", "{tmp}/x"], "paik: error: the following arguments are required: prompt"),
+    (["generate", "--out", "{tmp}/x"], "paik generate: error: the following arguments are required: prompt"),
     (["info", "{tmp}/nothing"], "no such bundle directory"),
 ])
 def test_cli_errors_are_messages(argv, message, tmp_path, capsys):

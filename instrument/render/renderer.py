@@ -112,6 +112,7 @@ class Renderer:
         self.backdrop_step = (0.0, 0.0)
         self._layout = (-1, (False, False))  # (backdrop version, _backdrop_layout()) cached
         self.bakes = {"field": 0, "backdrop": 0}  # pass-1 runs so far (tests, profiling)
+        self.picture = (0, 0, 1, 1)  # where the last draw put the picture in its viewport (x, y, w, h)
 
     # -- state --------------------------------------------------------------------------------
     def update(self, p: Params, time: float) -> None:
@@ -327,6 +328,8 @@ class Renderer:
     # -- drawing ------------------------------------------------------------------------------
     def draw(self, p: Params, time: float, viewport: tuple[int, int, int, int], gap: float = 0.0,
              premultiply: bool = True) -> None:
+        """Draw the view into ``viewport`` of the bound framebuffer: the picture keeps the video's
+        aspect (bars around it, transparent black), every pixel of the viewport is written."""
         self.update(p, time)
         target = self.ctx.fbo  # the framebuffer the caller bound: pass 1 binds its own
         f, h, w = self.src.reducer.latent
@@ -345,10 +348,12 @@ class Renderer:
         backdrop.use(1)
         self.lut.use(2)
         gap = float(gap) if pl.rows * pl.cols > 1 else 0.0
-        pitch = ((viewport[2] + gap) / pl.cols, (viewport[3] + gap) / pl.rows)
+        picture = views.fit(tuple(int(v) for v in viewport), pl.rows, pl.cols, self.src.dims.aspect, gap)
+        self.picture = picture
+        pitch = ((picture[2] + gap) / pl.cols, (picture[3] + gap) / pl.rows)
         self._fullscreen(self.program.main, (
             ("u_field", 0), ("u_backdrop", 1), ("u_lut", 2),
-            ("u_viewport", tuple(float(v) for v in viewport)), ("u_grid", (float(pl.cols), float(pl.rows))),
+            ("u_viewport", tuple(float(v) for v in picture)), ("u_grid", (float(pl.cols), float(pl.rows))),
             ("u_pitch", pitch), ("u_cell", (pitch[0] - gap, pitch[1] - gap)), ("u_ncells", float(len(pl.labels))),
             ("u_field_tile", (float(w), float(h))), ("u_field_texel", (1.0 / fsize[0], 1.0 / fsize[1])),
             ("u_weights", self.weights),

@@ -22,15 +22,30 @@ log = logging.getLogger(__name__)
 
 
 def _init_glfw():
+    """GLFW, initialized; its errors are kept for our own message rather than printed raw
+    (pyGLFW's default warns on stderr before we could say anything useful)."""
     import glfw
 
+    glfw.set_error_callback(_glfw_error)
     if not glfw.init():
-        raise PaikError("cannot open a window: no display (set DISPLAY, or use 'paik render' for headless output)")
+        why = f" ({_last_error[0]})" if _last_error else ""
+        raise PaikError(f"cannot open a window{why or ': no display'}: set DISPLAY, or play offscreen with "
+                        "--headless (for --record/--out), or use 'paik render'")
     return glfw
 
 
+_last_error: list[str] = []  # the latest GLFW error's description, for the message that follows it
+
+
+def _glfw_error(code: int, description) -> None:
+    text = description.decode(errors="replace") if isinstance(description, bytes) else str(description)
+    log.debug("GLFW error %d: %s", code, text)
+    _last_error[:] = [text]
+
+
 def play(live: Live, size=(1280, 720), fullscreen=False, monitor: int = 0, vsync=True,
-         max_frames: int | None = None, screenshot=None, outputs=None) -> int:
+         max_frames: int | None = None, screenshot=None, outputs=None, run_for: float | None = None) -> int:
+    """The window until it is closed (Esc, Q), after ``max_frames`` frames or ``run_for`` seconds."""
     glfw = _init_glfw()
     try:
         monitors = glfw.get_monitors() or []
@@ -52,24 +67,26 @@ def play(live: Live, size=(1280, 720), fullscreen=False, monitor: int = 0, vsync
         else:
             win = glfw.create_window(size[0], size[1], title, None, None)
         if not win:
-            raise PaikError("could not create an OpenGL 3.3 core window on this display")
+            why = f" ({_last_error[0]})" if _last_error else ""
+            raise PaikError(f"could not create an OpenGL 3.3 core window on this display{why}; "
+                            "try --headless")
         glfw.make_context_current(win)
         glfw.swap_interval(1 if vsync else 0)
-        return _loop(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs)
+        return _loop(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, run_for)
     finally:
         glfw.terminate()
 
 
-def _loop(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs=None) -> int:
+def _loop(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs=None, run_for=None) -> int:
     opened: list = []  # the loop's Outputs, closed (recording finished) however the loop ends
     try:
-        return _frames(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, opened.append)
+        return _frames(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, opened.append, run_for)
     finally:
         for o in opened:
             o.close()
 
 
-def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs, keep) -> int:
+def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs, keep, run_for=None) -> int:
     import moderngl
 
     from paik.instrument.render.overlay import Overlay
@@ -112,6 +129,7 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
     frames, next_poll = 0, 0.0
     last_values = live.target.values()
     seen_errors = 0
+    start = _time.perf_counter()
     while not glfw.window_should_close(win):
         glfw.poll_events()
         now = _time.perf_counter()
@@ -169,7 +187,8 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
                                                 np.uint8).reshape(fh, fw, 3)[::-1].copy())
         frames += 1
-        if max_frames is not None and frames >= max_frames:
+        if (max_frames is not None and frames >= max_frames) or (
+                run_for is not None and _time.perf_counter() - start >= run_for):
             if screenshot:
                 data = np.frombuffer(ctx.screen.read(components=3, alignment=1), np.uint8).reshape(fh, fw, 3)
                 from PIL import Image
