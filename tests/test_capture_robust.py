@@ -236,11 +236,15 @@ def test_junk_bundles_are_clear_errors(tmp_path):
     (foreign / "manifest.json").write_text('{"format": "paik-bundle", "format_vers')
     with pytest.raises(BundleError, match="corrupt manifest"):
         open_bundle(foreign)
-    # a step file cut short
+    # a step file cut short: the bundle is refused whole at open (only headers are read)...
     path = _sparse_bundle(tmp_path / "cut", steps=2)
     f = path / "maps/step_0001.safetensors"
     os.truncate(f, f.stat().st_size // 2)
-    b = open_bundle(path)
+    with pytest.raises(BundleError, match="step 1's file is damaged: tensor 'maps' is truncated"):
+        open_bundle(path)
+    # ...and `paik info` (strict=False) still opens it, naming the broken step
+    b = open_bundle(path, strict=False)
+    assert list(b.broken) == [1] and "BROKEN: 1 of 2 step files" in b.summary()
     assert b.select("w0", step=0, block=0, head=0).shape == (16, 30, 52)
     with pytest.raises(BundleError, match="truncated"):
         b.select("w0", step=1, block=0, head=0)
