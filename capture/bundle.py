@@ -122,7 +122,7 @@ def read_header(fd: int, size: int) -> dict[str, TensorInfo]:
         raise ValueError("shorter than a safetensors header")
     n = int.from_bytes(_pread_exact(fd, 8, 0), "little")
     if n > MAX_HEADER or n > size - 8:
-        raise ValueError(f"header length {n:,} is out of range (the file has {size:,} bytes)")
+        raise ValueError(f"header length {n:,} is out of range (at most {MAX_HEADER:,}, and within the file's {size:,} bytes)")
     try:
         header = json.loads(_pread_exact(fd, n, 8))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
