@@ -49,7 +49,9 @@ def register(sub, bench) -> None:
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     g.set_defaults(func=_generate)
 
-    i = sub.add_parser("info", help="summarize a capture bundle")
+    i = sub.add_parser("info", help="summarize a capture bundle and check its step files",
+                       description="Summarize a bundle and check its manifest and every step file's header "
+                                   "(exit 2, naming the broken steps, when any is damaged).")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=_info)
@@ -103,9 +105,16 @@ def _info(args) -> int:
     import json
 
     from paik.capture.bundle import open_bundle
+    from paik.errors import BundleError
 
-    b = open_bundle(args.bundle)
-    print(json.dumps(b.manifest, indent=1, ensure_ascii=False) if args.json else b.summary())
+    # strict=False: a bundle whose step files are damaged is still summarized, with the broken
+    # ones listed, and then reported as an error (exit 2), never as "complete"
+    b = open_bundle(args.bundle, strict=False)
+    print(json.dumps(b.manifest, indent=1, ensure_ascii=False) if args.json else b.summary(), flush=True)
+    if b.broken:
+        first = next(iter(b.broken.values()))
+        raise BundleError(f"{len(b.broken)} of {len(b.steps)} step files are damaged (first: {first}); "
+                          "regenerate the bundle")
     return 0
 
 

@@ -22,7 +22,7 @@ from paik.capture.processor import attach, detach
 from paik.capture.store import CaptureStore, Recorder
 from paik.capture.tokens import clean_prompt, resolve_tokens, token_table
 from paik.video import write_mp4
-from paik.capture.writer import BundleWriter
+from paik.capture.writer import BundleWriter, describe_write_error
 
 
 @dataclass
@@ -265,6 +265,9 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
         error = "out of GPU memory during generation"
         raise PaikError(f"{error}; the bundle keeps the finished steps. Try --offload model, fewer frames, "
                         "or capture less (--heads mean, --steps every:N)") from None
+    except OSError as e:  # the video or a preview could not be written (disk full, permission, ...)
+        error = describe_write_error(e)
+        raise PaikError(f"writing the bundle {out} failed: {error}; it keeps its finished steps") from None
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise

@@ -236,11 +236,15 @@ def test_junk_bundles_are_clear_errors(tmp_path):
     (foreign / "manifest.json").write_text('{"format": "paik-bundle", "format_vers')
     with pytest.raises(BundleError, match="corrupt manifest"):
         open_bundle(foreign)
-    # a step file cut short
+    # a step file cut short: the bundle is refused whole at open (only headers are read)...
     path = _sparse_bundle(tmp_path / "cut", steps=2)
     f = path / "maps/step_0001.safetensors"
     os.truncate(f, f.stat().st_size // 2)
-    b = open_bundle(path)
+    with pytest.raises(BundleError, match="step 1's file is damaged: tensor 'maps' is truncated"):
+        open_bundle(path)
+    # ...and `paik info` (strict=False) still opens it, naming the broken step
+    b = open_bundle(path, strict=False)
+    assert list(b.broken) == [1] and "BROKEN: 1 of 2 step files" in b.summary()
     assert b.select("w0", step=0, block=0, head=0).shape == (16, 30, 52)
     with pytest.raises(BundleError, match="truncated"):
         b.select("w0", step=1, block=0, head=0)
@@ -367,3 +371,188 @@ def test_step_files_are_standard_safetensors(tmp_path):
             assert torch.equal(f.get_tensor(k), t[k])
     mm = read_safetensors(tmp_path / "s.safetensors")
     assert np.array_equal(mm["maps"], t["maps"].numpy())
+
+
+# -- the writer never hangs: a failed write ends the run with one line, keeping finished steps ---
+
+def _tiny_writer(path: Path, **kw) -> BundleWriter:
+    lay = Layout(steps=[0, 1, 2, 3], blocks=[0], heads=1, head_mean=False, n_heads=1, tokens=[0], latent=(2, 2, 2),
+                 n_real=1, seq_len=4)
+    tokens = [{"index": 0, "id": 0, "piece": "▁w", "word": "w", "word_index": 0, "special": False}]
+    return BundleWriter(path, {"layout": lay.to_json(), "tokens": tokens}, **kw)
+
+
+def _step_tensors(s: int) -> dict:
+    return {"maps": torch.full((1, 1, 1, 2, 2, 2), s / 10).half(), "padding": torch.zeros(1, 1, 2, 2, 2).half()}
+
+
+def _info(s: int) -> dict:
+    return {"index": s, "timestep": 1.0, "sigma": None, "expert": "transformer"}
+
+
+def _temporaries(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if "tmp" in p.name]
+
+
+def test_close_returns_when_the_final_manifest_cannot_be_written(tmp_path, monkeypatch):
+    """The hang of issue 14: the last manifest write failed, and close() waited forever."""
+    import errno
+    import threading
+
+    w = _tiny_writer(tmp_path / "b")
+    for s in (0, 1):
+        w.add_step(_info(s), _step_tensors(s))
+    w.update(note="x")
+    while len(json.loads((tmp_path / "b/manifest.json").read_text())["steps"]) < 2:
+        time.sleep(0.01)  # both steps on disk before the disk "fills"
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the real write_json_atomic fails after writing its temporary
+    result = {}
+
+    def close():
+        try:
+            w.close("complete")
+        except PaikError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=close, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "BundleWriter.close hung"
+    assert "No space left on device; free some space" in result["error"] and "2 finished steps" in result["error"]
+    assert "\n" not in result["error"]
+    monkeypatch.undo()
+    assert not _temporaries(tmp_path / "b")
+    assert open_bundle(tmp_path / "b").step_indices == [0, 1]  # the last good manifest stands
+
+
+def _failing_writes(monkeypatch, fail_at: int, how):
+    """Let the real write_safetensors write ``fail_at`` step files, then fail the next one with
+    ``how(path)`` after its first tensor is on disk (so a partial temporary exists)."""
+    import paik.capture.writer as writer
+
+    real = writer.write_safetensors
+    calls = {"n": 0}
+
+    def write(path, tensors, progress=None):
+        calls["n"] += 1
+        if calls["n"] <= fail_at:
+            return real(path, tensors, progress)
+
+        def fail():
+            assert path.exists()  # something partial was written
+            how(path)
+
+        return real(path, tensors, fail)
+
+    monkeypatch.setattr(writer, "write_safetensors", write)
+
+
+def _no_space(path):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _no_permission(path):
+    import errno
+
+    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+
+@pytest.mark.parametrize("how, message, kept", [
+    (_no_space, "No space left on device; free some space or choose another --out", [0, 1]),
+    (_no_permission, "Permission denied", [0, 1]),
+    ("vanish", "the bundle folder was removed while writing", None),
+])
+def test_a_failed_write_ends_generate_with_one_line(tiny, tmp_path, monkeypatch, how, message, kept):
+    import shutil
+
+    out = tmp_path / "b"
+    if how == "vanish":
+        def how(path):
+            shutil.rmtree(out)
+            open(path, "wb").close()  # the next write of the file fails: its folder is gone
+
+    _failing_writes(monkeypatch, 2, how)
+    t0 = time.monotonic()
+    with pytest.raises(PaikError) as e:
+        generate(_opts(out, steps=6), loaded=tiny)
+    assert time.monotonic() - t0 < 60
+    text = str(e.value)
+    assert message in text and "\n" not in text, text
+    if kept is None:
+        assert not out.exists()
+        return
+    monkeypatch.undo()
+    b = open_bundle(out)
+    assert b.step_indices == kept and b.status == "failed" and message in b.manifest["error"]
+    assert not _temporaries(out)
+
+
+def test_a_disk_that_stops_answering_is_reported(tmp_path, monkeypatch):
+    import threading
+
+    import paik.capture.writer as writer
+
+    release = threading.Event()
+    monkeypatch.setattr(writer, "write_safetensors", lambda *a, **k: release.wait(30))
+    w = _tiny_writer(tmp_path / "b", max_pending=1, stall_s=0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PaikError, match="the disk made no progress for 0.5 s"):
+            for s in range(4):  # the writer holds one, the queue one: the third put waits
+                w.add_step(_info(s), _step_tensors(s))
+        with pytest.raises(PaikError, match="no progress"):
+            w.close("failed")
+        assert time.monotonic() - t0 < 5
+    finally:
+        release.set()
+
+
+def _tmpfs_works() -> str | None:
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare(1) to mount a private tmpfs"
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m none /mnt"],
+                       capture_output=True, timeout=30)
+    return None if r.returncode == 0 else f"cannot mount a tmpfs here: {r.stderr.decode().strip()}"
+
+
+def test_a_full_disk_during_generate_is_one_line_and_keeps_finished_steps(tiny, tmp_path):
+    """A real 512 KiB tmpfs (in a private mount namespace) fills after about five steps."""
+    why = _tmpfs_works()
+    if why:
+        pytest.skip(why)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    check = (
+        "import json, os, sys\n"
+        "from paik.capture.bundle import open_bundle\n"
+        "b = open_bundle(sys.argv[1])\n"
+        "files = [os.path.join(d, f) for d, _, fs in os.walk(sys.argv[1]) for f in fs]\n"
+        "print(json.dumps({'steps': b.step_indices, 'status': b.status, 'files': files}))\n"
+    )
+    script = (
+        f"mount -t tmpfs -o size=512k none {disk} || exit 99; "
+        f"timeout 120 {sys.executable} -m paik generate '{PROMPT}' --model tiny --out {disk}/b --steps 12 "
+        f"--frames 17 --height 128 --width 128 --quiet; echo \"rc=$?\" >&2; "
+        f"{sys.executable} -c \"$CHECK\" {disk}/b"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CHECK": check}
+    t0 = time.monotonic()
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", script], env=env, capture_output=True, text=True,
+                       timeout=200, cwd=Path(__file__).parent.parent)
+    elapsed = time.monotonic() - t0
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert err[-1] == "rc=2", r.stderr[-3000:]
+    assert len(err) == 2 and err[0].startswith("paik: error: writing the bundle") and "No space left" in err[0], err
+    assert "Traceback" not in r.stderr
+    found = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 1 <= len(found["steps"]) < 12 and found["status"] in ("failed", "running"), found
+    assert not [f for f in found["files"] if "tmp" in os.path.basename(f)], found["files"]
+    assert elapsed < 180
