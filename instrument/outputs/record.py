@@ -172,9 +172,11 @@ class Recorder:
         return self._q.qsize()
 
     def close(self) -> None:
-        """Encode what is queued, flush the encoder and finish the file."""
+        """Encode what is queued, flush the encoder and finish the file, then let go of the
+        encoder (its frame threads and buffers), so finished takes cost nothing."""
         self._q.put(None)
         self._thread.join()
+        self.container = self.stream = None
         log.info("recorded %s: %d frames (%d repeated, %d dropped)", self.path, self.written, self.repeated,
                  self.dropped)
         if self.error:
@@ -233,11 +235,6 @@ class Recorder:
         for pkt in self.stream.encode(frame):
             self.container.mux(pkt)
         self.written += 1
-
-
-def numbered(path: Path, n: int) -> Path:
-    """The n-th take of a recording in one session: FILE, then FILE_2, FILE_3 ..."""
-    return path if n <= 1 else path.with_name(f"{path.stem}_{n}{path.suffix}")
 
 
 def default_path(codec: str) -> Path:
