@@ -38,7 +38,8 @@ from paik.instrument.control.scenes import SceneStore
 log = logging.getLogger("paik.control")
 
 PICKUP_TOLERANCE = 0.02  # a fader this close (0..1) to the value takes it over
-MAX_SNAPSHOTS = 4  # PNGs waiting to be written; more are refused (a flood must not fill memory)
+MAX_SNAPSHOTS = 16  # names waiting for a frame; more are refused (a flood must not fill memory or disk)
+MAX_WRITERS = 2  # frames being encoded and written at once (each holds one frame's pixels)
 
 
 class RateLimitedLog:
@@ -223,10 +224,9 @@ class Live:
             self._load(self.roots.resolve(cmd.value), cmd.source)
         elif cmd.name == "snapshot":
             name = stamped("paik", ".png") if cmd.value is None else file_name(cmd.value, ".png")
-            with self._write_lock:
-                if self._writing + len(self.snapshots) >= MAX_SNAPSHOTS:
-                    raise PaikError(f"snapshot {name}: {MAX_SNAPSHOTS} snapshots are still being written; "
-                                    "try again in a moment")
+            if len(self.snapshots) >= MAX_SNAPSHOTS:
+                raise PaikError(f"snapshot {name}: {MAX_SNAPSHOTS} snapshots are already waiting; "
+                                "try again in a moment")
             self.snapshots.append((name, cmd.source))
         elif cmd.name == "state":
             print("  ".join(f"{k}={v}" for k, v in self.values.items() if k in SPECS), flush=True)
@@ -283,15 +283,19 @@ class Live:
         encoded and written on a thread (a slow disk must not stall the show)."""
         if not self.snapshots:
             return
+        with self._write_lock:
+            if self._writing >= MAX_WRITERS:
+                return  # the disk is slow: they wait for a later frame
+            self._writing += 1
         jobs, self.snapshots = self.snapshots, []
         try:
             pixels = read_rgba()
         except Exception as e:  # noqa: BLE001
+            with self._write_lock:
+                self._writing -= 1
             for name, source in jobs:
                 self.error(f"snapshot {name}: cannot read the frame ({type(e).__name__}: {e})", "snapshot", source)
             return
-        with self._write_lock:
-            self._writing += len(jobs)
         threading.Thread(target=self._write_snapshots, args=(pixels, jobs), name="paik-snapshot",
                          daemon=True).start()
 
@@ -311,11 +315,7 @@ class Live:
                     self.error(f"snapshot {name}: {type(e).__name__}: {e}", kind="snapshot", source=source)
         finally:
             with self._write_lock:
-                self._writing -= len(jobs)
-
-    def snapshots_pending(self) -> int:
-        with self._write_lock:
-            return self._writing + len(self.snapshots)
+                self._writing -= 1
 
     def _publish(self, force: bool = False) -> None:
         t = self.target

@@ -353,7 +353,7 @@ class Buckets:
 
 def _is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host_of((host,))).is_loopback  # ::ffff:127.0.0.1 too
     except ValueError:
         return host == "localhost"
 

@@ -247,7 +247,7 @@ class Outputs:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
             self._fail(f"recording {rec.path} failed: {rec.error}")
         take = self._take(rec, member)
-        if rec.written == 0:  # a take that never got a frame (a full disk, a quick toggle): no file
+        if rec.muxed == 0:  # a take with no picture in its file (a full disk, a quick toggle): no file
             _remove_own(rec.path)
             take["removed"] = True
         with self._lock:

@@ -136,6 +136,7 @@ class Recorder:
         self.written = 0  # frames in the file (repeats included)
         self.repeated = 0  # pictures repeated to fill late or dropped slots
         self.dropped = 0  # frames the queue had no room for (the encoder fell behind)
+        self.muxed = 0  # packets in the file: none means the file holds no picture at all
         self.last_drop = -1e9  # perf_counter of the last drop, for "behind" on screen
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -215,6 +216,7 @@ class Recorder:
                     self.repeated += 1
             for pkt in self.stream.encode():
                 self.container.mux(pkt)
+                self.muxed += 1
         except Exception as e:  # keep the file valid; say why on close
             self.error = f"{type(e).__name__}: {e}"
             log.error("recording %s stopped: %s", self.path, self.error)
@@ -234,6 +236,7 @@ class Recorder:
         frame.pts = index
         for pkt in self.stream.encode(frame):
             self.container.mux(pkt)
+            self.muxed += 1
         self.written += 1
 
 
