@@ -140,6 +140,8 @@ class Show:
     def alive_and_playing(self) -> None:
         """The show goes on: it answers a state request and applies a change."""
         self.check_alive()
+        time.sleep(0.6)  # a fuzz may have unsubscribed us and spent this sender's state replies
+        self.send("/paik/subscribe")
         gain = 1.25 if self.state.get("/paik/gain") != [1.25] else 1.5
         self.send("/paik/gain", gain)
         self.wait(lambda: self.state.get("/paik/gain") == [gain], what=f"gain {gain}")
