@@ -7,12 +7,23 @@ and the patch tests are built from.
 
 The receive thread only parses and enqueues (the render loop applies). python-osc's own server
 swallows parse errors silently; here every bad packet (malformed, unknown address, wrong types,
-out of range, sender not allowed) is dropped with a rate-limited log line.
+unknown type tags, sender not allowed) is dropped with a rate-limited log line, and every
+refusal (those, and what the render loop refuses: out of range, unknown words, files) reaches
+the sender's subscriptions as ``/paik/error s`` (at most ``ERRORS_PER_SECOND`` per host).
 
 Feedback: a client sends ``/paik/subscribe`` (replies go to the port it sends from) or
 ``/paik/subscribe i PORT`` (replies go to PORT on its host). It gets the whole state at once and
 then every change, once per frame: ``/paik/<param> value`` and ``/paik/<param>/norm f``, plus
 ``/paik/token/word s``, ``/paik/words s...``, ``/paik/counts i i i i`` and ``/paik/scene s``.
+Every value goes out with the type OSCQuery announces for it (``f`` for step and block even
+when they sit on a whole number).
+
+Not a reflector: a whole state (``/paik/state``, ``/paik/subscribe``) answers at most
+``STATES_PER_SECOND`` requests a second per host, and a reply PORT other than the sender's own
+is honoured only where every sender is trusted: OSC listening on loopback only (this machine's
+own programs, such as Max or Pd with separate send and receive ports), or a sender named in
+``--osc-allow``. Senders are compared as IPv4 when they arrive as IPv4-mapped IPv6
+(``::ffff:a.b.c.d`` on a socket bound to ``::``).
 """
 
 from __future__ import annotations
@@ -20,14 +31,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import threading
-from dataclasses import dataclass
-
 import struct
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage, ParseError
 from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.parsing import osc_types
 
 from paik.errors import PaikError
 
@@ -39,6 +52,12 @@ log = logging.getLogger("paik.osc")
 
 PREFIX = "/paik"
 MAX_SUBSCRIBERS = 32
+STATES_PER_SECOND = 2.0  # whole-state replies per sender host (burst: STATE_BURST)
+STATE_BURST = 6
+STATES_PER_SECOND_ALL = 20.0  # and from all hosts together (spoofed senders each get a fresh burst)
+ERRORS_PER_SECOND = 10.0  # /paik/error datagrams per sender host (burst: ERROR_BURST)
+ERROR_BURST = 20
+TYPE_TAGS = set("ifdsbrmtTFNh[]")  # what python-osc parses (it logs every other tag on the root logger)
 
 
 @dataclass(frozen=True)
@@ -77,8 +96,9 @@ def address_space(p: Params) -> list[Address]:
                      ("delete", "delete a saved scene")):
         out.append(Address(f"{PREFIX}/scene/{op}", ("i", "s", "f"), text))
     out += [
-        Address(f"{PREFIX}/load", ("s",), "open another bundle (a path on the instrument's machine)"),
-        Address(f"{PREFIX}/snapshot", ("s",), "write the next rendered frame to this PNG path"),
+        Address(f"{PREFIX}/load", ("s",), "open another bundle (a folder under paik play's --load-from folders)"),
+        Address(f"{PREFIX}/snapshot", ("s", ""), "write the next rendered frame as NAME.png into --out-dir "
+                "(a plain name, never overwritten: NAME_2.png ...; nothing = a dated name)"),
         Address(f"{PREFIX}/cmd", ("s",), "one line of the typed command grammar, e.g. 'step nudge 0.5'"),
         Address(f"{PREFIX}/learn", ("s",), "MIDI learn: the next control moved plays this parameter (or command line)"),
         Address(f"{PREFIX}/learn/cancel", ("",), "disarm MIDI learn"),
@@ -154,6 +174,8 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
                     raise PaikError(f"{address} expects s (a name) or i (an index), not {tag}")
                 return Command(name, "set", arg, source)
             if name == "token" and tag == "s":
+                if not arg.strip():
+                    raise PaikError(f"{address} needs a word of the prompt (s) or an index (i), not an empty string")
                 return Command(name, "set", arg, source)
             if tag not in ("i", "f"):
                 raise PaikError(f"{address} expects a number (f or i), not {tag}")
@@ -181,6 +203,8 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
         if tag not in ("i", "s", "f"):
             raise PaikError(f"{address} expects a scene number (i) or name (s), not {tag or 'nothing'}")
         return Command("scene", parts[1], grammar.scene_name(arg), source)
+    if len(parts) == 1 and name == "snapshot" and tag == "":
+        return Command("snapshot", "set", None, source)
     if len(parts) == 1 and name in ("load", "snapshot", "cmd", "learn"):
         if tag != "s":
             raise PaikError(f"{address} expects s, not {tag or 'nothing'}")
@@ -188,6 +212,10 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
             return grammar.parse(arg, source)
         if name == "learn":
             return grammar.parse(f"learn {arg}", source)
+        if name == "snapshot":
+            return Command(name, "set", grammar.file_name(arg, ".png"), source)
+        if not arg.strip():
+            raise PaikError(f"{address} needs a bundle folder")
         return Command(name, "set", arg, source)
     if name == "learn" and len(parts) == 2 and parts[1] in ("cancel", "save"):
         if parts[1] == "save":
@@ -218,6 +246,11 @@ def state_messages(values: dict, names, live_params: Params) -> list[bytes]:
     for name in names:
         if name in SPECS:
             v = values[name]
+            kind = SPECS[name].kind
+            if kind == "float":
+                v = float(v)
+            elif kind == "int":
+                v = int(v)
             out.append(_message(f"{PREFIX}/{name}", v))
             try:
                 out.append(_message(f"{PREFIX}/{name}/norm", float(normalized(live_params, name, v))))
@@ -239,6 +272,7 @@ def parse_packet(data: bytes, depth: int = 0) -> list[OscMessage]:
     """The messages of a datagram (bundles walked here: python-osc logs to the root logger, once
     per bad element, and drops what it cannot identify; this raises instead)."""
     if OscMessage.dgram_is_message(data):
+        _check_tags(data)
         return [OscMessage(data)]
     if not OscBundle.dgram_is_bundle(data):
         raise ParseError("neither an OSC message nor a bundle")
@@ -257,9 +291,69 @@ def parse_packet(data: bytes, depth: int = 0) -> list[OscMessage]:
     return out
 
 
+def _check_tags(data: bytes) -> None:
+    """Refuse unknown type tags before python-osc sees them (it would log each on the root logger)."""
+    _, i = osc_types.get_string(data, 0)
+    if i >= len(data):
+        return
+    tags, _ = osc_types.get_string(data, i)
+    bad = set(tags[1:]) - TYPE_TAGS
+    if bad:
+        raise ParseError(f"unknown type tag {''.join(sorted(bad))!r}")
+
+
+def host_of(addr) -> str:
+    """A sender's address as the allowlist writes it: IPv4-mapped IPv6 as IPv4, no scope."""
+    host = str(addr[0]).split("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def parse_allow(allow) -> set[str] | None:
+    """``--osc-allow``'s addresses (IPv4-mapped IPv6 written as IPv4); None = everyone."""
+    if not allow:
+        return None
+    out = set()
+    for a in (x.strip() for x in allow):
+        if not a:
+            continue
+        try:
+            ipaddress.ip_address(a.split("%")[0])
+        except ValueError as e:
+            raise PaikError(f"--osc-allow: {e}; expected IP addresses like 192.168.1.20,192.168.1.21") from None
+        out.add(host_of((a,)))
+    return out or None
+
+
+class Buckets:
+    """Token buckets per key (a sender's host): ``rate`` a second, up to ``burst`` at once. At most
+    ``keys`` are remembered (the oldest forgotten), so spoofed senders cannot grow it."""
+
+    def __init__(self, rate: float, burst: float, keys: int = 1024):
+        self.rate, self.burst, self.keys = rate, burst, keys
+        self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            level, last = self._b.pop(key, (self.burst, now))
+            level = min(self.burst, level + (now - last) * self.rate)
+            ok = level >= 1.0
+            self._b[key] = (level - 1.0 if ok else level, now)
+            while len(self._b) > self.keys:
+                self._b.popitem(last=False)
+            return ok
+
+
 def _is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host_of((host,))).is_loopback  # ::ffff:127.0.0.1 too
     except ValueError:
         return host == "localhost"
 
@@ -268,15 +362,10 @@ class OscServer:
     """UDP server on ``host:port`` (port 0 picks a free one: see :attr:`port`)."""
 
     def __init__(self, live: Live, host: str = "127.0.0.1", port: int = 9000, allow: list[str] | None = None,
-                 rlog: RateLimitedLog | None = None):
+                 rlog: RateLimitedLog | None = None, reply_ports: str | None = None):
         self.live = live
         self.rlog = rlog or live.rlog
-        self.allow = None
-        if allow:
-            try:
-                self.allow = {str(ipaddress.ip_address(a.strip())) for a in allow if a.strip()}
-            except ValueError as e:
-                raise PaikError(f"--osc-allow: {e}; expected IP addresses like 192.168.1.20,192.168.1.21") from None
+        self.allow = parse_allow(allow)
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         except socket.gaierror as e:
@@ -293,12 +382,19 @@ class OscServer:
         if not _is_loopback(self.host):
             log.warning("OSC listens beyond this machine on %s:%s%s", self.host, self.port,
                         f" (only from {', '.join(sorted(self.allow))})" if self.allow else " (anyone on the network may play)")
+        # "any": a reply PORT of the sender's choosing; "own": only the port it sends from
+        self.reply_ports = reply_ports or ("any" if _is_loopback(self.host) or self.allow else "own")
         self.subscribers: dict[tuple, None] = {}
         self._sub_lock = threading.Lock()
+        self._states = Buckets(STATES_PER_SECOND, STATE_BURST)
+        self._states_all = Buckets(STATES_PER_SECOND_ALL, 2 * STATES_PER_SECOND_ALL, keys=1)
+        self._errors = Buckets(ERRORS_PER_SECOND, ERROR_BURST)
+        self._family = self.sock.family
         self.received = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paik-osc", daemon=True)
         live.listeners.append(self._feedback)
+        live.error_listeners.append(self._on_error)
 
     def start(self) -> "OscServer":
         self._thread.start()
@@ -307,6 +403,9 @@ class OscServer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        for lst, fn in ((self.live.listeners, self._feedback), (self.live.error_listeners, self._on_error)):
+            if fn in lst:
+                lst.remove(fn)
         self.sock.close()
 
     # -- receive thread -------------------------------------------------------------------------
@@ -327,13 +426,15 @@ class OscServer:
 
     def handle_packet(self, data: bytes, addr) -> None:
         self.received += 1
-        if self.allow is not None and addr[0] not in self.allow:
-            self.rlog("osc-deny", f"osc: ignored a packet from {addr[0]} (not in --osc-allow)")
+        host = host_of(addr)
+        if self.allow is not None and host not in self.allow:
+            self.rlog("osc-deny", f"osc: ignored a packet from {host} (not in --osc-allow)")
             return
         try:
             messages = parse_packet(data)
         except Exception as e:  # python-osc raises ParseError, but also struct/Unicode/Index errors
-            self.rlog("osc-parse", f"osc: malformed packet from {addr[0]}:{addr[1]} ({len(data)} bytes): {e}")
+            self.rlog("osc-parse", f"osc: malformed packet from {host}:{addr[1]} ({len(data)} bytes): {e}")
+            self._reply_error(addr, f"malformed packet ({len(data)} bytes): {e}")
             return
         for msg in messages:
             try:
@@ -341,18 +442,30 @@ class OscServer:
             except PaikError as e:
                 self.rlog("osc", f"osc: {e}")
                 self._reply_error(addr, str(e))
+            except Exception as e:  # noqa: BLE001 - one message must not drop the rest
+                text = f"{msg.address}: {type(e).__name__}: {e}"
+                self.rlog("osc", f"osc: {text}")
+                self._reply_error(addr, text)
 
     def handle_message(self, address: str, args: list, addr) -> None:
+        host = host_of(addr)
         if address in (f"{PREFIX}/subscribe", f"{PREFIX}/unsubscribe", f"{PREFIX}/state"):
             if len(args) > 1 or (args and typetag(args[0]) not in ("i", "f")):
                 raise PaikError(f"{address} takes nothing or a reply port (i)")
             port = _integral(args[0], address) if args else addr[1]
             if not 0 < port < 65536:
                 raise PaikError(f"{address}: port {port} is out of range")
+            if port != addr[1] and self.reply_ports != "any":
+                raise PaikError(f"{address} {port}: replies go only to the port you send from while OSC listens "
+                                f"beyond this machine without --osc-allow (start paik play with --osc-allow {host})")
             dest = (addr[0], port)
             if address.endswith("unsubscribe"):
                 with self._sub_lock:
                     self.subscribers.pop(dest, None)
+                return
+            if not (self._states.take(host) and self._states_all.take("*")):
+                self.rlog("osc-state", f"osc: {address} from {host}: more than {STATES_PER_SECOND:g} a second; "
+                                       "ignored")
                 return
             if address.endswith("subscribe"):
                 with self._sub_lock:
@@ -362,7 +475,7 @@ class OscServer:
             values = self.live.values
             self._send([dest], state_messages(values, list(SPECS) + ["words", "counts", "scene"], self.live.target))
             return
-        cmd = translate(address, args, source=f"osc:{addr[0]}")
+        cmd = translate(address, args, source=f"osc:{host}")
         if cmd.op == "norm_index":  # an enum by index: resolved against the current choices
             choices = self.live.target.choices(cmd.name)
             i = _integral(cmd.value, address)
@@ -378,10 +491,22 @@ class OscServer:
         if dests:
             self._send(dests, state_messages(values, list(changed), self.live.target))
 
-    def _reply_error(self, addr, text: str) -> None:
+    def _on_error(self, message: str, source: str) -> None:
+        """An error of the render loop (any thread): to the subscriptions of the OSC sender whose
+        command failed; errors of other sources (console, MIDI, a load) to every subscriber."""
+        if source.startswith("osc:"):
+            self._reply_error((source[4:], 0), message)
+            return
         with self._sub_lock:
-            dests = [d for d in self.subscribers if d[0] == addr[0]]
-        if dests:
+            dests = list(self.subscribers)
+        if dests and self._errors.take("*"):
+            self._send(dests, [_message(f"{PREFIX}/error", message[:400])])
+
+    def _reply_error(self, addr, text: str) -> None:
+        host = host_of(addr)
+        with self._sub_lock:
+            dests = [d for d in self.subscribers if host_of(d) == host]
+        if dests and self._errors.take(host):
             self._send(dests, [_message(f"{PREFIX}/error", text[:400])])
 
     def _send(self, dests, datagrams: list[bytes]) -> None:

@@ -213,7 +213,9 @@ def _coerce(p: Params, name: str, value, strict: bool = False):
         raise PaikError(f"{name} {x:g} is out of range ({lo:g}..{hi:g})")
     x = max(lo, x) if lo is not None else x
     x = min(hi, x) if hi is not None else x
-    return int(round(x)) if spec.kind == "int" else x
+    # float() again: a clamp to an integer bound must not turn a float parameter into an int
+    # (feedback would then send it as i, not the f that OSCQuery announces)
+    return int(round(x)) if spec.kind == "int" else float(x)
 
 
 def apply(p: Params, cmd: Command) -> None:
@@ -249,7 +251,13 @@ def apply(p: Params, cmd: Command) -> None:
             raise PaikError(f"{cmd.name} cannot be cycled")
     else:
         raise PaikError(f"unknown operation {cmd.op!r} ({', '.join(OPS[:-1])})")
-    setattr(p, cmd.name, _coerce(p, cmd.name, new, strict))
+    value = _coerce(p, cmd.name, new, strict)
+    if cmd.name in ("clip_lo", "clip_hi"):  # as the command line's --clip LO,HI: LO < HI
+        lo, hi = (value, p.clip_hi) if cmd.name == "clip_lo" else (p.clip_lo, value)
+        if not lo < hi:
+            raise PaikError(f"{cmd.name} {value:g} refused: clip_lo must stay below clip_hi ({lo:g} >= {hi:g}); "
+                            "move the other one first")
+    setattr(p, cmd.name, value)
 
 
 class CommandQueue:

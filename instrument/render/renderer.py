@@ -114,6 +114,24 @@ class Renderer:
         self.bakes = {"field": 0, "backdrop": 0}  # pass-1 runs so far (tests, profiling)
         self.picture = (0, 0, 1, 1)  # where the last draw put the picture in its viewport (x, y, w, h)
 
+    def release(self) -> None:
+        """Free every GL object this renderer made (moderngl frees nothing on garbage collection):
+        the loops call it when a loaded bundle replaces the renderer."""
+        objs = [self._quad, self._unit, self.maps, self.lut]
+        objs += [tex for tex, _ in self._bg_cache.values()]
+        objs += [x for slot in self._targets.values() for x in slot[:2]]
+        objs += list(self._inst.values()) + [vao for _, vao in self._vaos.values()]
+        objs += [p.prog for p in self.program.all]
+        for o in objs:
+            if o is not None and hasattr(o, "release"):
+                try:
+                    o.release()
+                except Exception:  # noqa: BLE001 - already released, or the context is gone
+                    pass
+        self._bg_cache.clear()
+        self._vaos.clear()
+        self.maps = self.lut = self.bg = None
+
     # -- state --------------------------------------------------------------------------------
     def update(self, p: Params, time: float) -> None:
         """Bring GPU state in line with ``p`` at video position ``time`` (0..1)."""

@@ -97,6 +97,7 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
     outs = outputs(ctx, renderer) if outputs is not None else None
     if outs is not None:
         keep(outs)
+        outs.on_error = lambda message: live.error(message, kind="record")
     state = {"windowed": (100, 100, 1280, 720), "errors": [], "changed": 0.0}
 
     def on_key(_w, key, _scancode, action, mods):
@@ -133,11 +134,16 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
     while not glfw.window_should_close(win):
         glfw.poll_events()
         now = _time.perf_counter()
-        p = live.update(now)
-        if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
-            renderer = Renderer(ctx, live.src)
-            if outs is not None:
-                outs.renderer = renderer
+        try:
+            p = live.update(now)
+            if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
+                old, renderer = renderer, Renderer(ctx, live.src)
+                if outs is not None:
+                    outs.renderer = renderer
+                old.release()  # its textures and programs: loads must not pile them up
+        except Exception as e:  # noqa: BLE001 - the show goes on with what it had
+            live.error(str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}", kind="render")
+            p = live.shown
         if live.rlog.count != seen_errors and live.errors:
             seen_errors = live.rlog.count
             state["errors"], state["changed"] = [m for _, m in live.errors][-3:], now
@@ -160,8 +166,10 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             renderer.draw(p, t, (0, 0, fw, fh), gap=2.0)
             if outs is not None:  # before the overlays: outputs get the picture only
                 outs.frame(p, t, now, drawn=(ctx.screen, (fw, fh)))  # same size: read it, no redraw
-        except PaikError as e:
-            state["errors"], state["changed"] = [str(e)], now
+        except Exception as e:  # noqa: BLE001 - a broken map or bundle: shown and reported, never fatal
+            msg = str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}"
+            live.error(msg, kind="render")
+            state["errors"], state["changed"] = [msg], now
         title = renderer.plan.title if renderer.plan else ""
         if p.help:  # two columns: the whole list is taller than most windows
             lines = keys.help_lines()
@@ -184,8 +192,11 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             overlay.draw("error", "\n".join(x for x in problems if x)[:2000], (fw, fh), "top-right",
                          color=(255, 90, 90, 255))
         if live.snapshots:
-            live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
-                                                np.uint8).reshape(fh, fw, 3)[::-1].copy())
+            try:
+                live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
+                                                    np.uint8).reshape(fh, fw, 3)[::-1].copy())
+            except Exception as e:  # noqa: BLE001
+                live.error(f"snapshot: {type(e).__name__}: {e}", kind="snapshot")
         frames += 1
         if (max_frames is not None and frames >= max_frames) or (
                 run_for is not None and _time.perf_counter() - start >= run_for):
