@@ -62,7 +62,8 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
     ctx = egl_context()
     off = Offscreen(ctx, size)
     off.use()
-    renderer = Renderer(ctx, live.src)
+    # live: a selection never holds up a frame; the fixed-step test clock keeps every frame exact
+    renderer = Renderer(ctx, live.src, asynchronous=not fixed_step)
     outs = outputs(ctx, renderer) if outputs is not None else None
     w, h = size
     period = 1.0 / fps if fps > 0 else 1.0
@@ -84,7 +85,9 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
                     next_tick = max(next_tick + period, now)
             p = live.update(now)
             if renderer.src is not live.src:  # a bundle was loaded
-                renderer = Renderer(ctx, live.src)
+                if renderer.selector is not None:
+                    renderer.selector.close()
+                renderer = Renderer(ctx, live.src, asynchronous=not fixed_step)
                 if outs is not None:
                     outs.renderer = renderer
             off.use()
@@ -96,7 +99,8 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
                 live.error(str(e), kind="render")
             ctx.finish()
             done = time.perf_counter()
-            live.rendered(lambda: off.read()[..., :3].copy())
+            if renderer.selector is None or renderer.selector.settled:  # a snapshot shows what was asked
+                live.rendered(lambda: off.read()[..., :3].copy())
             if on_frame is not None:
                 on_frame(done, p)
             frames += 1
