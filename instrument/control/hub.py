@@ -42,11 +42,12 @@ class Control:
         self.osc = self.oscquery = self.midi = None
 
     @classmethod
-    def from_args(cls, args, src, params) -> "Control":
+    def from_args(cls, args, src, params, make_live=Live) -> "Control":
+        """``make_live(src, params, scenes)`` builds the live state (``paik live`` passes its own)."""
         if not 0 <= args.smooth <= 5:
             raise PaikError(f"--smooth {args.smooth}: expected seconds in 0..5")
         params.smooth = args.smooth
-        ctl = cls(Live(src, params, SceneStore(args.scenes) if args.scenes else None))
+        ctl = cls(make_live(src, params, SceneStore(args.scenes) if args.scenes else None))
         try:
             ctl._start(args)
         except BaseException:

@@ -177,6 +177,8 @@ class Live:
             print("  ".join(f"{k}={v}" for k, v in self.values.items() if k in SPECS), flush=True)
         elif cmd.name == "learn":
             raise PaikError("MIDI learn needs MIDI: start paik play with --midi")
+        elif cmd.name == "generate":
+            raise PaikError("generate needs a model: start the instrument with 'paik live' instead of 'paik play'")
 
     # -- bundle load: opened on a thread, swapped in between frames --------------------------------
     def _load(self, path) -> None:
@@ -203,6 +205,10 @@ class Live:
         self._touched.update(("token", "step", "block", "head", "words"))
         log.info("loaded %s", src.bundle.path)
 
+    def extra_values(self) -> dict:
+        """More published state for feedback (``paik live`` adds take, progress, error)."""
+        return {}
+
     # -- after the frame ------------------------------------------------------------------------
     def rendered(self, read_rgba: Callable[[], "object"]) -> None:
         """The loop calls this after drawing; pending snapshots read the frame here."""
@@ -227,6 +233,7 @@ class Live:
         values["words"] = tuple(w.label for w in self.src.words)
         values["counts"] = (t.n_tokens, t.n_steps, t.n_blocks, t.n_heads)
         values["scene"] = self.last_scene
+        values.update(self.extra_values())
         old = self.values
         changed = {k: v for k, v in values.items() if old.get(k) != v and (k != "time" or "time" in self._touched)}
         if "scene" in self._touched:
