@@ -173,6 +173,9 @@ def cmd_live(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # the generation thread holds the GIL between kernel launches; a short switch interval lets the
+    # render and selection threads in within a fraction of a frame (default 5 ms)
+    sys.setswitchinterval(0.0005)
     try:
         with Control.from_args(args, src, p, lambda s, q, sc: EngineLive(s, q, engine, TakeRequest, sc)) as ctl:
             if not args.bundle:

@@ -165,6 +165,10 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
                 return Command(name, "set", bool(arg), source)
             if tag == "":
                 raise PaikError(f"{address} needs a value")
+            if spec.kind == "text":
+                if tag != "s":
+                    raise PaikError(f"{address} expects s (text), not {tag}")
+                return Command(name, "set", arg, source)
             if spec.kind == "enum":
                 if tag == "i":
                     return Command(name, "norm_index", arg, source)

@@ -132,26 +132,39 @@ class TorchReducer:
             return out
 
     def _compute(self, sel: Selection, steps: list[int]) -> np.ndarray:
-        t = self.torch
         maps = self.take.maps
+        slots = [self.take.step_slot[steps[s]] for s in sel.steps]
+        heads = list(range(self.n_heads)) if sel.heads is None else list(sel.heads)
+        keep_b, keep_h, keep_s = "block" in sel.keep, "head" in sel.keep, "step" in sel.keep
+        if not maps.is_cuda:
+            # numpy on the CPU: torch's OpenMP pool, shared with the generation thread, would make
+            # these small reductions spin-wait behind its kernels
+            host = maps.numpy()
+            red = (lambda a, d: a.mean(d, keepdims=True)) if sel.reduce == "mean" else \
+                (lambda a, d: a.max(d, keepdims=True))
+            per_step = []
+            for slot in slots:
+                a = host[slot][np.ix_(list(sel.blocks), heads, list(sel.tokens))].astype(np.float32).sum(2)
+                a = a if keep_h else red(a, 1)
+                per_step.append(a if keep_b else red(a, 0))
+            a = np.stack(per_step)
+            a = a if keep_s else red(a, 0)
+            return np.ascontiguousarray(a.reshape(-1, *self.latent), dtype=np.float32)
+        t = self.torch
         dev = maps.device
         blocks = t.tensor(sel.blocks, device=dev)
-        heads = t.tensor(range(self.n_heads) if sel.heads is None else sel.heads, device=dev)
+        heads_t = t.tensor(heads, device=dev)
         tokens = t.tensor(sel.tokens, device=dev)
-        keep_b, keep_h = "block" in sel.keep, "head" in sel.keep
-        red = (lambda a, d: a.mean(d)) if sel.reduce == "mean" else (lambda a, d: a.amax(d))
+        red = (lambda a, d: a.mean(d, keepdim=True)) if sel.reduce == "mean" else \
+            (lambda a, d: a.amax(d, keepdim=True))
         per_step = []
-        for s in sel.steps:  # one step at a time: float32 temporaries stay at one step's size
-            a = maps[self.take.step_slot[steps[s]]].index_select(0, blocks).index_select(1, heads)
+        for slot in slots:  # one step at a time: float32 temporaries stay at one step's size
+            a = maps[slot].index_select(0, blocks).index_select(1, heads_t)
             a = a.index_select(2, tokens).float().sum(2)  # [B, H, F', H', W']: the word's pieces summed
-            if not keep_h:
-                a = red(a, 1).unsqueeze(1)
-            if not keep_b:
-                a = red(a, 0).unsqueeze(0)
-            per_step.append(a)
+            a = a if keep_h else red(a, 1)
+            per_step.append(a if keep_b else red(a, 0))
         a = t.stack(per_step)  # [S, B|1, H|1, F', H', W']
-        if "step" not in sel.keep:
-            a = red(a, 0).unsqueeze(0)
+        a = a if keep_s else red(a, 0)
         out = a.reshape(-1, *self.latent).cpu().numpy()  # the only copy to the host: the reduced volume
         return np.ascontiguousarray(out, dtype=np.float32)
 
