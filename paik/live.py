@@ -180,6 +180,8 @@ def cmd_live(args) -> int:
         with Control.from_args(args, src, p, lambda s, q, sc: EngineLive(s, q, engine, TakeRequest, sc)) as ctl:
             if not args.bundle:
                 ctl.live.put(Command("generate", "start", {}, "live"))
+            else:
+                _load_resident(ctl.live, src, defaults.device or ("cuda" if _cuda() else "cpu"))
             if args.headless:
                 from paik.instrument.render.headless import play_headless
 
@@ -196,6 +198,44 @@ def cmd_live(args) -> int:
         if temporary:
             shutil.rmtree(takes, ignore_errors=True)
     return report(outputs) or rc
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load_resident(live, src, device) -> None:
+    """Bring the starting bundle's whole capture onto ``device`` on a thread when it fits (it plays
+    from disk meanwhile, and for good when it does not fit), with progress on stderr."""
+    import threading
+
+    from paik.instrument.render.resident import ResidentSource, fits_on, load_resident
+
+    lay = src.bundle.layout
+    nbytes = len(src.bundle.step_indices) * len(lay.blocks) * lay.heads * len(lay.tokens) * lay.positions * 2
+    if not fits_on(device, nbytes):
+        print(f"paik: {src.bundle.path} ({nbytes / 1024**3:.2f} GiB of maps) does not fit on {device} beside the "
+              "model: playing it from disk", file=sys.stderr, flush=True)
+        return
+
+    def progress(done, total):
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"paik: loading {src.bundle.path.name} onto {device}: {done}/{total} steps", file=sys.stderr,
+                  flush=True)
+
+    def work():
+        try:
+            take = load_resident(src.bundle, device, progress)
+            if live.src is src:  # a take or a load that came first wins
+                live._pending_src = ResidentSource(take)
+        except PaikError as e:
+            live.error(str(e), kind="load")
+        except Exception as e:  # playing from disk goes on
+            live.error(f"loading {src.bundle.path} onto {device}: {type(e).__name__}: {e}", kind="load")
+
+    threading.Thread(target=work, name="paik-resident-load", daemon=True).start()
 
 
 def cmd_bench_live(args) -> int:

@@ -432,3 +432,26 @@ def test_paik_live_default_model_over_udp(tmp_path):
     finally:
         err = _stop(proc, c)
     assert "error" not in err.lower(), err[-2000:]
+
+
+def test_a_bundle_loaded_whole_onto_the_device_reads_as_on_disk(tmp_path):
+    from paik.capture.bundle import open_bundle
+    from paik.instrument.render.reduce import Selection
+    from paik.instrument.render.resident import ResidentSource, load_resident
+
+    maps = make_bundle(tmp_path / "b", steps=3, blocks=4, heads=2)
+    b = open_bundle(tmp_path / "b")
+    seen = []
+    take = load_resident(b, "cpu", progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and take.step_indices == [0, 1, 2] and take.video_path == b.video_path
+    np.testing.assert_array_equal(take.maps.numpy(), maps)
+    np.testing.assert_array_equal(take.preview(2), b.preview(2))
+    src = ResidentSource(take)
+    kiss = tuple(b.resolve("kiss"))
+    got = src.reducer.volumes(Selection(kiss, (0, 1, 2), (0, 1, 2, 3), None, (), "max"))[0]
+    np.testing.assert_allclose(got, b.select("kiss", reduce="max"), rtol=1e-6)
+    got = src.reducer.volumes(Selection(kiss, (1,), (3,), (1,), ("step", "block")))[0]
+    np.testing.assert_allclose(got, b.select("kiss", step=1, block=3, head=1), rtol=1e-6)
+    from paik.instrument.render.source import Source
+
+    assert [w.label for w in src.words] == [w.label for w in Source(b, "cpu").words]

@@ -211,7 +211,7 @@ def load_resident(bundle: Bundle, device: str, progress=None, stop: threading.Ev
     for i, s in enumerate(steps):
         if stop is not None and stop.is_set():
             break
-        maps[i].copy_(torch.from_numpy(np.ascontiguousarray(bundle.step_arrays(s)["maps"])), non_blocking=False)
+        maps[i].copy_(torch.from_numpy(np.array(bundle.step_arrays(s)["maps"])))  # one step in host memory at a time
         take.add_step(s, bundle.preview(s))
         if progress is not None:
             progress(i + 1, len(steps))
