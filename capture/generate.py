@@ -114,11 +114,20 @@ def rgb_projection(pipe, device) -> torch.Tensor:
     return torch.linalg.lstsq(x, y).solution  # [C+1, 3]
 
 
-def generate(opts: GenerateOptions, loaded=None) -> Path:
+class Cancelled(Exception):
+    """Raised out of the denoising loop when ``generate``'s ``stop`` event is set."""
+
+
+def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, stop=None) -> Path:
     """Generate one video with capture and write its bundle to ``opts.out``.
 
     ``loaded``: the ``(pipe, info, device)`` of :func:`paik.capture.models.load_pipeline`, to reuse a
-    loaded model across runs; by default ``opts.model`` is loaded. Returns the bundle path."""
+    loaded model across runs; by default ``opts.model`` is loaded. Returns the bundle path.
+
+    For the live engine (capture/engine.py): ``on_start(store, manifest)`` once the store exists,
+    ``on_step(index, done, total, tensors)`` after each denoising step (``tensors``: what was queued
+    for writing, empty for a step not captured), and ``stop`` (a threading.Event) raises :class:`Cancelled`
+    at the next step end, the bundle keeping its finished steps."""
     t_start = time.perf_counter()
     out = Path(opts.out)
     if opts.preview not in ("latent", "decode", "none"):
@@ -210,6 +219,8 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
     }
     writer = BundleWriter(out, manifest, overwrite=opts.overwrite)
     _log(opts, f"paik: writing {out}")
+    if on_start is not None:
+        on_start(store, writer.manifest)
 
     proj = rgb_projection(pipe, device) if opts.preview != "none" else None
     if opts.preview == "decode":
@@ -221,6 +232,7 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
     progress = _progress(steps, opts.quiet)
 
     def on_step_end(pipeline, i, t, kwargs):
+        tensors = {}
         if i in store.step_slot:
             slot = store.step_slot[i]
             tensors = {"maps": store.maps[slot], "padding": store.padding[slot]}
@@ -235,11 +247,15 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
                     _decode_preview(pipeline, x0, out / "previews" / f"step_{i:04d}.mp4", opts.fps)
             expert = recorder.experts.get(i, "transformer")
             writer.add_step({"index": i, "timestep": float(t), "sigma": recorder.sigma, "expert": expert}, tensors)
+        if on_step is not None:
+            on_step(i, i + 1, steps, tensors)
         recorder.end_step()
         now = time.perf_counter()
         step_times.append(round(now - t_step[0], 4))
         t_step[0] = now
         progress.update(1)
+        if stop is not None and stop.is_set():
+            raise Cancelled
         return {}
 
     savers = {name: attach(getattr(pipe, name), recorder, name, layout.blocks) for name in info.experts}
@@ -258,7 +274,7 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
         video = result.frames[0]
         write_mp4(out / "video.mp4", video, opts.fps)
         status = "complete"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         status = "interrupted"
         raise
     except torch.OutOfMemoryError:

@@ -17,7 +17,7 @@ import sys
 from paik.errors import PaikError
 
 # modules that register subcommands, each with register(sub, bench)
-COMMAND_MODULES = ("paik.capture.cli", "paik.instrument.cli", "paik.shapes.cli")
+COMMAND_MODULES = ("paik.capture.cli", "paik.instrument.cli", "paik.shapes.cli", "paik.live")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,6 +16,9 @@ from OSC (``/paik/cmd "step nudge 0.5"``, and every address ``/paik/a/b x`` is t
     learn gain           MIDI learn: the next control moved plays gain (learn cancel, learn save NAME)
     snapshot shot.png    write the next rendered frame as a PNG into the output folder (a bare
                          "snapshot" picks a name; names hold no folders, see files.py)
+    prompt a red kiss    text parameters take the rest of the line (paik live: prompt, negative, size, tokens)
+    generate             paik live: a new take from prompt, seed, steps, ... ("generate a cat" sets the
+                         prompt too; "generate cancel" stops the running take); "seed next" adds one
 
 Values are checked here, when a line is parsed (a MIDI map's lines when the map is loaded), as
 far as they can be without the bundle: a number where a number goes, a known choice, a word
@@ -39,6 +42,7 @@ ACTIONS = {
     "learn": ("arm", "cancel", "save", "clear"),
     "snapshot": ("set",),
     "state": ("get",),
+    "generate": ("start", "cancel"),  # paik live: a take from prompt, seed, ... ("generate cancel" stops it)
 }
 SCENE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -69,6 +73,10 @@ def parse(line: str, source: str = "console") -> Command:
     if name not in SPECS:
         raise PaikError(f"unknown command {name!r}; parameters: {', '.join(SPECS)}; actions: {', '.join(ACTIONS)}")
     kind = SPECS[name].kind
+    if kind == "text" and rest:  # the rest of the line is the text ("prompt a red kiss")
+        if rest == ["reset"]:
+            return Command(name, "reset", None, source)
+        return Command(name, "set", " ".join(rest[1:] if rest[0].lower() == "set" else rest), source)
     if not rest:
         if kind == "bool":
             return Command(name, "toggle", None, source)
@@ -139,6 +147,12 @@ def _action(name: str, rest: list[str], source: str) -> Command:
         if not rest or not " ".join(rest).strip():
             raise PaikError("load needs a bundle folder")
         return Command(name, "set", " ".join(rest), source)
+    if name == "generate":
+        if rest == ["cancel"]:
+            return Command("generate", "cancel", None, source)
+        if rest and rest[0] == "start":
+            rest = rest[1:]
+        return Command("generate", "start", {"prompt": " ".join(rest)} if rest else {}, source)
     if name == "learn":
         if not rest:
             raise PaikError("learn: expected a parameter or a command line to arm, or cancel / save NAME / clear")

@@ -54,13 +54,15 @@ class Control:
         self.osc = self.oscquery = self.midi = None
 
     @classmethod
-    def from_args(cls, args, src, params) -> "Control":
+    def from_args(cls, args, src, params, make_live=Live) -> "Control":
+        """``make_live(src, params, scenes, out_dir=, load_from=)`` builds the live state (``paik live``
+        passes its own)."""
         if not 0 <= args.smooth <= 5:
             raise PaikError(f"--smooth {args.smooth}: expected seconds in 0..5")
         params.smooth = args.smooth
         out_dir, roots = folders(args, src)
-        ctl = cls(Live(src, params, SceneStore(args.scenes) if args.scenes else None, out_dir=out_dir,
-                       load_from=roots))
+        ctl = cls(make_live(src, params, SceneStore(args.scenes) if args.scenes else None, out_dir=out_dir,
+                            load_from=roots))
         try:
             ctl._start(args)
         except BaseException:

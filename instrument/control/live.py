@@ -232,6 +232,8 @@ class Live:
             print("  ".join(f"{k}={v}" for k, v in self.values.items() if k in SPECS), flush=True)
         elif cmd.name == "learn":
             raise PaikError("MIDI learn needs MIDI: start paik play with --midi")
+        elif cmd.name == "generate":
+            raise PaikError("generate needs a model: start the instrument with 'paik live' instead of 'paik play'")
 
     # -- bundle load: opened on a thread, swapped in between frames --------------------------------
     def _load(self, path: Path, source: str = "") -> None:
@@ -276,6 +278,10 @@ class Live:
         self.src = src
         self._touched.update(("token", "step", "block", "head", "words"))
         log.info("loaded %s", src.bundle.path)
+
+    def extra_values(self) -> dict:
+        """More published state for feedback (``paik live`` adds take, progress, error)."""
+        return {}
 
     # -- after the frame ------------------------------------------------------------------------
     def rendered(self, read_rgba: Callable[[], "object"]) -> None:
@@ -323,6 +329,7 @@ class Live:
         values["words"] = tuple(w.label for w in self.src.words)
         values["counts"] = (t.n_tokens, t.n_steps, t.n_blocks, t.n_heads)
         values["scene"] = self.last_scene
+        values.update(self.extra_values())
         old = self.values
         changed = {k: v for k, v in values.items() if old.get(k) != v and (k != "time" or "time" in self._touched)}
         if "scene" in self._touched:

@@ -71,7 +71,7 @@ class Address:
 
 
 def _kind_types(spec) -> tuple[str, ...]:
-    return {"float": ("f", "i"), "int": ("i", "f"), "bool": ("i", "T", "f", ""), "enum": ("s", "i")}[spec.kind]
+    return {"float": ("f", "i"), "int": ("i", "f"), "bool": ("i", "T", "f", ""), "enum": ("s", "i"), "text": ("s",)}[spec.kind]
 
 
 def address_space(p: Params) -> list[Address]:
@@ -83,6 +83,10 @@ def address_space(p: Params) -> list[Address]:
         types = ("i", "s", "f") if name == "token" else _kind_types(spec)
         what = {"token": "word of the prompt (s) or its index (i)", "head": "head index, -1 = reduce over heads"}.get(
             name, spec.help or name)
+        if spec.kind == "text":
+            out.append(Address(f"{PREFIX}/{name}", types, what, name, ()))
+            out.append(Address(f"{PREFIX}/{name}/reset", ("",), f"{name} back to {spec.default!r}", None, ()))
+            continue
         out.append(Address(f"{PREFIX}/{name}", types, what, name, rng))
         out.append(Address(f"{PREFIX}/{name}/norm", ("f", "i"), f"{name} as 0..1 (faders, CHOPs)", name, (0.0, 1.0)))
         if spec.kind in ("float", "int"):
@@ -103,6 +107,9 @@ def address_space(p: Params) -> list[Address]:
         Address(f"{PREFIX}/learn", ("s",), "MIDI learn: the next control moved plays this parameter (or command line)"),
         Address(f"{PREFIX}/learn/cancel", ("",), "disarm MIDI learn"),
         Address(f"{PREFIX}/learn/save", ("s",), "save the learned MIDI map as ~/.config/paik/midi/NAME.toml"),
+        Address(f"{PREFIX}/generate", ("", "s", "i", "si"),
+                "paik live: start a take from prompt, seed, ... (optional prompt s and seed i set them first)"),
+        Address(f"{PREFIX}/generate/cancel", ("",), "paik live: stop the running take (its finished steps stay)"),
         Address(f"{PREFIX}/subscribe", ("", "i", "f"), "send state to me now and on every change (optional reply port)"),
         Address(f"{PREFIX}/unsubscribe", ("", "i", "f"), "stop sending state to me"),
         Address(f"{PREFIX}/state", ("", "i", "f"), "send the whole state to me once (optional reply port)"),
@@ -114,12 +121,15 @@ def feedback_addresses() -> list[tuple[str, str, str]]:
     """What the instrument sends to subscribers: (address, types, meaning)."""
     out = []
     for name, spec in SPECS.items():
-        t = {"float": "f", "int": "i", "bool": "i", "enum": "s"}[spec.kind]
+        t = {"float": "f", "int": "i", "bool": "i", "enum": "s", "text": "s"}[spec.kind]
         out.append((f"{PREFIX}/{name}", t, f"{name} changed"))
-        out.append((f"{PREFIX}/{name}/norm", "f", f"{name} as 0..1"))
+        if spec.kind != "text":
+            out.append((f"{PREFIX}/{name}/norm", "f", f"{name} as 0..1"))
     out += [(f"{PREFIX}/token/word", "s", "the selected word"), (f"{PREFIX}/words", "s...", "the bundle's words, in order"),
             (f"{PREFIX}/counts", "iiii", "tokens, steps, blocks, heads of the bundle"),
-            (f"{PREFIX}/scene", "s", "the scene last recalled or saved"), (f"{PREFIX}/error", "s", "a command was refused")]
+            (f"{PREFIX}/scene", "s", "the scene last recalled or saved"), (f"{PREFIX}/error", "s", "a command was refused"),
+            (f"{PREFIX}/take", "s", "paik live: the take now generating or shown, by name"),
+            (f"{PREFIX}/progress", "ii", "paik live: steps done, total, as each step of the take finishes")]
     return out
 
 
@@ -150,6 +160,14 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
     parts = address[len(PREFIX) + 1:].split("/")
     args = [a for a in args if a is not None]  # N (nil), as some clients send for a bare trigger
     tags = "".join(typetag(a) for a in args)
+    if parts[0] == "generate":  # the one address with two arguments: prompt s and seed i, both optional
+        if parts == ["generate", "cancel"] and tags == "":
+            return Command("generate", "cancel", None, source)
+        if len(parts) != 1 or tags not in ("", "s", "i", "si"):
+            raise PaikError(f"{address} takes nothing, a prompt (s), a seed (i) or both (si), not {tags}")
+        given = {"prompt": a for a in args if isinstance(a, str)}
+        given.update({"seed": _integral(a, address) for a in args if typetag(a) == "i"})
+        return Command("generate", "start", given, source)
     if len(args) > 1:
         raise PaikError(f"{address} takes at most one argument, got {len(args)} ({tags})")
     arg = args[0] if args else None
@@ -167,6 +185,10 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
                 return Command(name, "set", bool(arg), source)
             if tag == "":
                 raise PaikError(f"{address} needs a value")
+            if spec.kind == "text":
+                if tag != "s":
+                    raise PaikError(f"{address} expects s (text), not {tag}")
+                return Command(name, "set", arg, source)
             if spec.kind == "enum":
                 if tag == "i":
                     return Command(name, "norm_index", arg, source)
@@ -252,6 +274,8 @@ def state_messages(values: dict, names, live_params: Params) -> list[bytes]:
             elif kind == "int":
                 v = int(v)
             out.append(_message(f"{PREFIX}/{name}", v))
+            if SPECS[name].kind == "text":
+                continue
             try:
                 out.append(_message(f"{PREFIX}/{name}/norm", float(normalized(live_params, name, v))))
             except (ValueError, KeyError):
@@ -265,6 +289,12 @@ def state_messages(values: dict, names, live_params: Params) -> list[bytes]:
             out.append(_message(f"{PREFIX}/counts", *values["counts"]))
         elif name == "scene":
             out.append(_message(f"{PREFIX}/scene", values.get("scene", "")))
+        elif name == "take" and values.get("take"):  # paik live (instrument/control/takes.py)
+            out.append(_message(f"{PREFIX}/take", values["take"]))
+        elif name == "progress" and values.get("progress"):
+            out.append(_message(f"{PREFIX}/progress", *values["progress"]))
+        elif name == "error" and values.get("error"):  # (count, message): each new one is sent
+            out.append(_message(f"{PREFIX}/error", values["error"][1][:400]))
     return out
 
 
@@ -473,7 +503,8 @@ class OscServer:
                         raise PaikError(f"too many subscribers ({MAX_SUBSCRIBERS}); unsubscribe one first")
                     self.subscribers[dest] = None
             values = self.live.values
-            self._send([dest], state_messages(values, list(SPECS) + ["words", "counts", "scene"], self.live.target))
+            self._send([dest], state_messages(values, list(SPECS) + ["words", "counts", "scene", "take", "progress"],
+                                                 self.live.target))
             return
         cmd = translate(address, args, source=f"osc:{host}")
         if cmd.op == "norm_index":  # an enum by index: resolved against the current choices
@@ -533,13 +564,15 @@ def reference() -> str:
             rng = "a name in presets/colormaps" if name == "colormap" else ", ".join(p.choices(name))
         elif spec.kind == "bool":
             rng = "0 / 1"
+        elif spec.kind == "text":
+            rng = "text (one line)"
         elif spec.hi is None:
             rng = f"{spec.lo:g} .. count - 1 (the bundle's)"
         else:
             rng = f"{spec.lo:g} .. {spec.hi:g}"
         takes = {"token": "i (index) or s (word)", "head": "i (-1 = mean of heads)"}.get(
             name, {"float": "f (or i)", "int": "i (or a whole f)", "bool": "i 0/1, T/F, or nothing (toggle)",
-                   "enum": "s (or i: index)"}[spec.kind])
+                   "enum": "s (or i: index)", "text": "s"}[spec.kind])
         also = " ".join(f"`{op}`" for op in ("norm", "nudge", "cycle", "toggle", "reset")
                         if f"{PREFIX}/{name}/{op}" in paths)
         rows.append(f"| `{name}` | {takes} | {rng} | {spec.default!r} | {also} |")

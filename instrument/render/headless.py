@@ -62,7 +62,8 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
     ctx = egl_context()
     off = Offscreen(ctx, size)
     off.use()
-    renderer = Renderer(ctx, live.src)
+    # live: a selection never holds up a frame; the fixed-step test clock keeps every frame exact
+    renderer = Renderer(ctx, live.src, asynchronous=not fixed_step)
     outs = outputs(ctx, renderer) if outputs is not None else None
     if outs is not None:
         outs.on_error = lambda message: live.error(message, kind="record")
@@ -72,7 +73,7 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
         nonlocal renderer
         p = live.update(now)
         if renderer.src is not live.src:  # a bundle was loaded: the old one's GL objects go with it
-            old, renderer = renderer, Renderer(ctx, live.src)
+            old, renderer = renderer, Renderer(ctx, live.src, asynchronous=not fixed_step)
             if outs is not None:
                 outs.renderer = renderer
             old.release()
@@ -84,7 +85,8 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
         except Exception as e:  # noqa: BLE001 - a broken map or bundle: reported, the show goes on
             live.error(_what(e), kind="render")
         ctx.finish()
-        live.rendered(lambda: off.read()[..., :3].copy())
+        if renderer.selector is None or renderer.selector.settled:  # a snapshot shows what was asked
+            live.rendered(lambda: off.read()[..., :3].copy())
         return p
 
     period = 1.0 / fps if fps > 0 else 1.0

@@ -92,7 +92,7 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
     from paik.instrument.render.overlay import Overlay
 
     ctx = moderngl.create_context()
-    renderer = Renderer(ctx, live.src)
+    renderer = Renderer(ctx, live.src, asynchronous=True)  # a selection never holds up a frame
     overlay = Overlay(ctx)
     outs = outputs(ctx, renderer) if outputs is not None else None
     if outs is not None:
@@ -137,7 +137,7 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
         try:
             p = live.update(now)
             if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
-                old, renderer = renderer, Renderer(ctx, live.src)
+                old, renderer = renderer, Renderer(ctx, live.src, asynchronous=True)
                 if outs is not None:
                     outs.renderer = renderer
                 old.release()  # its textures and programs: loads must not pile them up
