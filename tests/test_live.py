@@ -275,7 +275,7 @@ def _start(tmp_path, *extra):
     port = _free_port()
     argv = [sys.executable, "-m", "paik", "live", "--headless", "--osc-port", str(port), "--size", "64x48",
             "--seconds", "300", "--no-zeroconf", "--console", "off", "--smooth", "0", "--colormap", "grayscale",
-            "--takes", str(tmp_path / "takes"), *extra]
+            "--takes", str(tmp_path / "takes"), "--out-dir", str(tmp_path), *extra]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     c = Client(port)
@@ -298,7 +298,7 @@ def _stop(proc, c):
 
 
 def _snapshot(c, proc, path):
-    c.send("/paik/snapshot", str(path))
+    c.send("/paik/snapshot", path.name)  # snapshots are plain names in --out-dir
     c.wait(path.exists, 30, proc, f"snapshot {path.name}")
     from PIL import Image
 
@@ -355,6 +355,8 @@ def test_paik_live_tiny_over_udp(tmp_path):
         c.send("/paik/playing", 0)
         c.send("/paik/time", 0.0)
         c.send("/paik/step", 0.0)
+        for name, value in (("token", 0), ("block", 0.0), ("norm", "global"), ("composite", "heatmap")):
+            c.send(f"/paik/{name}", value)  # the reference's look, not the first-run defaults
         shot = _snapshot(c, proc, tmp_path / "forming.png")
         c.pump()
         assert c.state["/paik/progress"][0] < 1000

@@ -71,8 +71,8 @@ class EngineLive(Live):
         self.engine.submit(request_from(self.target, self.request_type))
         log.info("generate: %r seed %d", self.target.prompt, self.target.seed)
 
-    def error(self, message: str, kind: str = "command") -> None:
-        super().error(message, kind)
+    def error(self, message: str, kind: str = "command", source: str = "") -> None:
+        super().error(message, kind, source)
         self._error = (self._error[0] + 1, f"{kind}: {message}")
 
     def extra_values(self) -> dict:
