@@ -109,28 +109,45 @@ def _opts(out, **kw):
     return GenerateOptions(**{**base, **kw})
 
 
-def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where, kept", [("scheduler", [0, 1, 2]), ("forward", [0, 1])])
+def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch, where, kept):
+    """A step is finished when its last pass (cond, then uncond) has run: Ctrl-C in step 2's
+    scheduler update keeps its maps; Ctrl-C inside its uncond forward does not."""
     pipe = tiny[0]
-    real_step = pipe.scheduler.step
     calls = {"n": 0}
+    handle = None
+    if where == "scheduler":
+        real_step = pipe.scheduler.step
 
-    def step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real_step(*a, **k)
 
-    monkeypatch.setattr(pipe.scheduler, "step", step)
-    with pytest.raises(KeyboardInterrupt):
-        generate(_opts(tmp_path / "b"), loaded=tiny)
+        monkeypatch.setattr(pipe.scheduler, "step", step)
+    else:
+        def hook(module, args):
+            calls["n"] += 1
+            if calls["n"] == 6:  # steps 0 and 1 are forwards 1-4; step 2's cond is 5, its uncond 6
+                raise KeyboardInterrupt
+
+        handle = pipe.transformer.blocks[1].register_forward_pre_hook(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate(_opts(tmp_path / "b"), loaded=tiny)
+    finally:
+        if handle is not None:
+            handle.remove()
     b = open_bundle(tmp_path / "b")
-    assert b.status == "interrupted" and b.step_indices == [0, 1]
+    assert b.status == "interrupted" and b.step_indices == kept
     assert b.video_path is None
     assert b.select("kissing", step=1, block=None, head=None).shape == b.layout.latent
     # the model is left as it was: no capture processor, no hook
-    from paik.capture.processor import CaptureProcessor
+    from paik.capture.processor import CaptureProcessor, attached
 
     assert not any(isinstance(blk.attn2.processor, CaptureProcessor) for blk in pipe.transformer.blocks)
+    assert not attached(pipe.transformer) and "encode_prompt" not in pipe.__dict__
 
 
 def test_crash_is_recorded_and_keeps_steps(tiny, tmp_path, monkeypatch):
