@@ -117,6 +117,18 @@ def resolve_sizes(opts: GenerateOptions, info: ModelInfo) -> Sizes:
     return Sizes(frames, height, width, steps, info.latent_grid(frames, height, width))
 
 
+def _check_tokens(opts: GenerateOptions, info: ModelInfo) -> None:
+    """``--tokens`` against the prompt, with the model folder's tokenizer alone (no weights)."""
+    if not opts.tokens or not (Path(info.path) / "tokenizer").is_dir():
+        return
+    from transformers import AutoTokenizer
+
+    from paik.capture.tokens import clean_prompt, resolve_tokens, token_table
+
+    tokenizer = AutoTokenizer.from_pretrained(info.path, subfolder="tokenizer")
+    resolve_tokens(token_table(tokenizer, clean_prompt(opts.prompt), opts.max_sequence_length), opts.tokens)
+
+
 def generate(opts: GenerateOptions, loaded=None) -> Path:
     """Generate one video with capture and write its bundle to ``opts.out``.
 
@@ -130,6 +142,7 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
         peeked = peek_model(opts.model)
         if peeked is not None:
             resolve_sizes(opts, peeked)
+            _check_tokens(opts, peeked)
         _log(opts, f"paik: loading {opts.model or 'tiny'} ...")
         loaded = load_pipeline(opts.model, opts.dtype, opts.device, opts.offload)
     pipe, info, device = loaded

@@ -332,6 +332,26 @@ def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
     assert code == 2 and message in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--frames", "16"], "--frames 16 must be 4k+1"),
+    (["--height", "70"], "--height 70 must be a positive multiple of 16"),
+    (["--blocks", "0-9"], "out of range: valid values are 0..2"),
+    (["--capture-steps", "7"], "out of range: valid values are 0..3"),
+    (["--guidance-2", "3"], "--guidance-2 is for Wan2.2"),
+    (["--tokens", "dog"], "'dog' is not in the prompt"),
+    (["--capture-uncond", "--guidance", "1"], "needs classifier-free"),
+])
+def test_flags_and_sizes_are_checked_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    def load(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr("paik.capture.generate.load_pipeline", load)
+    code = paik(["generate", PROMPT, "--out", str(tmp_path / "x"), "--model", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
 def test_bench_capture_on_cpu_does_not_judge_memory(capsys):
     argv = ["bench", "capture", "--config", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1",
             "--frames", "5", "--height", "64", "--width", "64"]
