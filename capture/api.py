@@ -234,6 +234,25 @@ class Capture:
         """Top-level manifest fields recorded when the block ends (e.g. the video written)."""
         self._final.update(fields)
 
+    def save_video(self, frames, fps: float = 16.0) -> Path:
+        """Write the pipeline's video into the bundle as ``video.mp4`` (``paik play`` shows the
+        maps over it). ``frames``: what ``pipe(..., output_type="np").frames[0]`` returns,
+        [F, H, W, 3] in [0, 1] (or uint8). Call it inside the ``with`` block."""
+        if self.writer is None:
+            raise PaikError("save_video writes into the bundle: pass out=DIR to capture_attention")
+        if self.status != "open":
+            raise PaikError("save_video must be called inside the capture_attention block (the bundle is closed)")
+        from paik.video import write_mp4
+
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise PaikError(f"save_video: expected frames [F, H, W, 3], got shape {frames.shape}")
+        write_mp4(self.path / "video.mp4", frames, fps)
+        f, h, w, _ = frames.shape
+        self._final["video"] = {"file": "video.mp4", "fps": fps, "frames": f, "width": w, "height": h, "codec": "h264"}
+        self._final["settings"] = {**self.manifest["settings"], "frames": f, "height": h, "width": w, "fps": fps}
+        return self.path / "video.mp4"
+
     # -- what is known when --------------------------------------------------------------------
     def _known(self) -> bool:
         prompt_known = (self._prompt is not None and self._tokenizer is not None) or self._n_tokens is not None
@@ -359,6 +378,10 @@ class Capture:
             if prompt is not None and self._prompt is not None and clean_prompt(prompt) != clean_prompt(self._prompt):
                 raise PaikError(f"capture_attention(prompt={self._prompt!r}) differs from the prompt passed to the "
                                 f"pipeline ({prompt!r}); leave prompt= out to take the pipeline's")
+            if self.uncond and self._negative is not None and clean_prompt(negative or "") != clean_prompt(
+                    self._negative):
+                raise PaikError(f"capture_attention(negative_prompt={self._negative!r}) differs from the pipeline's "
+                                f"negative prompt ({negative!r})")
             if int(msl) != self._msl:
                 raise PaikError(f"max_sequence_length {msl} differs from capture_attention's {self._msl}")
             return

@@ -47,12 +47,15 @@ def test_maps_equal_the_cli_bundle_for_the_same_seed(tiny, tmp_path):
     # the user's own call: prompt, steps and grid are learned from it
     with paik.capture_attention(pipe, tokens=["kissing", "cat"], steps="1-3", out=tmp_path / "api") as cap:
         with torch.inference_mode():
-            pipe(PROMPT, generator=_seed(), output_type="np", **CALL)
+            video = pipe(PROMPT, generator=_seed(), output_type="np", **CALL).frames[0]
+        cap.save_video(video)
     assert cap.status == "complete" and cap.steps == [1, 2, 3] == cli.step_indices
     assert cap.layout == cli.layout and [t.piece for t in cap.tokens] == [t.piece for t in cli.tokens]
     assert float(cap.maps.float().max()) > 2 / 512  # not zeros, not the uniform 1/512
     api = cap.open_bundle()
     assert api.status == "complete" and api.step_indices == [1, 2, 3]
+    assert api.video_path is not None and api.manifest["video"] == cli.manifest["video"]
+    assert "9 frames 64x64 @ 16.0 fps" in api.summary()
     for s in cli.step_indices:
         slot = cap.store.step_slot[s]
         want = np.asarray(cli.step_arrays(s)["maps"])
