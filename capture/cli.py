@@ -20,10 +20,16 @@ def register(sub, bench) -> None:
                    help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))}")
     g.add_argument("--negative", default=None, help="negative prompt")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: 50; 20 for paik-shapes, 4 for tiny models)")
-    g.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: 81; 121 for TI2V-5B; 17 paik-shapes; 9 tiny)")
-    g.add_argument("--height", type=int, default=None, help="multiple of 16 (8 for paik-shapes, 32 for TI2V-5B); default 480 (128 paik-shapes)")
-    g.add_argument("--width", type=int, default=None, help="multiple of 16 (8 for paik-shapes, 32 for TI2V-5B); default 832 (128 paik-shapes)")
+    # defaults: the model folder's paik.json ("defaults"), else its family's (paik.capture.models)
+    g.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model's own, from its paik.json; else 50; 4 for tiny models)")
+    g.add_argument("--frames", type=int, default=None,
+                   help="frames, 4k+1 (default: the model's own; else 81, 121 for TI2V-5B, 9 for tiny models)")
+    g.add_argument("--height", type=int, default=None,
+                   help="a multiple of the model's VAE factor x patch (16 for Wan2.1, 32 for TI2V-5B, 8 for "
+                        "paik-shapes); default: the model's own, else 480 (704 TI2V-5B, 64 tiny)")
+    g.add_argument("--width", type=int, default=None,
+                   help="as --height; default: the model's own, else 832 (1280 TI2V-5B, 64 tiny)")
     g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--guidance-2", type=float, default=None,
                    help="guidance of Wan2.2 A14B's low-noise expert (default: --guidance)")

@@ -687,6 +687,16 @@ def export(components: dict, folder: Path, info: dict, dtype: str = "float16") -
     return folder
 
 
+def trained_world(path) -> dict:
+    """The shapes world a model folder was trained on (its paik.json "world"), as keyword
+    arguments of :func:`paik.shapes.world.sample_scene` ({"upright": bool}); the default world
+    for a folder that says nothing."""
+    from paik.capture.models import read_paik_json
+
+    w = read_paik_json(path).get("world", {})
+    return {"upright": bool(w.get("upright", False)) if isinstance(w, dict) else False}
+
+
 def pack(folder: Path, tar_path: Path) -> Path:
     with tarfile.open(tar_path, "w") as tf:
         tf.add(folder, arcname=folder.name)

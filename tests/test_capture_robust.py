@@ -109,28 +109,45 @@ def _opts(out, **kw):
     return GenerateOptions(**{**base, **kw})
 
 
-def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where, kept", [("scheduler", [0, 1, 2]), ("forward", [0, 1])])
+def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch, where, kept):
+    """A step is finished when its last pass (cond, then uncond) has run: Ctrl-C in step 2's
+    scheduler update keeps its maps; Ctrl-C inside its uncond forward does not."""
     pipe = tiny[0]
-    real_step = pipe.scheduler.step
     calls = {"n": 0}
+    handle = None
+    if where == "scheduler":
+        real_step = pipe.scheduler.step
 
-    def step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real_step(*a, **k)
 
-    monkeypatch.setattr(pipe.scheduler, "step", step)
-    with pytest.raises(KeyboardInterrupt):
-        generate(_opts(tmp_path / "b"), loaded=tiny)
+        monkeypatch.setattr(pipe.scheduler, "step", step)
+    else:
+        def hook(module, args):
+            calls["n"] += 1
+            if calls["n"] == 6:  # steps 0 and 1 are forwards 1-4; step 2's cond is 5, its uncond 6
+                raise KeyboardInterrupt
+
+        handle = pipe.transformer.blocks[1].register_forward_pre_hook(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate(_opts(tmp_path / "b"), loaded=tiny)
+    finally:
+        if handle is not None:
+            handle.remove()
     b = open_bundle(tmp_path / "b")
-    assert b.status == "interrupted" and b.step_indices == [0, 1]
+    assert b.status == "interrupted" and b.step_indices == kept
     assert b.video_path is None
     assert b.select("kissing", step=1, block=None, head=None).shape == b.layout.latent
     # the model is left as it was: no capture processor, no hook
-    from paik.capture.processor import CaptureProcessor
+    from paik.capture.processor import CaptureProcessor, attached
 
     assert not any(isinstance(blk.attn2.processor, CaptureProcessor) for blk in pipe.transformer.blocks)
+    assert not attached(pipe.transformer) and "encode_prompt" not in pipe.__dict__
 
 
 def test_crash_is_recorded_and_keeps_steps(tiny, tmp_path, monkeypatch):
@@ -317,6 +334,26 @@ def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
     code = paik(argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frames", "16"], "--frames 16 must be 4k+1"),
+    (["--height", "70"], "--height 70 must be a positive multiple of 16"),
+    (["--blocks", "0-9"], "out of range: valid values are 0..2"),
+    (["--capture-steps", "7"], "out of range: valid values are 0..3"),
+    (["--guidance-2", "3"], "--guidance-2 is for Wan2.2"),
+    (["--tokens", "dog"], "'dog' is not in the prompt"),
+    (["--capture-uncond", "--guidance", "1"], "needs classifier-free"),
+])
+def test_flags_and_sizes_are_checked_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    def load(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr("paik.capture.generate.load_pipeline", load)
+    code = paik(["generate", PROMPT, "--out", str(tmp_path / "x"), "--model", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bench_capture_on_cpu_does_not_judge_memory(capsys):
