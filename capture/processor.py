@@ -28,6 +28,8 @@ from diffusers.models.transformers.transformer_wan import (
     _get_qkv_projections,
 )
 
+from paik.capture.bend import bend_for
+
 if TYPE_CHECKING:
     from paik.capture.store import Recorder
 
@@ -103,9 +105,15 @@ class CaptureProcessor(WanAttnProcessor):
             raise ValueError("CaptureProcessor belongs on cross-attention (attn2), which has no rotary embedding")
 
         target = self.recorder.target(self.block)
+        bend = bend_for(self.recorder, self.block)  # None unless a bend is active here: nothing extra runs
+        if bend is not None and target is None:
+            probs, pad = real_token_probs(query[0], key[0], bend.n_real)
+            bend.apply(probs, pad)
         if target is not None:
             maps_out, pad_out, token_index, n_real, head_mean = target
             probs, pad = real_token_probs(query[0], key[0], n_real)
+            if bend is not None:  # the maps stored are the bent ones the model uses
+                bend.apply(probs, pad)
             sel = probs if token_index is None else probs.index_select(1, token_index)  # [H, T, S]
             if head_mean:
                 sel, pad = sel.mean(0, keepdim=True), pad.mean(0, keepdim=True)
@@ -125,7 +133,10 @@ class CaptureProcessor(WanAttnProcessor):
         hidden_states = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
             backend=self._attention_backend, parallel_config=None,
-        ).flatten(2, 3).type_as(query)
+        )
+        if bend is not None:  # rank-one corrections to the fused output, before to_out (paik.capture.bend)
+            hidden_states = bend.correct(hidden_states, value)
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
         if hidden_states_img is not None:
             hidden_states = hidden_states + hidden_states_img
         hidden_states = attn.to_out[0](hidden_states)
