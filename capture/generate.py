@@ -15,6 +15,7 @@ import torch
 
 from paik.capture import __version__
 from paik.errors import PaikError
+from paik.capture.bend import bends_for_take
 from paik.capture.layout import GiB, Layout
 from paik.capture.models import load_pipeline, set_flow_shift
 from paik.capture.plan import MemoryPlan, check_video_size, estimate_working_bytes, parse_heads, parse_indices
@@ -53,6 +54,9 @@ class GenerateOptions:
     preview: str = "latent"  # latent | decode | none
     overwrite: bool = False
     quiet: bool = False
+    bends: list = field(default_factory=list)  # bend lines or BendSpecs (paik.capture.bend)
+    bend_presets: list[str] = field(default_factory=list)  # --bends: preset names or .toml files
+    replay_bends: dict | None = None  # a replayed take's {"steps": N, "log": manifest["bend_log"]}
 
 
 # Sizes that make sense per model when the user gives none: (frames, height, width, steps)
@@ -160,6 +164,9 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
     if opts.capture_uncond and not cfg:
         raise PaikError("--capture-uncond needs classifier-free guidance (--guidance above 1)")
 
+    bends = bends_for_take(opts.bends, opts.bend_presets, opts.replay_bends, table, neg_table if cfg else None,
+                           info.num_layers, info.num_heads, steps, info.latent_grid(frames, height, width))
+
     layout = Layout(
         steps=parse_indices(opts.capture_steps, steps, "capture-steps"),
         blocks=parse_indices(opts.capture_blocks, info.num_layers, "blocks"),
@@ -186,6 +193,7 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
 
     store = CaptureStore(layout, store_device)
     recorder = Recorder(store, capture_uncond=opts.capture_uncond)
+    recorder.bends = bends
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "prompt": opts.prompt, "prompt_clean": prompt,
@@ -205,6 +213,7 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
         "groups": [g.to_json() for g in groups],
         "layout": layout.to_json(),
         "planned_steps": layout.steps,
+        **({"bends": [b.line() for b in bends.specs()], "bend_log": []} if bends else {}),
         "versions": _versions(device),
         "paik_command": sys.argv if sys.argv and "paik" in Path(sys.argv[0]).name else None,
     }
@@ -220,7 +229,12 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
     t_step = [time.perf_counter()]
     progress = _progress(steps, opts.quiet)
 
+    bend_log: list[dict] = []
+
     def on_step_end(pipeline, i, t, kwargs):
+        if bends:  # every bend active at this step, captured or not: what a replay plays back
+            bend_log.append({"step": i, "bends": bends.lines_at(i)})
+            writer.update(bend_log=list(bend_log))
         if i in store.step_slot:
             slot = store.step_slot[i]
             tensors = {"maps": store.maps[slot], "padding": store.padding[slot]}
@@ -234,7 +248,8 @@ def generate(opts: GenerateOptions, loaded=None) -> Path:
                 if opts.preview == "decode":
                     _decode_preview(pipeline, x0, out / "previews" / f"step_{i:04d}.mp4", opts.fps)
             expert = recorder.experts.get(i, "transformer")
-            writer.add_step({"index": i, "timestep": float(t), "sigma": recorder.sigma, "expert": expert}, tensors)
+            writer.add_step({"index": i, "timestep": float(t), "sigma": recorder.sigma, "expert": expert,
+                             **({"bends": bend_log[-1]["bends"]} if bends else {})}, tensors)
         recorder.end_step()
         now = time.perf_counter()
         step_times.append(round(now - t_step[0], 4))
