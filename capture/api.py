@@ -443,6 +443,9 @@ class Capture:
         info = {"index": step, "timestep": float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else
                 (float(t) if t is not None else None), "sigma": self.recorder.sigma,
                 "expert": self.recorder.experts.get(step, "transformer")}
+        bends = getattr(self.recorder, "bends", None)
+        if bends:  # the bends the model used at this step (paik.capture.bend)
+            info["bends"] = bends.lines_at(step)
         self.steps.append(step)
         self.step_info.append(info)
         if self.writer is not None:

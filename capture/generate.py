@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 
 from paik.capture.api import Cancelled, capture_attention
+from paik.capture.bend import bends_for_take
 from paik.capture.models import ModelInfo, generation_defaults, load_pipeline, peek_model, set_flow_shift
 from paik.capture.plan import check_video_size, parse_heads, parse_indices
 from paik.capture.store import Recorder
+from paik.capture.tokens import clean_prompt, token_table
 from paik.capture.writer import describe_write_error
 from paik.errors import PaikError
 from paik.video import write_mp4
@@ -48,6 +50,9 @@ class GenerateOptions:
     preview: str = "latent"  # latent | decode | none
     overwrite: bool = False
     quiet: bool = False
+    bends: list = field(default_factory=list)  # bend lines or BendSpecs (paik.capture.bend)
+    bend_presets: list[str] = field(default_factory=list)  # --bends: preset names or .toml files
+    replay_bends: dict | None = None  # a replayed take's {"steps": N, "log": manifest["bend_log"]}
 
 
 def _log(opts, msg):
@@ -168,6 +173,14 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     }
     manifest = {"seed": opts.seed, "model": info.to_json(pipe), "settings": settings,
                 "paik_command": sys.argv if sys.argv and "paik" in Path(sys.argv[0]).name else None}
+    # bends are resolved against the same token tables the capture plans with (paik.capture.tokens)
+    cfg = opts.guidance > 1.0
+    table = token_table(pipe.tokenizer, clean_prompt(opts.prompt), opts.max_sequence_length)
+    neg_table = token_table(pipe.tokenizer, clean_prompt(opts.negative or ""), opts.max_sequence_length) if cfg else None
+    bends = bends_for_take(opts.bends, opts.bend_presets, opts.replay_bends, table, neg_table, info.num_layers,
+                           info.num_heads, size.steps, size.latent)
+    if bends:
+        manifest.update(bends=[b.line() for b in bends.specs()], bend_log=[])
     guidance = {"transformer": opts.guidance, "transformer_2": opts.guidance_2 if opts.guidance_2 is not None
                 else opts.guidance}
     proj = rgb_projection(pipe, device) if opts.preview != "none" else None
@@ -193,6 +206,7 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         prompt=opts.prompt, negative_prompt=opts.negative or "", num_steps=size.steps, grid=size.latent,
         device=device, max_sequence_length=opts.max_sequence_length, manifest=manifest, step_extras=previews,
     )
+    cap.recorder.bends = bends  # read by the processors (paik.capture.bend.bend_for); None: nothing runs
     _log(opts, "paik: " + cap.plan.describe())
     _log(opts, f"paik: writing {out}")
     if on_start is not None:
@@ -201,7 +215,12 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     t_step = [time.perf_counter()]
     progress = _progress(size.steps, opts.quiet)
 
+    bend_log: list[dict] = []
+
     def on_step_end(pipeline, i, t, kwargs):
+        if bends:  # every bend active at this step, captured or not: what a replay plays back
+            bend_log.append({"step": i, "bends": bends.lines_at(i)})
+            cap.writer.update(bend_log=list(bend_log))
         now = time.perf_counter()
         step_times.append(round(now - t_step[0], 4))
         t_step[0] = now

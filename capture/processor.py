@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from paik.capture import compat
+from paik.capture.bend import bend_for
 
 if TYPE_CHECKING:
     from paik.capture.store import Recorder
@@ -133,8 +134,11 @@ class CaptureProcessor(compat.WanAttnProcessor):
         rec = self.recorder
         call = None
         target = rec.target(self.block)
-        if target is not None or self.hooks:
+        bend = bend_for(rec, self.block)  # None unless a bend is active here: nothing extra runs
+        if target is not None or self.hooks or bend is not None:
             call = AttnCall(self.block, rec.pass_name, rec.step, rec.expert, query, key, value, rec.n_real_now())
+        if bend is not None:  # bent in place: the maps stored and the hooks see what the model uses
+            bend.apply(*call.probs())
         if target is not None:
             maps_out, pad_out, token_index, head_mean = target
             probs, pad = call.probs()
@@ -154,6 +158,8 @@ class CaptureProcessor(compat.WanAttnProcessor):
 
         out = compat.attention(query, key, value, attention_mask, self._attention_backend,
                                self._parallel_config if encoder_hidden_states is None else None)
+        if bend is not None:  # rank-one corrections to the fused output, before to_out (paik.capture.bend)
+            out = bend.correct(out, value)
         for hook in self.hooks:
             replaced = hook(call, out)
             if replaced is not None:
