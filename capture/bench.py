@@ -18,10 +18,9 @@ import time
 
 import torch
 
-from paik.errors import PaikError
+from paik.capture.api import capture_attention
 from paik.capture.layout import GiB, Layout
-from paik.capture.processor import attach, detach, real_token_probs
-from paik.capture.store import CaptureStore, Recorder
+from paik.errors import PaikError
 
 CONFIGS = {
     "wan2.1-1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
@@ -81,7 +80,7 @@ def run_bench(args) -> int:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def denoise(n_steps: int, on_step=None):
+    def denoise(n_steps: int):
         for i in range(n_steps):
             t = torch.tensor([1000.0 * (1 - i / max(n_steps, 1))], device=dev)
             kw = dict(step_index=i, sigma=float(t) / 1000, num_inference_steps=n_steps)
@@ -89,8 +88,10 @@ def run_bench(args) -> int:
                 model(latents, t, ctx, return_dict=False)
             with model.cache_context("uncond", **kw):
                 model(latents, t, nctx, return_dict=False)
-            if on_step is not None:
-                on_step(i)
+
+    def capture(n_steps: int, out=None):
+        return capture_attention(model, n_tokens=n_real, num_steps=n_steps, grid=grid, device=dev,
+                                 max_sequence_length=seq, max_gb=float("inf"), out=out, overwrite=True)
 
     def measure(variant: str) -> dict:
         import gc
@@ -99,46 +100,32 @@ def run_bench(args) -> int:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        saved = store = writer = tmp = None
-        on_step = None
-        if variant != "none":
-            store = CaptureStore(layout, dev)
-            recorder = Recorder(store)
-            saved = attach(model, recorder, "transformer", layout.blocks)
-            on_step = lambda i: recorder.end_step()  # noqa: E731
-            if variant == "capture+write":
-                from paik.capture.writer import BundleWriter
-
-                tmp = tempfile.mkdtemp(prefix="paik-bench-", dir=args.write)
-                writer = BundleWriter(tmp, {"layout": layout.to_json(), "tokens": []}, overwrite=True)
-
-                def on_step(i):  # noqa: F811
-                    writer.add_step({"index": i, "timestep": 0.0, "sigma": None, "expert": "transformer"},
-                                    {"maps": store.maps[i], "padding": store.padding[i]})
-                    recorder.end_step()
-        try:
-            with torch.inference_mode():
-                if saved is None:
-                    denoise(1)  # warm-up outside the timed region
-                else:
-                    _warm(model, recorder, denoise)
-                sync()
-                t0 = time.perf_counter()
-                denoise(args.steps, on_step)
-                if writer is not None:
-                    writer.close()
-                sync()
-                seconds = time.perf_counter() - t0
-        finally:
-            if saved is not None:
-                detach(model, saved)
+        cap = tmp = None
+        with torch.inference_mode():
+            if variant == "none":
+                denoise(1)  # warm-up outside the timed region
+            else:
+                with capture(1):  # one step through the capture path, not timed (kernels, allocator)
+                    denoise(1)
+                if variant == "capture+write":
+                    tmp = tempfile.mkdtemp(prefix="paik-bench-", dir=args.write)
+                cap = capture(args.steps, tmp)  # store allocated (and bundle opened) before the clock starts
+            sync()
+            t0 = time.perf_counter()
+            if cap is None:
+                denoise(args.steps)
+            else:
+                with cap:  # leaving it writes the last step and closes the bundle: timed, as a run pays it
+                    denoise(args.steps)
+            sync()
+            seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(dev) / GiB if cuda else float("nan")
         result = {"variant": variant, "ms_per_step": 1e3 * seconds / args.steps, "peak_gib": peak}
         if tmp:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-        del store
+        del cap
         return result
 
     variants = ["none", "capture"] + (["capture+write"] if args.write else [])
@@ -178,12 +165,6 @@ def run_bench(args) -> int:
     return 0
 
 
-def _warm(model, recorder, denoise):
-    """One step through the capture path, not timed (kernels, allocator)."""
-    denoise(1, lambda i: recorder.end_step())
-    recorder._counted_step = 0
-
-
 def reference_probs(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """softmax(QK^T/sqrt(d)) over ALL keys in float32, independent of the real+1 shortcut:
     query [S, H, D], key [L, H, D] -> [H, L, S]."""
@@ -195,22 +176,20 @@ def check_against_reference(model, layout: Layout, dev, latents, ctx, blocks=(0,
     """Capture one cond forward and compare blocks against :func:`reference_probs` computed from
     q and k recorded by forward hooks on ``attn2.norm_q`` / ``attn2.norm_k``."""
     blocks = [b for b in blocks if b < len(model.blocks)]
-    one = Layout(**{**layout.__dict__, "steps": [0]})
-    store = CaptureStore(one, dev)
-    recorder = Recorder(store)
     qk, handles = {}, []
     for b in blocks:
         a = model.blocks[b].attn2
         handles.append(a.norm_q.register_forward_hook(lambda m, i, o, b=b: qk.__setitem__((b, "q"), o)))
         handles.append(a.norm_k.register_forward_hook(lambda m, i, o, b=b: qk.__setitem__((b, "k"), o)))
-    saved = attach(model, recorder, "transformer", layout.blocks)
     try:
-        with torch.inference_mode(), model.cache_context("cond", step_index=0, sigma=1.0):
+        with capture_attention(model, n_tokens=layout.n_real, num_steps=1, grid=layout.latent, device=dev,
+                               blocks=layout.blocks, max_sequence_length=layout.seq_len,
+                               max_gb=float("inf")) as cap, torch.inference_mode():
             model(latents, torch.tensor([900.0], device=dev), ctx, return_dict=False)
     finally:
-        detach(model, saved)
         for h in handles:
             h.remove()
+    store = cap.store
     heads, n = layout.n_heads, layout.n_real
     err = sum_err = 0.0
     for b in blocks:

@@ -14,16 +14,22 @@ def register(sub, bench) -> None:
                     "chosen prompt token, per step, block and head, into a bundle directory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g.add_argument("prompt", help="the text prompt")
+    g.add_argument("prompt", nargs="?", default=None, help="the text prompt (with --replay: replaces the take's)")
     g.add_argument("--out", "-o", required=True, help="bundle directory to write")
     g.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))}")
     g.add_argument("--negative", default=None, help="negative prompt")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: 50; 20 for paik-shapes, 4 for tiny models)")
-    g.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: 81; 121 for TI2V-5B; 17 paik-shapes; 9 tiny)")
-    g.add_argument("--height", type=int, default=None, help="multiple of 16 (8 for paik-shapes, 32 for TI2V-5B); default 480 (128 paik-shapes)")
-    g.add_argument("--width", type=int, default=None, help="multiple of 16 (8 for paik-shapes, 32 for TI2V-5B); default 832 (128 paik-shapes)")
+    # defaults: the model folder's paik.json ("defaults"), else its family's (paik.capture.models)
+    g.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model's own, from its paik.json; else 50; 4 for tiny models)")
+    g.add_argument("--frames", type=int, default=None,
+                   help="frames, 4k+1 (default: the model's own; else 81, 121 for TI2V-5B, 9 for tiny models)")
+    g.add_argument("--height", type=int, default=None,
+                   help="a multiple of the model's VAE factor x patch (16 for Wan2.1, 32 for TI2V-5B, 8 for "
+                        "paik-shapes); default: the model's own, else 480 (704 TI2V-5B, 64 tiny)")
+    g.add_argument("--width", type=int, default=None,
+                   help="as --height; default: the model's own, else 832 (1280 TI2V-5B, 64 tiny)")
     g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--guidance-2", type=float, default=None,
                    help="guidance of Wan2.2 A14B's low-noise expert (default: --guidance)")
@@ -47,9 +53,18 @@ def register(sub, bench) -> None:
                    help="per-step previews of the denoised estimate: cheap latent projection, full VAE decode, none")
     g.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    g.set_defaults(func=_generate)
+    g.add_argument("--bend", action="append", default=[], metavar="BEND",
+                   help='bend the cross-attention while generating, e.g. "mute cat", "gain kiss 2 blocks 10-20 '
+                        'steps 0-12", "blur cat 2 strength 0.5 pass both heads 0-3"; repeatable (see paik.capture.bend)')
+    g.add_argument("--bends", action="append", default=[], metavar="PRESET",
+                   help="bends from a preset: a name in ~/.config/paik/bends or presets/bends, or a .toml file")
+    g.add_argument("--replay", default=None, metavar="BUNDLE",
+                   help="regenerate a take from its manifest, bends and all; flags given here replace its settings")
+    g.set_defaults(func=_generate, _parser=g)
 
-    i = sub.add_parser("info", help="summarize a capture bundle")
+    i = sub.add_parser("info", help="summarize a capture bundle and check its step files",
+                       description="Summarize a bundle and check its manifest and every step file's header "
+                                   "(exit 2, naming the broken steps, when any is damaged).")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=_info)
@@ -79,6 +94,7 @@ def register(sub, bench) -> None:
 
 
 def _generate(args) -> int:
+    from paik.capture.bend import parse_bends
     from paik.capture.generate import GenerateOptions, generate
     from paik.errors import PaikError
     from paik.capture.tokens import split_token_list
@@ -86,7 +102,9 @@ def _generate(args) -> int:
     tokens = split_token_list(args.tokens) if args.tokens is not None else []
     if args.tokens is not None and not tokens:
         raise PaikError("--tokens is empty; name words like kiss,\"soccer ball\",eos (or leave it out for every token)")
-    opts = GenerateOptions(
+    if args.prompt is None and args.replay is None:
+        raise PaikError("the following arguments are required: prompt (or --replay BUNDLE, to regenerate a take)")
+    fields = dict(
         prompt=args.prompt, out=args.out, model=args.model, negative=args.negative, seed=args.seed,
         steps=args.steps, frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
         guidance_2=args.guidance_2, flow_shift=args.flow_shift, fps=args.fps,
@@ -94,8 +112,21 @@ def _generate(args) -> int:
         capture_blocks=args.blocks, heads=args.heads, capture_uncond=args.capture_uncond,
         max_capture_gb=args.max_capture_gb, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
         offload=args.offload, device=args.device, preview=args.preview, overwrite=args.overwrite, quiet=args.quiet,
+        # parsed here, so a typo in a bend is reported before the model loads
+        bends=parse_bends(args.bend, args.bends),
     )
-    generate(opts)
+    if args.replay is None:
+        generate(GenerateOptions(**fields))
+        return 0
+    from paik.capture.replay import replay_options
+
+    # only the flags given (those that differ from their defaults) replace the take's settings
+    dest = {"capture_blocks": "blocks"}
+    given = {k: v for k, v in fields.items() if k not in ("out", "bends") and getattr(args, dest.get(k, k))
+             != args._parser.get_default(dest.get(k, k))}
+    if fields["bends"]:
+        given["bends"] = fields["bends"]  # refused by replay_options, with the reason
+    generate(replay_options(args.replay, args.out, **given))
     return 0
 
 
@@ -103,9 +134,16 @@ def _info(args) -> int:
     import json
 
     from paik.capture.bundle import open_bundle
+    from paik.errors import BundleError
 
-    b = open_bundle(args.bundle)
-    print(json.dumps(b.manifest, indent=1, ensure_ascii=False) if args.json else b.summary())
+    # strict=False: a bundle whose step files are damaged is still summarized, with the broken
+    # ones listed, and then reported as an error (exit 2), never as "complete"
+    b = open_bundle(args.bundle, strict=False)
+    print(json.dumps(b.manifest, indent=1, ensure_ascii=False) if args.json else b.summary(), flush=True)
+    if b.broken:
+        first = next(iter(b.broken.values()))
+        raise BundleError(f"{len(b.broken)} of {len(b.steps)} step files are damaged (first: {first}); "
+                          "regenerate the bundle")
     return 0
 
 

@@ -50,11 +50,90 @@ class Layout:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Layout":
-        keys = cls.__dataclass_fields__.keys()
-        d = {k: v for k, v in d.items() if k in keys}
-        d["latent"] = tuple(d["latent"])
-        return cls(**d)
+    def from_json(cls, d) -> "Layout":
+        """A layout read from a manifest, checked field by field: anything from disk may be
+        damaged, and a wrong type or an absurd size must be a clear error here, not a crash or a
+        giant allocation in the renderer. Raises ValueError naming the field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"layout must be an object, not {_kind(d)}")
+        missing = [k for k in _REQUIRED if k not in d]
+        if missing:
+            raise ValueError(f"layout has no {', '.join(missing)}")
+        seq_len = check_int(d["seq_len"], "layout.seq_len", 1, MAX_SEQ_LEN)
+        n_heads = check_int(d["n_heads"], "layout.n_heads", 1, MAX_HEADS)
+        head_mean = d["head_mean"]
+        if not isinstance(head_mean, bool):
+            raise ValueError(f"layout.head_mean must be true or false, not {_kind(head_mean)}")
+        heads = check_int(d["heads"], "layout.heads", 1, 1 if head_mean else n_heads)
+        latent = d["latent"]
+        if not isinstance(latent, (list, tuple)) or len(latent) != 3:
+            raise ValueError(f"layout.latent must be [F', H', W'], not {_short(latent)}")
+        latent = tuple(check_int(v, f"layout.latent[{i}]", 1, MAX_LATENT_SIDE) for i, v in enumerate(latent))
+        positions = latent[0] * latent[1] * latent[2]
+        if positions > MAX_POSITIONS:
+            raise ValueError(f"layout.latent {list(latent)} is {positions:,} positions (at most {MAX_POSITIONS:,})")
+        steps = check_index_list(d["steps"], "layout.steps", MAX_STEPS)
+        blocks = check_index_list(d["blocks"], "layout.blocks", MAX_BLOCKS, nonempty=True)
+        if len(steps) * len(blocks) * positions > MAX_TABLE:
+            raise ValueError(f"layout of {len(steps)} steps x {len(blocks)} blocks x {positions:,} positions is "
+                             f"too large to play (at most {MAX_TABLE:,} values a token)")
+        tokens = check_index_list(d["tokens"], "layout.tokens", seq_len, nonempty=True)
+        uncond = check_index_list(d.get("uncond_tokens", []), "layout.uncond_tokens", seq_len)
+        n_real = check_int(d["n_real"], "layout.n_real", 0, seq_len)
+        n_real_uncond = check_int(d.get("n_real_uncond", 0), "layout.n_real_uncond", 0, seq_len)
+        dtype = d.get("dtype", "float16")
+        if dtype != "float16":
+            raise ValueError(f"layout.dtype {_short(dtype)} is not supported (maps are float16)")
+        return cls(steps=steps, blocks=blocks, heads=heads, head_mean=head_mean, n_heads=n_heads, tokens=tokens,
+                   latent=latent, n_real=n_real, seq_len=seq_len, uncond_tokens=uncond, n_real_uncond=n_real_uncond,
+                   dtype=dtype)
+
+
+# Bounds on what a manifest may claim. Generous for every Wan model (Wan2.1-14B at 720p x 81
+# frames is 40 blocks x 40 heads x 21x45x80 = 75,600 positions) yet small enough that nothing a
+# damaged manifest claims can make the instrument allocate more than a few GiB.
+MAX_STEPS = 10_000  # captured denoising steps (and the largest step index)
+MAX_BLOCKS = 1024
+MAX_HEADS = 1024
+MAX_SEQ_LEN = 1 << 16
+MAX_LATENT_SIDE = 2048  # GL 3D textures are at most 2048 a side on many drivers
+MAX_POSITIONS = 1 << 20  # F'*H'*W'; a reduced volume a view holds per cell
+MAX_TABLE = 1 << 29  # steps*blocks*positions: the per-token table reduce.py may build (2 GiB float32)
+
+_REQUIRED = ("steps", "blocks", "heads", "head_mean", "n_heads", "tokens", "latent", "n_real", "seq_len")
+
+
+def _kind(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_int(v, name: str, lo: int, hi: int) -> int:
+    """``v`` as an int in [lo, hi] (JSON true/false and 2.0 are not integers)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name} must be an integer, not {_kind(v)} {_short(v)}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} {v} is out of range ({lo}..{hi:,})")
+    return v
+
+
+def check_index_list(v, name: str, bound: int, nonempty: bool = False) -> list[int]:
+    """Distinct integers in [0, bound), at most ``bound`` of them."""
+    if not isinstance(v, list):
+        raise ValueError(f"{name} must be a list of integers, not {_kind(v)} {_short(v)}")
+    if nonempty and not v:
+        raise ValueError(f"{name} is empty")
+    if len(v) > bound:
+        raise ValueError(f"{name} has {len(v):,} entries (at most {bound:,})")
+    out = [check_int(x, f"{name}[{i}]", 0, bound - 1) for i, x in enumerate(v)]
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} repeats an index")
+    return out
 
 
 def index_ranges(values: Iterable[int]) -> str:

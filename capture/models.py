@@ -25,6 +25,15 @@ TINY = {"tiny": "t2v", "tiny-t2v": "t2v", "tiny-a14b": "a14b", "tiny-ti2v": "ti2
 BUILTIN = {"paik-shapes": resources.assets("paik-shapes")}
 DEFAULT_MODEL = "paik-shapes" if (BUILTIN["paik-shapes"] / "model_index.json").is_file() else "tiny"
 
+# Video sizes and steps that make sense per model family when the user gives none. A model
+# folder's own paik.json ("defaults") comes first: a model trained at its own size says so there.
+FAMILY_DEFAULTS = {
+    "wan2.1-t2v": {"frames": 81, "height": 480, "width": 832, "steps": 50},
+    "wan2.2-a14b": {"frames": 81, "height": 480, "width": 832, "steps": 50},
+    "wan2.2-ti2v": {"frames": 121, "height": 704, "width": 1280, "steps": 50},
+}
+TINY_DEFAULTS = {"frames": 9, "height": 64, "width": 64, "steps": 4}  # random weights: small and quick
+
 
 @dataclass
 class ModelInfo:
@@ -59,6 +68,37 @@ class ModelInfo:
         d["transformer_2_config"] = dict(t2.config) if t2 is not None else None
         d["scheduler"] = {"class": type(pipe.scheduler).__name__, **dict(pipe.scheduler.config)}
         return _jsonable(d)
+
+
+def read_paik_json(path) -> dict:
+    """A model folder's paik.json (what Paik knows about it: defaults, how it was made), or {}."""
+    f = Path(path) / "paik.json" if path else None
+    if f is None or not f.is_file():
+        return {}
+    import json
+
+    try:
+        info = json.loads(f.read_text())
+    except ValueError as e:
+        raise PaikError(f"{f}: not a valid paik.json ({e})") from e
+    if not isinstance(info, dict):
+        raise PaikError(f"{f}: not a valid paik.json (not an object)")
+    return info
+
+
+def folder_defaults(path) -> dict:
+    """The generation defaults a model folder records in its paik.json ("defaults": frames,
+    height, width, steps, guidance, flow_shift), or {}."""
+    d = read_paik_json(path).get("defaults", {})
+    if not isinstance(d, dict):
+        raise PaikError(f"{Path(path) / 'paik.json'}: not a valid paik.json (defaults is not an object)")
+    return dict(d)
+
+
+def generation_defaults(info: "ModelInfo") -> dict:
+    """frames, height, width, steps (and whatever else the folder's paik.json sets) for a model."""
+    base = TINY_DEFAULTS if info.id in TINY else FAMILY_DEFAULTS.get(info.family, FAMILY_DEFAULTS["wan2.1-t2v"])
+    return {**base, **folder_defaults(info.path)}
 
 
 def _jsonable(x):
@@ -152,19 +192,58 @@ def load_pipeline(spec: str | None, dtype: str = "auto", device: str | None = No
 
 def describe(pipe, model_id: str, path: str) -> ModelInfo:
     experts = [n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is not None]
-    t = getattr(pipe, experts[0])
-    c = t.config
-    expand = bool(getattr(pipe.config, "expand_timesteps", False))
+    return _info(model_id, path, experts, getattr(pipe, experts[0]).config, dict(pipe.config),
+                 pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal, pipe.scheduler.config)
+
+
+def _info(model_id, path, experts, c, pipe_config, spatial, temporal, scheduler) -> ModelInfo:
     two = len(experts) == 2
+    expand = bool(pipe_config.get("expand_timesteps", False))
     family = "wan2.2-a14b" if two else ("wan2.2-ti2v" if expand else "wan2.1-t2v")
     return ModelInfo(
-        id=model_id, path=path, family=family, experts=experts,
-        spatial=int(pipe.vae_scale_factor_spatial), temporal=int(pipe.vae_scale_factor_temporal),
-        patch=tuple(c.patch_size), num_layers=int(c.num_layers), num_heads=int(c.num_attention_heads),
-        head_dim=int(c.attention_head_dim), dim=int(c.num_attention_heads * c.attention_head_dim),
-        ffn_dim=int(c.ffn_dim), boundary_ratio=getattr(pipe.config, "boundary_ratio", None),
-        flow_shift=pipe.scheduler.config.get("flow_shift", pipe.scheduler.config.get("shift")),
+        id=model_id, path=path, family=family, experts=experts, spatial=int(spatial), temporal=int(temporal),
+        patch=tuple(c["patch_size"]), num_layers=int(c["num_layers"]), num_heads=int(c["num_attention_heads"]),
+        head_dim=int(c["attention_head_dim"]), dim=int(c["num_attention_heads"] * c["attention_head_dim"]),
+        ffn_dim=int(c["ffn_dim"]), boundary_ratio=pipe_config.get("boundary_ratio"),
+        flow_shift=scheduler.get("flow_shift", scheduler.get("shift")),
     )
+
+
+def peek_model(spec: str | None) -> ModelInfo | None:
+    """What :func:`load_pipeline` would report, read from the configs of a local (or already
+    cached) pipeline folder without loading any weights, so flags and sizes are checked before
+    the model loads. None when the configs are not at hand (a hub id not downloaded yet)."""
+    import json
+
+    model_id, path = resolve_model(spec)
+
+    def read(rel: str) -> dict | None:
+        f = Path(path) / rel
+        if not f.is_file():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(path, rel)
+            except Exception:  # not a hub id, no cache: the checks wait for the load
+                return None
+            if not isinstance(hit, str):
+                return None
+            f = Path(hit)
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+
+    index = read("model_index.json")
+    if index is None:
+        return None
+    experts = [n for n in ("transformer", "transformer_2") if (index.get(n) or [None])[0] is not None]
+    config = read(f"{experts[0]}/config.json") if experts else None
+    vae = read("vae/config.json") or {}
+    if config is None:
+        return None
+    return _info(model_id, path, experts, config, index, vae.get("scale_factor_spatial", 8),
+                 vae.get("scale_factor_temporal", 4), read("scheduler/scheduler_config.json") or {})
 
 
 def set_flow_shift(pipe, shift: float) -> None:

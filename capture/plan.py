@@ -123,3 +123,48 @@ def estimate_working_bytes(positions: int, dim: int, ffn_dim: int, height: int, 
     capture = positions * dim * 4 + 64 * positions * 4 * 2
     vae = 6 * height * width * 384 * 4 // 8  # decoded chunk by chunk; ~1/8 of it at once
     return transformer + capture + vae + GiB // 2
+
+
+def plan_layout(table, queries, *, steps, blocks, heads, n_steps: int, n_layers: int, n_heads: int,
+                latent: tuple[int, int, int], seq_len: int, neg_table=None, uncond: bool = False):
+    """The layout of one capture from the user's choices (the CLI's flags and the library's
+    arguments alike): ``queries`` words/phrases (empty: every real token), ``steps``/``blocks``
+    index specs (see :func:`parse_indices`), ``heads`` "all" or "mean". Returns (Layout, the
+    token groups the queries resolved to)."""
+    from paik.capture.tokens import resolve_tokens
+
+    if n_steps < 1:
+        raise PaikError("--steps must be at least 1")
+    groups = resolve_tokens(table, list(queries)) if queries else []
+    captured = sorted({i for g in groups for i in g.tokens}) if groups else [t.index for t in table]
+    head_mean = parse_heads(heads)
+    neg_table = neg_table or []
+    if uncond and not neg_table:
+        raise PaikError("capturing the unconditional pass needs classifier-free guidance (--guidance above 1)")
+    layout = Layout(
+        steps=parse_indices(steps, n_steps, "capture-steps"),
+        blocks=parse_indices(blocks, n_layers, "blocks"),
+        heads=1 if head_mean else n_heads, head_mean=head_mean, n_heads=n_heads,
+        tokens=captured, latent=tuple(latent), n_real=len(table), seq_len=seq_len,
+        uncond_tokens=[t.index for t in neg_table] if uncond else [],
+        n_real_uncond=len(neg_table) if uncond else 0,
+    )
+    return layout, groups
+
+
+def memory_budget(device, max_gb: float | None, working_bytes: int = 0) -> int | None:
+    """Bytes the capture store may take on ``device``: ``max_gb`` when given (infinity: no
+    limit, None); on CUDA what is free beside ``working_bytes`` (what generation itself still
+    needs); on the CPU half of the memory available now."""
+    import math
+    import os
+
+    import torch
+
+    if max_gb is not None:
+        return None if math.isinf(max_gb) else int(max_gb * GiB)
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(0, free - working_bytes)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2

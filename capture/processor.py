@@ -1,5 +1,5 @@
-"""The capture processor for Wan's cross-attention (``block.attn2``), and the hook that tells it
-which denoising step, pass (cond/uncond) and expert it is in.
+"""The capture processor for Wan's cross-attention (``block.attn2``), and the hook that tells the
+capture which denoising step, pass (cond/uncond) and expert a forward belongs to.
 
 The model's output keeps using the fused attention kernel (``dispatch_attention_fn``, whatever
 backend ``transformer.set_attention_backend`` chose), because fused kernels never return the
@@ -12,21 +12,25 @@ so are their keys and logits, and the softmax denominator over 512 keys equals a
 the ``n`` real logits plus one padding logit shifted by ``log(n_pad)``. Computing ``n + 1``
 logits instead of 512 gives the exact maps at a fraction of the cost, and the padding mass
 (the probability that went to all padding keys together) makes every position sum to 1.
+
+Extension point: every processor has a list of *block hooks* (empty by default, so nothing
+extra runs). A hook is called as ``hook(call, out)`` after the fused attention, with the
+:class:`AttnCall` (q, k, v, where the pipeline is, and the exact probabilities on demand) and
+the attention output ``out`` [B, S, heads, head_dim] before ``to_out``; it returns None or a
+replacement output. Attention bending plugs in here (O' from O and a few rank-one terms).
+
+Everything taken from diffusers' private internals goes through :mod:`paik.capture.compat`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_wan import (
-    WanAttnProcessor,
-    _get_added_kv_projections,
-    _get_qkv_projections,
-)
+
+from paik.capture import compat
+from paik.capture.bend import bend_for
 
 if TYPE_CHECKING:
     from paik.capture.store import Recorder
@@ -74,18 +78,43 @@ def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.float(), b.float())
 
 
-class CaptureProcessor(WanAttnProcessor):
+class AttnCall:
+    """One cross-attention call, as a block hook sees it. ``query`` [B, S, H, D] (normed),
+    ``key``/``value`` [B, L, H, D] of the text; ``pass_name`` "cond"/"uncond", ``step`` and
+    ``expert`` as the recorder knows them."""
+
+    __slots__ = ("block", "pass_name", "step", "expert", "query", "key", "value", "n_real", "_probs")
+
+    def __init__(self, block, pass_name, step, expert, query, key, value, n_real):
+        self.block, self.pass_name, self.step, self.expert = block, pass_name, step, expert
+        self.query, self.key, self.value, self.n_real = query, key, value, n_real
+        self._probs = None
+
+    def probs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs [H, n_real, S], pad [H, S]) of the first video, float32; computed once, shared
+        by the capture and every hook."""
+        if self._probs is None:
+            self._probs = real_token_probs(self.query[0], self.key[0], self.n_real)
+        return self._probs
+
+
+BlockHook = Callable[[AttnCall, torch.Tensor], "torch.Tensor | None"]
+
+
+class CaptureProcessor(compat.WanAttnProcessor):
     """``WanAttnProcessor`` that also writes attention maps into the recorder's store.
 
-    It subclasses diffusers' processor so ``set_attention_backend`` still reaches it; its
-    ``__call__`` mirrors ``WanAttnProcessor.__call__`` (diffusers 0.42) and adds the capture
-    between the projections and the fused attention.
+    It subclasses diffusers' processor so ``set_attention_backend`` and ``enable_parallelism``
+    still reach it; its ``__call__`` mirrors ``WanAttnProcessor.__call__`` (diffusers 0.42),
+    passing ``parallel_config`` exactly where that one does, and adds the capture between the
+    projections and the fused attention, and the block hooks after it.
     """
 
-    def __init__(self, recorder: "Recorder", block: int):
+    def __init__(self, recorder: "Recorder", block: int, hooks: list[BlockHook] | None = None):
         super().__init__()
         self.recorder = recorder
         self.block = block
+        self.hooks: list[BlockHook] = [] if hooks is None else hooks
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         encoder_hidden_states_img = None
@@ -95,17 +124,24 @@ class CaptureProcessor(WanAttnProcessor):
             encoder_hidden_states_img = encoder_hidden_states[:, :image_context_length]
             encoder_hidden_states = encoder_hidden_states[:, image_context_length:]
 
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = compat.qkv_projections(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:  # never for attn2 in Wan; kept so the processor is general
             raise ValueError("CaptureProcessor belongs on cross-attention (attn2), which has no rotary embedding")
 
-        target = self.recorder.target(self.block)
+        rec = self.recorder
+        call = None
+        target = rec.target(self.block)
+        bend = bend_for(rec, self.block)  # None unless a bend is active here: nothing extra runs
+        if target is not None or self.hooks or bend is not None:
+            call = AttnCall(self.block, rec.pass_name, rec.step, rec.expert, query, key, value, rec.n_real_now())
+        if bend is not None:  # bent in place: the maps stored and the hooks see what the model uses
+            bend.apply(*call.probs())
         if target is not None:
-            maps_out, pad_out, token_index, n_real, head_mean = target
-            probs, pad = real_token_probs(query[0], key[0], n_real)
+            maps_out, pad_out, token_index, head_mean = target
+            probs, pad = call.probs()
             sel = probs if token_index is None else probs.index_select(1, token_index)  # [H, T, S]
             if head_mean:
                 sel, pad = sel.mean(0, keepdim=True), pad.mean(0, keepdim=True)
@@ -114,56 +150,49 @@ class CaptureProcessor(WanAttnProcessor):
 
         hidden_states_img = None
         if encoder_hidden_states_img is not None:
-            key_img, value_img = _get_added_kv_projections(attn, encoder_hidden_states_img)
+            key_img, value_img = compat.added_kv_projections(attn, encoder_hidden_states_img)
             key_img = attn.norm_added_k(key_img).unflatten(2, (attn.heads, -1))
             value_img = value_img.unflatten(2, (attn.heads, -1))
-            hidden_states_img = dispatch_attention_fn(
-                query, key_img, value_img, attn_mask=None, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=None,
-            ).flatten(2, 3).type_as(query)
+            hidden_states_img = compat.attention(query, key_img, value_img, None, self._attention_backend,
+                                                 None).flatten(2, 3).type_as(query)
 
-        hidden_states = dispatch_attention_fn(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-            backend=self._attention_backend, parallel_config=None,
-        ).flatten(2, 3).type_as(query)
+        out = compat.attention(query, key, value, attention_mask, self._attention_backend,
+                               self._parallel_config if encoder_hidden_states is None else None)
+        if bend is not None:  # rank-one corrections to the fused output, before to_out (paik.capture.bend)
+            out = bend.correct(out, value)
+        for hook in self.hooks:
+            replaced = hook(call, out)
+            if replaced is not None:
+                out = replaced
+        hidden_states = out.flatten(2, 3).type_as(query)
         if hidden_states_img is not None:
             hidden_states = hidden_states + hidden_states_img
         hidden_states = attn.to_out[0](hidden_states)
         return attn.to_out[1](hidden_states)
 
 
-class _PassState(BaseState):
-    def reset(self, *args, **kwargs):
-        pass
-
-
-class PassHook(ModelHook):
+class PassHook(compat.ModelHook):
     """A stateful diffusers hook on a transformer: the pipeline's ``cache_context("cond"|"uncond",
-    step_index=..., sigma=...)`` reaches its StateManager, so the recorder learns which pass,
-    step and expert every forward belongs to without counting calls."""
+    step_index=..., sigma=..., num_inference_steps=...)`` reaches its StateManager, so the
+    capture learns which pass, step and expert every forward belongs to without counting calls.
+
+    ``session`` gets ``before_forward(module, expert, context, args, kwargs)`` and
+    ``after_forward(output)``."""
 
     _is_stateful = True
 
-    def __init__(self, recorder: "Recorder", expert: str):
+    def __init__(self, session, expert: str):
         super().__init__()
-        self.recorder = recorder
+        self.session = session
         self.expert = expert
-        self.state_manager = StateManager(_PassState)
+        self.state_manager = compat.new_state_manager()
 
     def pre_forward(self, module, *args, **kwargs):
-        ctx = self.state_manager._context
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        self.recorder.begin_pass(
-            name=ctx.name if ctx is not None else None,
-            step=ctx.step_index if ctx is not None else None,
-            sigma=ctx.sigma if ctx is not None else None,
-            expert=self.expert,
-            sample=hidden,
-        )
+        self.session.before_forward(module, self.expert, compat.current_context(self.state_manager), args, kwargs)
         return args, kwargs
 
     def post_forward(self, module, output):
-        self.recorder.end_pass(output[0] if isinstance(output, (tuple, list)) else output.sample)
+        self.session.after_forward(output[0] if isinstance(output, (tuple, list)) else output.sample)
         return output
 
     def reset_state(self, module):
@@ -171,23 +200,49 @@ class PassHook(ModelHook):
         return module
 
 
-def attach(transformer, recorder: "Recorder", expert: str, blocks) -> dict:
+def attached(transformer) -> bool:
+    """Whether a capture is attached to ``transformer`` now."""
+    return compat.registry(transformer).get_hook(HOOK_NAME) is not None or any(
+        isinstance(b.attn2.processor, CaptureProcessor) for b in transformer.blocks)
+
+
+def attach(transformer, recorder: "Recorder", session, expert: str, blocks, hooks: list[BlockHook] | None = None
+           ) -> dict:
     """Install capture processors on ``transformer.blocks[i].attn2`` for ``i in blocks`` and the
-    pass hook on the transformer. Returns what :func:`detach` needs to restore the model."""
-    saved = {}
-    for i in blocks:
-        attn2 = transformer.blocks[i].attn2
-        saved[i] = attn2.processor
-        proc = CaptureProcessor(recorder, i)
-        # keep the backend the user chose with set_attention_backend
-        proc._attention_backend = getattr(saved[i], "_attention_backend", None)
-        attn2.set_processor(proc)
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(PassHook(recorder, expert), HOOK_NAME)
+    pass hook on the transformer, all or nothing. Returns what :func:`detach` needs. Use
+    :func:`paik.capture_attention` rather than this: it pairs attach and detach."""
+    compat.check()
+    saved: dict = {}
+    try:
+        for i in blocks:
+            attn2 = transformer.blocks[i].attn2
+            old = attn2.processor
+            proc = CaptureProcessor(recorder, i, hooks)
+            # keep what set_attention_backend / enable_parallelism chose for this block
+            proc._attention_backend = getattr(old, "_attention_backend", None)
+            proc._parallel_config = getattr(old, "_parallel_config", None)
+            saved[i] = (old, proc._attention_backend, proc._parallel_config)
+            attn2.set_processor(proc)
+        compat.registry(transformer).register_hook(PassHook(session, expert), HOOK_NAME)
+    except BaseException:
+        detach(transformer, saved)
+        raise
     return saved
 
 
 def detach(transformer, saved: dict) -> None:
-    """Undo :func:`attach`: the model is left exactly as it was."""
-    for i, proc in saved.items():
-        transformer.blocks[i].attn2.set_processor(proc)
-    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(HOOK_NAME, recurse=False)
+    """Undo :func:`attach`: every ``attn2`` gets its own processor object back. A backend or
+    parallel config set while the capture was attached (it reached the capture processor) is
+    carried over to the restored processor, so the user's latest choice holds."""
+    for i, (old, backend, parallel) in saved.items():
+        attn2 = transformer.blocks[i].attn2
+        cur = attn2.processor
+        if old is not None and isinstance(cur, CaptureProcessor):
+            if cur._attention_backend != backend and hasattr(old, "_attention_backend"):
+                old._attention_backend = cur._attention_backend
+            if cur._parallel_config is not parallel and hasattr(old, "_parallel_config"):
+                old._parallel_config = cur._parallel_config
+        attn2.set_processor(old)
+    reg = compat.registry(transformer)
+    if reg.get_hook(HOOK_NAME) is not None:
+        reg.remove_hook(HOOK_NAME, recurse=False)

@@ -48,9 +48,13 @@ class CaptureStore:
 
 class Recorder:
     """Tracks where the pipeline is (step, pass, expert) and hands processors the slice of the
-    store to write. All bookkeeping is host-side Python: the hot path never synchronizes."""
+    store to write. All bookkeeping is host-side Python: the hot path never synchronizes.
 
-    def __init__(self, store: CaptureStore, capture_uncond: bool = False):
+    Step and pass come from the pipeline's ``cache_context``. Without one (a bare transformer
+    called in a loop), every forward is the conditional pass of the next step; a forward named
+    "uncond" without a step index belongs to the step of the last "cond"."""
+
+    def __init__(self, store: CaptureStore, capture_uncond: bool = False, n_real_uncond: int | None = None):
         self.store = store
         lay = store.layout
         dev = store.device
@@ -58,39 +62,47 @@ class Recorder:
         self.token_index = _index(lay.tokens, lay.n_real, dev)
         self.uncond_index = _index(lay.uncond_tokens, lay.n_real_uncond, dev)
         self.capture_uncond = capture_uncond and bool(lay.uncond_tokens)
+        # the negative prompt's real tokens, known even when its pass is not captured (block hooks need it)
+        self.n_real_uncond = n_real_uncond if n_real_uncond is not None else lay.n_real_uncond
         self.step: int | None = None
         self.pass_name: str | None = None
         self.expert: str | None = None
         self.sigma: float | None = None
-        self._passes_this_step = 0
-        self._counted_step = 0  # used only when a pipeline sets no cache context
+        self._counted_step = 0  # used only when a forward comes without a step index
         self.outputs: dict[str, torch.Tensor] = {}  # this step's noise predictions by pass
         self.sample: torch.Tensor | None = None  # the latent the step started from
         self.experts: dict[int, str] = {}  # step -> expert that made it
 
-    # -- called by PassHook ------------------------------------------------------------------
+    # -- called by the capture's pass hook ---------------------------------------------------
     def begin_pass(self, name, step, sigma, expert, sample):
-        if step is None:  # no cache context: count passes (cond first, as WanPipeline does)
-            name = "cond" if self._passes_this_step == 0 else "uncond"
-            step = self._counted_step
+        name = name or "cond"
+        if step is None:
+            if name == "cond":
+                step = self._counted_step
+                self._counted_step += 1
+            else:
+                step = max(self._counted_step - 1, 0)
+        if step != self.step:
+            self.outputs = {}
         self.pass_name, self.step, self.sigma, self.expert = name, step, sigma, expert
         self.experts[step] = expert
         if name == "cond":
             self.sample = sample
-        self._passes_this_step += 1
 
     def end_pass(self, output):
         self.outputs[self.pass_name] = output
         self.pass_name = None
 
-    def end_step(self):
-        """Called once per denoising step, after the scheduler step."""
-        self._passes_this_step = 0
-        self._counted_step += 1
-
     # -- called by CaptureProcessor ----------------------------------------------------------
+    def n_real_now(self) -> int:
+        """Real tokens of the prompt of the pass in progress (the negative one for uncond)."""
+        if self.pass_name == "uncond" and self.n_real_uncond:
+            return self.n_real_uncond
+        return self.store.layout.n_real
+
     def target(self, block: int):
-        """Where this block's maps go in the current pass, or None if this pass is not captured."""
+        """Where this block's maps go in the current pass, or None if this pass is not captured:
+        (maps [H, T, S], padding [H, S], token index or None, head_mean)."""
         st = self.store
         slot = st.step_slot.get(self.step)
         b = st.block_slot.get(block)
@@ -99,12 +111,12 @@ class Recorder:
         lay = st.layout
         n = lay.positions
         if self.pass_name == "cond":
-            maps, pad, index, n_real = st.maps, st.padding, self.token_index, lay.n_real
+            maps, pad, index = st.maps, st.padding, self.token_index
         elif self.pass_name == "uncond" and self.capture_uncond:
-            maps, pad, index, n_real = st.maps_uncond, st.padding_uncond, self.uncond_index, lay.n_real_uncond
+            maps, pad, index = st.maps_uncond, st.padding_uncond, self.uncond_index
         else:
             return None
-        return maps[slot, b].view(lay.heads, -1, n), pad[slot, b].view(lay.heads, n), index, n_real, lay.head_mean
+        return maps[slot, b].view(lay.heads, -1, n), pad[slot, b].view(lay.heads, n), index, lay.head_mean
 
 
 def _index(tokens: list[int], n_real: int, device) -> torch.Tensor | None:

@@ -4,16 +4,24 @@ Each finished step is copied device -> pinned host memory on a side CUDA stream 
 the next step's compute), then a writer thread saves it as one safetensors file (written to a
 temporary name and renamed, so a file is whole or absent) and rewrites the manifest (likewise
 atomically) to list it. Ctrl-C or a crash at step k leaves a bundle with k complete steps.
+
+A write that fails (disk full, permission, the folder removed) never hangs the run: the writer
+thread records the error, removes its temporary file, drains what is queued without writing it
+and always finishes on close; the generation thread sees a one-line :class:`PaikError` at its
+next call. A disk that stops answering altogether is reported after ``stall_s`` seconds
+without progress.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,12 +32,14 @@ from paik.errors import PaikError
 
 _ST_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8",
               np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
+_CHUNK = 64 << 20  # bytes per write call: progress is visible to the stall check between chunks
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], progress: Callable[[], None] | None = None) -> None:
     """Write a standard safetensors file (8-byte header length, JSON header, raw little-endian
     data). Plain ``file.write`` of each buffer releases the GIL while the disk works, so the
-    writer thread never holds up the generation thread's kernel launches."""
+    writer thread never holds up the generation thread's kernel launches. ``progress`` is called
+    after every chunk. On failure the partial file is removed."""
     arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in tensors.items()}
     header, offset = {}, 0
     for k, a in arrays.items():
@@ -37,21 +47,54 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         offset += a.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for a in arrays.values():
-            f.write(memoryview(a.reshape(-1)).cast("B"))
+    try:
+        with open(path, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for a in arrays.values():
+                view = memoryview(a.reshape(-1)).cast("B")
+                for i in range(0, len(view), _CHUNK):
+                    f.write(view[i:i + _CHUNK])
+                    if progress is not None:
+                        progress()
+    except BaseException:
+        _unlink(path)
+        raise
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
 
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # never written, or its folder is gone
+
+
+def describe_write_error(e: BaseException) -> str:
+    """One line for a failed write, with what to do about the usual causes."""
+    if not isinstance(e, OSError):
+        return f"{type(e).__name__}: {e}"
+    what = e.strerror or str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    hint = {errno.ENOSPC: "free some space or choose another --out",
+            errno.EDQUOT: "free some space or choose another --out",
+            errno.EFBIG: "the file system or a limit (ulimit -f) refuses files this large; choose another --out",
+            errno.EACCES: "choose an --out you can write to", errno.EPERM: "choose an --out you can write to",
+            errno.EROFS: "choose an --out on a writable disk",
+            errno.ENOENT: "the bundle folder was removed while writing"}.get(e.errno, "")
+    return f"{what}{where}" + (f"; {hint}" if hint else "")
 
 def prepare_dir(path: Path, overwrite: bool) -> None:
     """Create the bundle directory; refuse to mix a new capture into an old one."""
@@ -77,15 +120,22 @@ class BundleWriter:
     """Writes one bundle. ``manifest`` holds everything known before generation; steps are added
     with :meth:`add_step`, and :meth:`close` records the final status."""
 
-    def __init__(self, path: str | os.PathLike, manifest: dict, overwrite: bool = False, max_pending: int = 2):
+    def __init__(self, path: str | os.PathLike, manifest: dict, overwrite: bool = False, max_pending: int = 2,
+                 stall_s: float = 60.0):
         self.path = Path(path)
         prepare_dir(self.path, overwrite)
         self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", **manifest}
         self.manifest.setdefault("steps", [])
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        try:
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+        except OSError as e:
+            raise PaikError(f"--out {self.path}: cannot write the manifest: {describe_write_error(e)}") from None
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds pinned host memory
         self._error: BaseException | None = None
         self._stream = None
+        self._stall_s = stall_s
+        self._beat = time.monotonic()  # the writer thread's last sign of progress
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="paik-bundle-writer", daemon=True)
         self._thread.start()
 
@@ -113,48 +163,101 @@ class BundleWriter:
                 event.record(self._stream)
         else:
             host = {k: t.detach().contiguous() for k, t in tensors.items()}
-        self._queue.put(("step", info, host, event))
+        self._put(("step", info, host, event))
 
     def update(self, **fields) -> None:
         """Set top-level manifest fields (written with the next step or at close)."""
         self._raise_if_failed()
-        self._queue.put(("update", fields, None, None))
+        self._put(("update", fields, None, None))
 
     def close(self, status: str = "complete", **fields) -> dict:
-        """Finish writing everything queued, then record ``status``. Safe to call after an error."""
-        self._queue.put(("close", {"status": status, **fields}, None, None))
-        self._thread.join()
+        """Finish writing everything queued, then record ``status``. Safe to call after an error
+        and more than once; returns within ``stall_s`` of the disk's last progress."""
+        if not self._closed:
+            self._closed = True
+            self._put(("close", {"status": status, **fields}, None, None), closing=True)
+            since = time.monotonic()
+            while self._thread.is_alive():
+                self._thread.join(0.1)
+                self._check_stall(since)
         self._raise_if_failed()
         return self.manifest
 
+    # -- the generation thread's side ------------------------------------------------------------
+    def _put(self, item, closing: bool = False) -> None:
+        """Queue ``item``, waiting while the writer is busy but never forever."""
+        since = time.monotonic()
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if not closing:
+                    self._raise_if_failed()
+                self._check_stall(since)
+
+    def _check_stall(self, since: float) -> None:
+        """Raise when the writer has shown no progress since the wait began ``stall_s`` ago."""
+        if time.monotonic() - max(self._beat, since) > self._stall_s:
+            self._error = self._error or TimeoutError(
+                f"the disk made no progress for {self._stall_s:g} s; check it, or choose another --out")
+            raise PaikError(f"writing the bundle {self.path} failed: {describe_write_error(self._error)}; "
+                            f"it keeps its {len(self.manifest['steps'])} finished steps")
+
     def _raise_if_failed(self):
         if self._error is not None:
-            raise PaikError(f"writing the bundle {self.path} failed: {self._error}")
+            raise PaikError(f"writing the bundle {self.path} failed: {describe_write_error(self._error)}; "
+                            f"it keeps its {len(self.manifest['steps'])} finished steps")
+
+    # -- the writer thread -----------------------------------------------------------------------
+    def _tick(self) -> None:
+        self._beat = time.monotonic()
 
     def _run(self):
         while True:
             kind, info, host, event = self._queue.get()
-            try:
-                if kind == "close":
+            self._tick()
+            if kind == "close":
+                try:
+                    if self._error is not None:
+                        info.setdefault("error", describe_write_error(self._error))
                     self.manifest.update(info)
                     write_json_atomic(self.path / MANIFEST, self.manifest)
-                    return
-                if kind == "update":
-                    self.manifest.update(info)
-                    continue
-                if self._error is not None:
-                    continue
-                if event is not None:
-                    event.synchronize()
-                t0 = time.perf_counter()
-                rel = STEP_FILE.format(info["index"])
-                target = self.path / rel
-                tmp = target.with_name(f".{target.name}.tmp")
-                write_safetensors(tmp, host)
-                os.replace(tmp, target)
-                self.manifest["steps"].append({**info, "file": rel})
-                self.manifest.setdefault("timings", {}).setdefault("write_s", []).append(
-                    round(time.perf_counter() - t0, 4))
-                write_json_atomic(self.path / MANIFEST, self.manifest)
-            except BaseException as e:  # reported on the main thread at the next call
+                except BaseException as e:  # the last manifest on disk still lists the finished steps
+                    self._error = self._error or e
+                return  # always: close() waits for this thread
+            if kind == "update":
+                self.manifest.update(info)
+                continue
+            if self._error is not None:
+                continue  # drain without writing: the run is ending
+            try:
+                self._write_step(info, host, event)
+            except BaseException as e:  # reported on the generation thread at its next call
                 self._error = e
+            finally:
+                host = None  # release the pinned buffers now, not at the next step
+                self._tick()
+
+    def _write_step(self, info: dict, host: dict, event) -> None:
+        if event is not None:
+            event.synchronize()
+        t0 = time.perf_counter()
+        rel = STEP_FILE.format(info["index"])
+        target = self.path / rel
+        tmp = target.with_name(f".{target.name}.tmp")
+        write_safetensors(tmp, host, progress=self._tick)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        timings = dict(self.manifest.get("timings", {}))
+        timings["write_s"] = [*timings.get("write_s", []), round(time.perf_counter() - t0, 4)]
+        new = {**self.manifest, "steps": [*self.manifest["steps"], {**info, "file": rel}], "timings": timings}
+        try:
+            write_json_atomic(self.path / MANIFEST, new)
+        except BaseException:
+            _unlink(target)  # not listed by the manifest on disk: remove it, keep the bundle consistent
+            raise
+        self.manifest = new

@@ -40,23 +40,36 @@ def _clip(text: str) -> tuple[float, float]:
 
 def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
     g = ap.add_argument_group("what to show")
-    g.add_argument("--token", help="word or phrase of the prompt, 'eos', or #N for piece N (default: the first word)")
+    g.add_argument("--token", help="word or phrase of the prompt, 'eos', or #N for piece N (default: the first "
+                   "content word: not 'a', 'the', 'of'..., never EOS)")
     if positions:
-        g.add_argument("--step", help="denoising step (model index; 12.5 crossfades steps 12 and 13)")
-        g.add_argument("--block", help="transformer block (model index; fractions crossfade)")
+        g.add_argument("--step", help="denoising step (model index; 12.5 crossfades steps 12 and 13; default: the "
+                       "last captured step, the finished picture)")
+        g.add_argument("--block", help="transformer block (model index; fractions crossfade; default: the block "
+                       "whose map agrees best with the mean over blocks)")
     g.add_argument("--head", type=int, default=-1, help="attention head; -1 reduces over heads (default)")
     g.add_argument("--reduce", choices=REDUCES, default="mean", help="how reduced axes combine (default mean)")
     g = ap.add_argument_group("how it looks")
     g.add_argument("--colormap", default="magma", help="viridis, magma, inferno, plasma, turbo, grayscale, jet, "
                    "or any presets/colormaps/NAME.json (default magma)")
-    g.add_argument("--norm", choices=NORMS, default="global", help="normalization range (default global)")
+    g.add_argument("--norm", choices=NORMS, default="frame",
+                   help="normalization range: frame (default: every latent frame of every map or cell fills the "
+                        "colormap), step (one range per map or cell), global (one range for the whole view: "
+                        "cells and frames stay comparable, weak ones go dark)")
     g.add_argument("--clip", type=_clip, default=(0.0, 100.0), metavar="LO,HI",
                    help="percentiles mapped to the colormap's ends (default 0,100 = min,max)")
     g.add_argument("--gain", type=float, default=1.0)
     g.add_argument("--gamma", type=float, default=1.0)
-    g.add_argument("--threshold", type=float, default=0.0, help="normalized values below are transparent")
-    g.add_argument("--composite", choices=COMPOSITES, default="heatmap", help="how maps meet the background")
-    g.add_argument("--background", choices=BACKGROUNDS, default="video", help="video, per-step preview, or none")
+    g.add_argument("--threshold", type=float, default=0.0,
+                   help="normalized values below are transparent (the background shows, or real alpha in "
+                        "ProRes/NDI where there is none)")
+    g.add_argument("--composite", choices=COMPOSITES,
+                   help="how maps meet the background (default screen: the map lights up the video, which stays "
+                        "as it is where attention is low; heatmap, the map alone and opaque, for a bundle "
+                        "without a video)")
+    g.add_argument("--background", choices=BACKGROUNDS, default="video",
+                   help="video, per-step preview, or none (then the map is the alpha: ProRes 4444 and NDI "
+                        "carry it)")
     g.add_argument("--opacity", type=float, default=0.7, help="map opacity for overlay/multiply/screen")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="where maps are reduced (auto: CUDA when torch sees one)")
@@ -79,28 +92,62 @@ def _model_pos(value: str | None, names: tuple[int, ...], axis: str) -> float:
     return i + (x - lo) / max(hi - lo, 1) * (names.index(hi) - i)
 
 
-def _params(args, src, view: str) -> Params:
+def _check_look(args) -> None:
+    """The look flags that need no bundle: checked before anything is opened or loaded."""
     from paik.instrument.render import colormaps
 
-    p = Params().bind(len(src.words), src.dims.n_steps, src.dims.n_blocks, src.dims.n_heads, colormaps.available())
-    if args.colormap not in p.colormaps:
-        raise PaikError(f"unknown colormap {args.colormap!r}; available: {', '.join(p.colormaps)}")
-    if args.head != -1 and not 0 <= args.head < src.dims.n_heads:
-        raise PaikError(f"--head {args.head} is out of range: this bundle stores {src.dims.n_heads} heads "
-                        f"(0..{src.dims.n_heads - 1}), or -1 for all")
+    names = colormaps.available()
+    if args.colormap not in names:
+        raise PaikError(f"unknown colormap {args.colormap!r}; available: {', '.join(names)}")
+    if args.head < -1:
+        raise PaikError(f"--head {args.head}: expected a head index, or -1 for all")
     for name, value, lo, hi in (("gain", args.gain, 0, 16), ("gamma", args.gamma, 0.05, 8),
                                 ("threshold", args.threshold, 0, 1), ("opacity", args.opacity, 0, 1)):
         if not lo <= value <= hi:
             raise PaikError(f"--{name} {value} is out of range ({lo}..{hi})")
-    p.token = src.word_index(args.token) if args.token else 0
+    for axis in ("step", "block"):
+        value = getattr(args, axis, None)
+        if value is not None:
+            try:
+                float(value)
+            except ValueError:
+                raise PaikError(f"--{axis} {value!r}: expected a number") from None
+
+
+def _params(args, src, view: str) -> Params:
+    from paik.instrument.render import colormaps, firstlook
+
+    _check_look(args)
+    p = Params().bind(len(src.words), src.dims.n_steps, src.dims.n_blocks, src.dims.n_heads, colormaps.available())
+    if args.head != -1 and not 0 <= args.head < src.dims.n_heads:
+        raise PaikError(f"--head {args.head} is out of range: this bundle stores {src.dims.n_heads} heads "
+                        f"(0..{src.dims.n_heads - 1}), or -1 for all")
+    if args.token:
+        p.token = src.word_index(args.token)
+    else:
+        specials = {t.word for t in src.bundle.tokens if t.special}
+        p.token = firstlook.content_word([w.label for w in src.words], specials)
     p.n_tokens = len(src.words)
-    p.step = _model_pos(getattr(args, "step", None), src.dims.step_names, "step")
-    p.block = _model_pos(getattr(args, "block", None), src.dims.block_names, "block")
+    step, block = getattr(args, "step", None), getattr(args, "block", None)
+    p.step = float(src.dims.n_steps - 1) if step is None else _model_pos(step, src.dims.step_names, "step")
+    p.block = (float(firstlook.representative_block(src, src.words[p.token].positions, round(p.step)))
+               if block is None else _model_pos(block, src.dims.block_names, "block"))
     p.head, p.reduce, p.view = args.head, args.reduce, view
     p.colormap, p.norm, (p.clip_lo, p.clip_hi) = args.colormap, args.norm, args.clip
     p.gain, p.gamma, p.threshold = args.gain, args.gamma, args.threshold
-    p.composite, p.background, p.opacity = args.composite, args.background, args.opacity
+    p.composite, p.background, p.opacity = _composite(args, src), args.background, args.opacity
     return p
+
+
+def _composite(args, src) -> str:
+    """--composite as given, or the default: the map screened over what lies under it, the video
+    or the previews (with --background none the map is the alpha, for compositing elsewhere);
+    the plain heatmap when the video asked for is not in the bundle (nothing to see through to)."""
+    if args.composite is not None:
+        return args.composite
+    if args.background == "video" and src.bundle.video_path is None:
+        return "heatmap"
+    return "screen"
 
 
 def _source(args):
@@ -116,7 +163,12 @@ def cmd_play(args) -> int:
     from paik.instrument.control.hub import Control
     from paik.instrument.outputs.live import from_args, report
 
-    outputs = from_args(args, args.size)  # flag errors before any GL
+    _check_look(args)  # flag errors before the bundle is opened, GL or a window
+    if args.seconds is not None and not (args.seconds > 0 and math.isfinite(args.seconds)):
+        raise PaikError(f"--seconds must be a positive number of seconds, not {args.seconds}")
+    if args.frames is not None and args.frames < 1:
+        raise PaikError(f"--frames must be at least 1, not {args.frames}")
+    outputs = from_args(args, args.size)
     src = _source(args)
     p = _params(args, src, args.view)
     p.help = args.show_keys
@@ -137,22 +189,43 @@ def cmd_play(args) -> int:
             from paik.instrument.render.window import play
 
             rc = play(ctl.live, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor,
-                      vsync=not args.no_vsync, max_frames=args.frames, screenshot=args.screenshot, outputs=outputs)
+                      vsync=not args.no_vsync, max_frames=args.frames, screenshot=args.screenshot, outputs=outputs,
+                      run_for=args.seconds)
     return report(outputs) or rc
+
+
+def _check_render_out(out: Path, codec: str, size) -> None:
+    """What can be said of ``paik render``'s output before the bundle or GL is touched (the
+    encoder says the rest: a name FFmpeg has no format for)."""
+    from paik.instrument.outputs.encode import check_dir
+
+    if out.is_dir():
+        raise PaikError(f"{out} is a directory: name the video file, like {out / 'out.mp4'}")
+    if codec == "prores" and out.suffix.lower() not in (".mov", ".mxf"):
+        raise PaikError(f"--codec prores writes QuickTime: name the output .mov, not {out.name}")
+    if codec == "h264" and size is not None and (size[0] % 2 or size[1] % 2):
+        raise PaikError(f"H.264 needs an even width and height, not {size[0]}x{size[1]} (or use --codec prores)")
+    check_dir(out.parent)
 
 
 def cmd_render(args) -> int:
     from paik.instrument.render.offline import fit_duration, render_video
 
+    _check_look(args)
+    out = Path(args.out)
+    codec = args.codec
+    _check_render_out(out, codec, args.size)
+    if args.fps is not None and not (args.fps > 0 and math.isfinite(args.fps)):  # --fps 0 is a mistake
+        raise PaikError(f"--fps must be positive, not {args.fps}")
+    if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
+        raise PaikError(f"--duration must be a positive number of seconds, not {args.duration}")
     src = _source(args)
     p = _params(args, src, args.view)
     size = args.size or src.video_size
-    fps = src.fps if args.fps is None else args.fps  # --fps 0 is a mistake, not "the video's"
+    fps = src.fps if args.fps is None else args.fps
     if not (fps > 0 and math.isfinite(fps)):
         raise PaikError(f"--fps must be positive, not {args.fps}")
     duration = fit_duration(args.duration, src)
-    out = Path(args.out)
-    codec = args.codec
     n = render_video(src, p, out, size, fps, duration, codec, progress=not args.quiet)
     print(f"wrote {out} ({n} frames, {size[0]}x{size[1]} @ {fps:g} fps, {codec})")
     return 0
@@ -162,32 +235,42 @@ def cmd_grid(args) -> int:
     from paik.instrument.render.offline import grid_figures, positions
 
     view = GRID_VIEWS[args.view]
+    _check_look(args)
     if args.cell_width < 1 or args.gap < 0:
         raise PaikError(f"--cell-width must be at least 1 and --gap at least 0 (pixels), not {args.cell_width} "
                         f"and {args.gap}")
+    times = _times(args.time)
+    from paik.instrument.outputs.encode import check_dir
+
+    check_dir(Path(args.out))
     src = _source(args)
     step_list, block_list = args.steps, args.blocks
-    p = _params(args, src, view)
+    p = _params(args, src, view)  # defaults: the last step, the block closest to the mean over blocks
     if view == "grid-blocks":
-        values = positions(step_list, src.dims.step_names, "step", [0])
+        values = positions(step_list, src.dims.step_names, "step", [src.dims.step_names[-1]])
     elif view == "grand":
         values = [0.0]
     else:
-        values = positions(block_list, src.dims.block_names, "block", [src.dims.block_names[len(src.dims.block_names) // 2]])
-    times = []
-    for part in args.time.split(","):
-        try:
-            t = float(part)
-        except ValueError:
-            raise PaikError(f"--time {args.time!r}: expected positions in the video like 0,1 (0 first, 1 last frame)") from None
-        if not 0 <= t <= 1:
-            raise PaikError(f"--time {t}: positions run from 0 (first frame) to 1 (last frame)")
-        times.append(t)
+        values = positions(block_list, src.dims.block_names, "block", [src.dims.block_names[round(p.block)]])
     label = src.words[p.token].label
     paths = grid_figures(src, p, Path(args.out), view, values, times, args.cell_width, args.gap, label)
     for path in paths:
         print(path)
     return 0
+
+
+def _times(text: str) -> list[float]:
+    """--time as typed -> video positions 0..1."""
+    times = []
+    for part in text.split(","):
+        try:
+            t = float(part)
+        except ValueError:
+            raise PaikError(f"--time {text!r}: expected positions in the video like 0,1 (0 first, 1 last frame)") from None
+        if not 0 <= t <= 1:
+            raise PaikError(f"--time {t}: positions run from 0 (first frame) to 1 (last frame)")
+        times.append(t)
+    return times
 
 
 def cmd_bench_render(args) -> int:
@@ -304,7 +387,8 @@ def register(sub, bench) -> None:
     ap.add_argument("--headless", action="store_true",
                     help="no window: render offscreen (EGL) at --size (--out-fps frames a second, and at once when a "
                          "control changes) for --record/--out, played by OSC/MIDI/console until stopped")
-    ap.add_argument("--seconds", type=float, help="--headless: stop after this many seconds (default: Ctrl-C)")
+    ap.add_argument("--seconds", type=float, help="stop after this many seconds (default: until the window is "
+                    "closed, or Ctrl-C)")
     ap.add_argument("--fixed-step", action="store_true", help=argparse.SUPPRESS)  # tests: frame/fps clock, no sleep
     from paik.instrument.control.hub import add_flags
     from paik.instrument.outputs import add_play_flags
@@ -323,7 +407,9 @@ def register(sub, bench) -> None:
     ap.add_argument("--fps", type=float, help="frames per second (default: the video's)")
     ap.add_argument("--duration", type=float, help="seconds; the whole video is spanned (default: its length)")
     ap.add_argument("--codec", choices=("h264", "prores"), default="h264",
-                    help="h264 (alpha premultiplied over black) or prores (4444 with alpha, .mov)")
+                    help="h264 (alpha premultiplied over black) or prores (4444 with straight alpha, .mov: "
+                         "transparent where there is no picture: --background none, a --threshold on the heatmap, "
+                         "the bars around a picture of another aspect)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     _look_flags(ap)
     ap.set_defaults(func=cmd_render)
@@ -334,8 +420,10 @@ def register(sub, bench) -> None:
     ap.add_argument("bundle")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--view", choices=tuple(GRID_VIEWS), default="blocks")
-    ap.add_argument("--steps", "--step", dest="steps", help="for --view blocks: steps like 0,12,24, 'last' or 'all' (default 0)")
-    ap.add_argument("--blocks", "--block", dest="blocks", help="for --view steps/heads-steps: blocks like 15 (default: the middle)")
+    ap.add_argument("--steps", "--step", dest="steps",
+                    help="for --view blocks: steps like 0,12,24, 'last' or 'all' (default: the last)")
+    ap.add_argument("--blocks", "--block", dest="blocks", help="for --view steps/heads-steps: blocks like 15 "
+                    "(default: the block whose map agrees best with the mean over blocks)")
     ap.add_argument("--time", default="0", help="positions in the video, 0 = first frame, 1 = last (default 0), e.g. 0,1")
     ap.add_argument("--cell-width", type=int, default=208, help="pixels per cell (default 208)")
     ap.add_argument("--gap", type=int, default=2, help="pixels between cells (default 2)")

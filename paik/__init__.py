@@ -18,6 +18,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "capture_attention": ("paik.capture.api", "capture_attention"),
+    "Capture": ("paik.capture.api", "Capture"),
     "open_bundle": ("paik.capture.bundle", "open_bundle"),
     "PaikError": ("paik.errors", "PaikError"),
 }

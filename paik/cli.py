@@ -9,6 +9,7 @@ handlers, so ``paik --help`` is instant and the instrument never imports diffuse
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -16,15 +17,38 @@ import sys
 from paik.errors import PaikError
 
 # modules that register subcommands, each with register(sub, bench)
-COMMAND_MODULES = ("paik.capture.cli", "paik.instrument.cli", "paik.shapes.cli")
+COMMAND_MODULES = ("paik.capture.cli", "paik.instrument.cli", "paik.shapes.cli", "paik.live")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with Paik's one-line errors (``paik: error: ...``, exit 2) instead of a usage
-    dump; subcommand parsers inherit it through ``add_subparsers``."""
+    """argparse with Paik's one-line errors (``paik play: error: ...``, exit 2) instead of a usage
+    dump, pointing to the help of the (sub)command that refused; subcommand parsers inherit it
+    through ``add_subparsers``."""
 
     def error(self, message: str):
-        self.exit(2, f"paik: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _leaf(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The subcommand parser that ``args`` came through (``paik bench words``, ``paik play``)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's message for arguments no parser took, with the closest flag for a typo
+    (argparse itself suggests only for choices, and only from Python 3.14)."""
+    msg = f"unrecognized arguments: {' '.join(extras)}"
+    flags = [o for a in parser._actions for o in a.option_strings if a.help is not argparse.SUPPRESS]
+    hints = []
+    for x in extras:
+        if x.startswith("--"):
+            hints += difflib.get_close_matches(x.split("=", 1)[0], flags, n=1, cutoff=0.6)
+    return msg + (f"; did you mean {' or '.join(dict.fromkeys(hints))}?" if hints else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # said by the subcommand that was given them, so the help it points to is the one to read
+            leaf = _leaf(parser, args)
+            leaf.error(_unrecognized(leaf, extras))
     except SystemExit as e:  # --help (0), or a flag error already printed on one line (2)
         return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -4,12 +4,15 @@
 // already at the current time and normalized, one per channel), clamp and blend them, shape
 // (gain, gamma, threshold), one LUT sample, one sample of the cell's background (pass 1:
 // backdrop.frag; none for the heatmap) and the composite. Three texture reads per pixel at
-// most whatever the view, no loops, no table reads, branches only on uniforms.
+// most whatever the view, no loops, no table reads, branches only on uniforms. Outside the
+// picture (letterbox or pillarbox bars: the picture keeps the video's aspect) and in the grid's
+// gaps there is no picture: transparent black.
 // Uniforms: see shaders/README.md.
 #include "colormap.glsl"
 #include "composite.glsl"
 
-uniform vec4 u_viewport;    // x, y, w, h of the picture in window pixels (GL origin bottom-left)
+uniform vec4 u_viewport;    // x, y, w, h of the picture in window pixels (GL origin bottom-left),
+                            // inside the drawn viewport: what lies around it are the bars
 uniform vec2 u_grid;        // columns, rows
 uniform vec2 u_pitch;       // cell + gap, in pixels
 uniform vec2 u_cell;        // cell size in pixels
@@ -43,7 +46,8 @@ void main() {
     vec2 cr = floor(px / u_pitch);
     vec2 local = px - cr * u_pitch;
     vec2 uv = local / u_cell;
-    bool inside = all(lessThan(local, u_cell)) && cr.x < u_grid.x && cr.y * u_grid.x + cr.x < u_ncells;
+    bool inside = all(greaterThanEqual(px, vec2(0.0))) && all(lessThan(px, u_viewport.zw))
+        && all(lessThan(local, u_cell)) && cr.x < u_grid.x && cr.y * u_grid.x + cr.x < u_ncells;
 
     vec4 v = textureLod(u_field, tile_coord(cr, uv, u_field_tile, u_field_texel), 0.0);
     float n = dot(clamp(v, 0.0, 1.0), u_weights);
@@ -51,7 +55,7 @@ void main() {
     float m = n >= u_threshold ? 1.0 : 0.0;
     vec3 bg = vec3(0.0);
     if (u_backdrop_on) bg = textureLod(u_backdrop, tile_coord(cr * u_backdrop_step, uv, u_backdrop_tile, u_backdrop_texel), 0.0).rgb;
-    vec4 c = composite(u_composite, colormap(n), n, m, bg, u_opacity);
-    c = inside ? c : vec4(0.0, 0.0, 0.0, 1.0);
+    vec4 c = composite(u_composite, colormap(n), n, m, bg, u_backdrop_on, u_opacity);
+    c = inside ? c : vec4(0.0);
     frag = u_premultiply ? vec4(c.rgb * c.a, c.a) : c;
 }

@@ -146,13 +146,24 @@ def _bench_faith(args) -> int:
 
 
 def _bench_words(args) -> int:
+    import sys
+
+    from tqdm import tqdm
+
     from paik.shapes.faithfulness import device_name, model_defaults, model_world, world_name
-    from paik.shapes.train import BINDING, PROBE_WORDS, build_probes, probe_words
+    from paik.shapes.train import BINDING, PROBE_WORDS, build_probes, probe_forwards, probe_words
 
     loaded = _load(args)
     pipe, _, device = loaded
     d, world = model_defaults(loaded), model_world(loaded)
-    r = probe_words(pipe.transformer, build_probes(pipe, args.clips, d["frames"], d["height"], device, **world))
+    # a minute or more of silence otherwise: batches of clips encoded, then forward passes
+    encodes = 2 * -(-args.clips // 16)
+    with tqdm(total=encodes, desc="bench words: encoding clips", unit="batch", file=sys.stderr,
+              leave=False) as bar:
+        probes = build_probes(pipe, args.clips, d["frames"], d["height"], device, **world, bar=bar)
+    forwards = sum(probe_forwards(args.clips, len(probes[k][3])) for k in (1, 2))
+    with tqdm(total=forwards, desc="bench words: probing", unit="pass", file=sys.stderr, leave=False) as bar:
+        r = probe_words(pipe.transformer, probes, bar=bar)
     r.update(model=args.model, clips=args.clips, world=world_name(world),
              device=device_name(device))
     print(f"word reliance of {args.model}: {args.clips} one-object and {args.clips} two-object eval clips "

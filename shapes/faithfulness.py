@@ -154,10 +154,7 @@ def known_clip_maps(loaded, scene: shapes.Scene, steps: int, size: int, seed: in
     Returns (maps [steps, blocks, heads, tokens, F', H', W'] float32, token table, masks
     [objects, T, H, W] bool)."""
     torch = _torch()
-    from paik.capture.layout import Layout
-    from paik.capture.processor import attach, detach
-    from paik.capture.store import CaptureStore, Recorder
-    from paik.capture.tokens import clean_prompt, token_table
+    from paik.capture.api import capture_attention
 
     pipe, info, device = loaded
     _, masks, z = encode_clip(loaded, scene, size)
@@ -165,33 +162,24 @@ def known_clip_maps(loaded, scene: shapes.Scene, steps: int, size: int, seed: in
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     x0 = (z.float().cpu() - mean) / std
-    prompt = clean_prompt(scene.caption)
-    table = token_table(pipe.tokenizer, prompt, 512)
     t = pipe.transformer
     with torch.no_grad():
         emb = pipe._get_t5_prompt_embeds(prompt=[scene.caption], max_sequence_length=512, device=device, dtype=t.dtype)
     sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device="cpu")
     sigmas = sched.sigmas[:steps].float()
-    layout = Layout(steps=list(range(steps)), blocks=list(range(info.num_layers)), heads=info.num_heads,
-                    head_mean=False, n_heads=info.num_heads, tokens=[x.index for x in table],
-                    latent=tuple(x0.shape[2:3]) + (x0.shape[3] // info.patch[1], x0.shape[4] // info.patch[2]),
-                    n_real=len(table), seq_len=512)
-    store = CaptureStore(layout, device)
-    rec = Recorder(store)
-    saved = attach(t, rec, "transformer", layout.blocks)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)
-    try:
-        with torch.inference_mode():
-            for k in range(steps):
-                s = float(sigmas[k])
-                xt = ((1 - s) * x0 + s * noise).to(device, t.dtype)
-                ts = sched.timesteps[k].expand(1).to(device)
-                t(hidden_states=xt, timestep=ts, encoder_hidden_states=emb, return_dict=False)
-                rec.end_step()
-    finally:
-        detach(t, saved)
+    # a bare transformer called once per step, outside cache_context: each forward is the next step
+    with capture_attention(t, prompt=scene.caption, tokenizer=pipe.tokenizer, num_steps=steps,
+                           grid=(x0.shape[2], x0.shape[3] // info.patch[1], x0.shape[4] // info.patch[2]),
+                           device=device, max_gb=float("inf")) as cap, torch.inference_mode():
+        for k in range(steps):
+            s = float(sigmas[k])
+            xt = ((1 - s) * x0 + s * noise).to(device, t.dtype)
+            ts = sched.timesteps[k].expand(1).to(device)
+            t(hidden_states=xt, timestep=ts, encoder_hidden_states=emb, return_dict=False)
+    store, table = cap.store, cap.tokens
     n = len(scene.objects)
     return store.maps.float().cpu().numpy(), table, masks[0, :n].numpy()
 
@@ -255,7 +243,7 @@ def device_name(device) -> str:
 
 def model_world(loaded) -> dict:
     """The shapes world the loaded model was trained on (``sample_scene`` keyword arguments)."""
-    from paik.capture.generate import trained_world
+    from paik.shapes.train import trained_world
 
     return trained_world(loaded[1].path)
 
@@ -270,10 +258,10 @@ def world_note(name: str) -> str:
 
 
 def model_defaults(loaded) -> dict:
-    from paik.capture.generate import trained_defaults
+    from paik.capture.models import folder_defaults
     from paik.shapes.train import GEN_DEFAULTS
 
-    return {**GEN_DEFAULTS, **trained_defaults(loaded[1].path)}
+    return {**GEN_DEFAULTS, **folder_defaults(loaded[1].path)}
 
 
 def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | None = None, mode: str = "known",

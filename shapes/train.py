@@ -367,12 +367,13 @@ def probe_captions(scene: shapes.Scene, i: int) -> dict[str, str]:
             "colour": _swap_word(scene.caption, o.colour, other_colour), "caption": ""}
 
 
-def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: int = 16) -> dict:
+def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: int = 16, bar=None) -> dict:
     """How much the transformer's prediction rests on each word: the object-weighted flow-matching
     error with the true caption, and how much it grows (mean over clips) when the shape word,
     the colour word or the whole caption is replaced, or two colours swapped (``embs``: name ->
     [N, MAX_SEQ, D]; names as :func:`probe_captions`). At each of ``PROBE_SIGMAS``. A model that
-    draws the named shape must lose more than nothing when told another one."""
+    draws the named shape must lose more than nothing when told another one. ``bar`` (a tqdm)
+    advances by one per forward pass: :func:`probe_forwards` of them."""
     import contextlib
 
     import torch
@@ -396,6 +397,8 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
                     w = weight[sl]
                     per.append(((pred.float() - (noise[sl] - x0[sl])).square() * w).flatten(1).mean(1)
                                / w.flatten(1).mean(1))
+                    if bar is not None:
+                        bar.update()
                 err[name] = torch.cat(per)
             out["loss"].append(round(err["true"].mean().item(), 5))
             for k in words:
@@ -403,12 +406,17 @@ def word_reliance(model, x0, noise, weight, embs: dict, autocast=None, batch: in
     return out
 
 
+def probe_forwards(n: int, captions: int, batch: int = 16) -> int:
+    """Forward passes :func:`word_reliance` makes for ``n`` clips and ``captions`` embeddings."""
+    return len(PROBE_SIGMAS) * captions * -(-n // batch)
+
+
 def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False,
-                objects: int = 1):
+                objects: int = 1, bar=None):
     """The word-reliance probe's inputs: ``n`` fixed eval clips of one object (or two:
     :func:`probe_scenes`) encoded with the pipeline's VAE (normalized latents), fixed noise,
     object weights (as ``--object-weight-dit 3``) and the embeddings of :func:`probe_captions`,
-    padded as the pipeline pads."""
+    padded as the pipeline pads. ``bar`` advances by one per batch of 16 clips encoded."""
     import contextlib
 
     import torch
@@ -423,20 +431,23 @@ def build_probe(pipe, n: int, frames: int, size: int, device, autocast=None, upr
         with torch.no_grad(), autocast or contextlib.nullcontext():
             xs.append(encode_latents(vae, video.to(vae.dtype), mean, std))
         ws.append(1.0 + 3.0 * object_coverage(masks, vae).float())
+        if bar is not None:
+            bar.update()
     x0 = torch.cat(xs)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(12345)).to(device)
     return x0, noise, torch.cat(ws), probe_embeddings(pipe.tokenizer, pipe.text_encoder, scenes, device)
 
 
-def build_probes(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False) -> dict:
+def build_probes(pipe, n: int, frames: int, size: int, device, autocast=None, upright: bool = False,
+                 bar=None) -> dict:
     """Both probes' inputs, by objects per clip: 1 (the words) and 2 (binding)."""
-    return {k: build_probe(pipe, n, frames, size, device, autocast, upright, k) for k in (1, 2)}
+    return {k: build_probe(pipe, n, frames, size, device, autocast, upright, k, bar) for k in (1, 2)}
 
 
-def probe_words(model, probes: dict, autocast=None) -> dict:
+def probe_words(model, probes: dict, autocast=None, bar=None) -> dict:
     """:func:`word_reliance` on the one-object probe, and the binding row from the two-object one."""
-    r = word_reliance(model, *probes[1], autocast)
-    r[BINDING] = word_reliance(model, *probes[2], autocast)[BINDING]
+    r = word_reliance(model, *probes[1], autocast, bar=bar)
+    r[BINDING] = word_reliance(model, *probes[2], autocast, bar=bar)[BINDING]
     return r
 
 
@@ -674,6 +685,16 @@ def export(components: dict, folder: Path, info: dict, dtype: str = "float16") -
     (folder / "paik.json").write_text(json.dumps({"name": MODEL_NAME, "defaults": GEN_DEFAULTS, **info}, indent=1)
                                       + "\n", encoding="utf-8")
     return folder
+
+
+def trained_world(path) -> dict:
+    """The shapes world a model folder was trained on (its paik.json "world"), as keyword
+    arguments of :func:`paik.shapes.world.sample_scene` ({"upright": bool}); the default world
+    for a folder that says nothing."""
+    from paik.capture.models import read_paik_json
+
+    w = read_paik_json(path).get("world", {})
+    return {"upright": bool(w.get("upright", False)) if isinstance(w, dict) else False}
 
 
 def pack(folder: Path, tar_path: Path) -> Path:

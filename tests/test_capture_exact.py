@@ -16,7 +16,8 @@ from paik.capture.bundle import open_bundle
 from paik.capture.generate import GenerateOptions, generate
 from paik.capture.layout import Layout
 from paik.capture.models import load_pipeline
-from paik.capture.processor import CaptureProcessor, attach, detach
+from paik.capture.api import capture_attention
+from paik.capture.processor import CaptureProcessor
 from paik.capture.store import CaptureStore, Recorder
 from paik.capture.writer import BundleWriter
 
@@ -249,18 +250,22 @@ def test_video_decodes(captured):
 
 
 def test_attention_backend_still_reaches_capture_processor():
+    """set_attention_backend inside a capture reaches the capture processors (they subclass
+    WanAttnProcessor), the maps are still captured, and detach keeps the user's choice."""
     pipe, info, _ = load_pipeline("tiny")
-    rec = _recorder(tokens=[0], latent=(1, 1, 1), n_real=1, seq=512, heads=info.num_heads)
-    saved = attach(pipe.transformer, rec, "transformer", [0, 1])
-    try:
+    originals = [b.attn2.processor for b in pipe.transformer.blocks]
+    with capture_attention(pipe, blocks=[0, 1], num_steps=1) as cap, torch.inference_mode():
         pipe.transformer.set_attention_backend("native")
         for i in (0, 1):
             proc = pipe.transformer.blocks[i].attn2.processor
             assert isinstance(proc, CaptureProcessor) and proc._attention_backend is not None
         assert not isinstance(pipe.transformer.blocks[2].attn2.processor, CaptureProcessor)
-    finally:
-        detach(pipe.transformer, saved)
-    assert not any(isinstance(b.attn2.processor, CaptureProcessor) for b in pipe.transformer.blocks)
+        pipe(PROMPT, num_frames=5, height=32, width=32, num_inference_steps=1, guidance_scale=1.0,
+             output_type="latent")
+    assert cap.steps == [0] and float(cap.maps.float().sum()) > 0
+    assert [b.attn2.processor for b in pipe.transformer.blocks] == originals
+    assert all(p._attention_backend is not None for p in originals[:2])
+    pipe.transformer.reset_attention_backend()
 
 
 @pytest.mark.gpu

@@ -109,28 +109,45 @@ def _opts(out, **kw):
     return GenerateOptions(**{**base, **kw})
 
 
-def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where, kept", [("scheduler", [0, 1, 2]), ("forward", [0, 1])])
+def test_ctrl_c_keeps_finished_steps(tiny, tmp_path, monkeypatch, where, kept):
+    """A step is finished when its last pass (cond, then uncond) has run: Ctrl-C in step 2's
+    scheduler update keeps its maps; Ctrl-C inside its uncond forward does not."""
     pipe = tiny[0]
-    real_step = pipe.scheduler.step
     calls = {"n": 0}
+    handle = None
+    if where == "scheduler":
+        real_step = pipe.scheduler.step
 
-    def step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real_step(*a, **k)
 
-    monkeypatch.setattr(pipe.scheduler, "step", step)
-    with pytest.raises(KeyboardInterrupt):
-        generate(_opts(tmp_path / "b"), loaded=tiny)
+        monkeypatch.setattr(pipe.scheduler, "step", step)
+    else:
+        def hook(module, args):
+            calls["n"] += 1
+            if calls["n"] == 6:  # steps 0 and 1 are forwards 1-4; step 2's cond is 5, its uncond 6
+                raise KeyboardInterrupt
+
+        handle = pipe.transformer.blocks[1].register_forward_pre_hook(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate(_opts(tmp_path / "b"), loaded=tiny)
+    finally:
+        if handle is not None:
+            handle.remove()
     b = open_bundle(tmp_path / "b")
-    assert b.status == "interrupted" and b.step_indices == [0, 1]
+    assert b.status == "interrupted" and b.step_indices == kept
     assert b.video_path is None
     assert b.select("kissing", step=1, block=None, head=None).shape == b.layout.latent
     # the model is left as it was: no capture processor, no hook
-    from paik.capture.processor import CaptureProcessor
+    from paik.capture.processor import CaptureProcessor, attached
 
     assert not any(isinstance(blk.attn2.processor, CaptureProcessor) for blk in pipe.transformer.blocks)
+    assert not attached(pipe.transformer) and "encode_prompt" not in pipe.__dict__
 
 
 def test_crash_is_recorded_and_keeps_steps(tiny, tmp_path, monkeypatch):
@@ -236,11 +253,15 @@ def test_junk_bundles_are_clear_errors(tmp_path):
     (foreign / "manifest.json").write_text('{"format": "paik-bundle", "format_vers')
     with pytest.raises(BundleError, match="corrupt manifest"):
         open_bundle(foreign)
-    # a step file cut short
+    # a step file cut short: the bundle is refused whole at open (only headers are read)...
     path = _sparse_bundle(tmp_path / "cut", steps=2)
     f = path / "maps/step_0001.safetensors"
     os.truncate(f, f.stat().st_size // 2)
-    b = open_bundle(path)
+    with pytest.raises(BundleError, match="step 1's file is damaged: tensor 'maps' is truncated"):
+        open_bundle(path)
+    # ...and `paik info` (strict=False) still opens it, naming the broken step
+    b = open_bundle(path, strict=False)
+    assert list(b.broken) == [1] and "BROKEN: 1 of 2 step files" in b.summary()
     assert b.select("w0", step=0, block=0, head=0).shape == (16, 30, 52)
     with pytest.raises(BundleError, match="truncated"):
         b.select("w0", step=1, block=0, head=0)
@@ -302,7 +323,7 @@ def test_reductions_against_numpy(tmp_path):
     (["generate", PROMPT, "--out", "{tmp}/x", "--device", "gpu"], "--device 'gpu': expected cuda, cuda:N or cpu"),
     (["generate", PROMPT, "--out", "{tmp}/x", "--device", "cuda:99"], "--device cuda:99: this PyTorch sees"),
     (["generate", PROMPT, "--out", "{tmp}/file/x"], "file is a file, not a directory"),
-    (["generate", "--out", "{tmp}/x"], "paik: error: the following arguments are required: prompt"),
+    (["generate", "--out", "{tmp}/x"], "paik generate: error: the following arguments are required: prompt"),
     (["info", "{tmp}/nothing"], "no such bundle directory"),
 ])
 def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
@@ -313,6 +334,26 @@ def test_cli_errors_are_messages(argv, message, tmp_path, capsys):
     code = paik(argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frames", "16"], "--frames 16 must be 4k+1"),
+    (["--height", "70"], "--height 70 must be a positive multiple of 16"),
+    (["--blocks", "0-9"], "out of range: valid values are 0..2"),
+    (["--capture-steps", "7"], "out of range: valid values are 0..3"),
+    (["--guidance-2", "3"], "--guidance-2 is for Wan2.2"),
+    (["--tokens", "dog"], "'dog' is not in the prompt"),
+    (["--capture-uncond", "--guidance", "1"], "needs classifier-free"),
+])
+def test_flags_and_sizes_are_checked_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    def load(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr("paik.capture.generate.load_pipeline", load)
+    code = paik(["generate", PROMPT, "--out", str(tmp_path / "x"), "--model", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bench_capture_on_cpu_does_not_judge_memory(capsys):
@@ -367,3 +408,188 @@ def test_step_files_are_standard_safetensors(tmp_path):
             assert torch.equal(f.get_tensor(k), t[k])
     mm = read_safetensors(tmp_path / "s.safetensors")
     assert np.array_equal(mm["maps"], t["maps"].numpy())
+
+
+# -- the writer never hangs: a failed write ends the run with one line, keeping finished steps ---
+
+def _tiny_writer(path: Path, **kw) -> BundleWriter:
+    lay = Layout(steps=[0, 1, 2, 3], blocks=[0], heads=1, head_mean=False, n_heads=1, tokens=[0], latent=(2, 2, 2),
+                 n_real=1, seq_len=4)
+    tokens = [{"index": 0, "id": 0, "piece": "▁w", "word": "w", "word_index": 0, "special": False}]
+    return BundleWriter(path, {"layout": lay.to_json(), "tokens": tokens}, **kw)
+
+
+def _step_tensors(s: int) -> dict:
+    return {"maps": torch.full((1, 1, 1, 2, 2, 2), s / 10).half(), "padding": torch.zeros(1, 1, 2, 2, 2).half()}
+
+
+def _info(s: int) -> dict:
+    return {"index": s, "timestep": 1.0, "sigma": None, "expert": "transformer"}
+
+
+def _temporaries(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if "tmp" in p.name]
+
+
+def test_close_returns_when_the_final_manifest_cannot_be_written(tmp_path, monkeypatch):
+    """The hang of issue 14: the last manifest write failed, and close() waited forever."""
+    import errno
+    import threading
+
+    w = _tiny_writer(tmp_path / "b")
+    for s in (0, 1):
+        w.add_step(_info(s), _step_tensors(s))
+    w.update(note="x")
+    while len(json.loads((tmp_path / "b/manifest.json").read_text())["steps"]) < 2:
+        time.sleep(0.01)  # both steps on disk before the disk "fills"
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the real write_json_atomic fails after writing its temporary
+    result = {}
+
+    def close():
+        try:
+            w.close("complete")
+        except PaikError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=close, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "BundleWriter.close hung"
+    assert "No space left on device; free some space" in result["error"] and "2 finished steps" in result["error"]
+    assert "\n" not in result["error"]
+    monkeypatch.undo()
+    assert not _temporaries(tmp_path / "b")
+    assert open_bundle(tmp_path / "b").step_indices == [0, 1]  # the last good manifest stands
+
+
+def _failing_writes(monkeypatch, fail_at: int, how):
+    """Let the real write_safetensors write ``fail_at`` step files, then fail the next one with
+    ``how(path)`` after its first tensor is on disk (so a partial temporary exists)."""
+    import paik.capture.writer as writer
+
+    real = writer.write_safetensors
+    calls = {"n": 0}
+
+    def write(path, tensors, progress=None):
+        calls["n"] += 1
+        if calls["n"] <= fail_at:
+            return real(path, tensors, progress)
+
+        def fail():
+            assert path.exists()  # something partial was written
+            how(path)
+
+        return real(path, tensors, fail)
+
+    monkeypatch.setattr(writer, "write_safetensors", write)
+
+
+def _no_space(path):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _no_permission(path):
+    import errno
+
+    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+
+@pytest.mark.parametrize("how, message, kept", [
+    (_no_space, "No space left on device; free some space or choose another --out", [0, 1]),
+    (_no_permission, "Permission denied", [0, 1]),
+    ("vanish", "the bundle folder was removed while writing", None),
+])
+def test_a_failed_write_ends_generate_with_one_line(tiny, tmp_path, monkeypatch, how, message, kept):
+    import shutil
+
+    out = tmp_path / "b"
+    if how == "vanish":
+        def how(path):
+            shutil.rmtree(out)
+            open(path, "wb").close()  # the next write of the file fails: its folder is gone
+
+    _failing_writes(monkeypatch, 2, how)
+    t0 = time.monotonic()
+    with pytest.raises(PaikError) as e:
+        generate(_opts(out, steps=6), loaded=tiny)
+    assert time.monotonic() - t0 < 60
+    text = str(e.value)
+    assert message in text and "\n" not in text, text
+    if kept is None:
+        assert not out.exists()
+        return
+    monkeypatch.undo()
+    b = open_bundle(out)
+    assert b.step_indices == kept and b.status == "failed" and message in b.manifest["error"]
+    assert not _temporaries(out)
+
+
+def test_a_disk_that_stops_answering_is_reported(tmp_path, monkeypatch):
+    import threading
+
+    import paik.capture.writer as writer
+
+    release = threading.Event()
+    monkeypatch.setattr(writer, "write_safetensors", lambda *a, **k: release.wait(30))
+    w = _tiny_writer(tmp_path / "b", max_pending=1, stall_s=0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PaikError, match="the disk made no progress for 0.5 s"):
+            for s in range(4):  # the writer holds one, the queue one: the third put waits
+                w.add_step(_info(s), _step_tensors(s))
+        with pytest.raises(PaikError, match="no progress"):
+            w.close("failed")
+        assert time.monotonic() - t0 < 5
+    finally:
+        release.set()
+
+
+def _tmpfs_works() -> str | None:
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare(1) to mount a private tmpfs"
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m none /mnt"],
+                       capture_output=True, timeout=30)
+    return None if r.returncode == 0 else f"cannot mount a tmpfs here: {r.stderr.decode().strip()}"
+
+
+def test_a_full_disk_during_generate_is_one_line_and_keeps_finished_steps(tiny, tmp_path):
+    """A real 512 KiB tmpfs (in a private mount namespace) fills after about five steps."""
+    why = _tmpfs_works()
+    if why:
+        pytest.skip(why)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    check = (
+        "import json, os, sys\n"
+        "from paik.capture.bundle import open_bundle\n"
+        "b = open_bundle(sys.argv[1])\n"
+        "files = [os.path.join(d, f) for d, _, fs in os.walk(sys.argv[1]) for f in fs]\n"
+        "print(json.dumps({'steps': b.step_indices, 'status': b.status, 'files': files}))\n"
+    )
+    script = (
+        f"mount -t tmpfs -o size=512k none {disk} || exit 99; "
+        f"timeout 120 {sys.executable} -m paik generate '{PROMPT}' --model tiny --out {disk}/b --steps 12 "
+        f"--frames 17 --height 128 --width 128 --quiet; echo \"rc=$?\" >&2; "
+        f"{sys.executable} -c \"$CHECK\" {disk}/b"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CHECK": check}
+    t0 = time.monotonic()
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", script], env=env, capture_output=True, text=True,
+                       timeout=200, cwd=Path(__file__).parent.parent)
+    elapsed = time.monotonic() - t0
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert err[-1] == "rc=2", r.stderr[-3000:]
+    assert len(err) == 2 and err[0].startswith("paik: error: writing the bundle") and "No space left" in err[0], err
+    assert "Traceback" not in r.stderr
+    found = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 1 <= len(found["steps"]) < 12 and found["status"] in ("failed", "running"), found
+    assert not [f for f in found["files"] if "tmp" in os.path.basename(f)], found["files"]
+    assert elapsed < 180

@@ -169,14 +169,18 @@ def test_scene_keys_are_valid_commands():
 def test_load_swaps_the_bundle_between_frames(src, tmp_path):
     other = tmp_path / "other"
     make_bundle(other, steps=2, blocks=1, heads=1, video=False, preview=False)
-    lv = live(src, tmp_path)
+    lv = live(src, tmp_path, load_from=[tmp_path])
     lv.put(Command("step", "set", 2.0))
-    lv.put(Command("load", "set", str(other)))
     lv.put(Command("load", "set", str(tmp_path / "missing")))
     lv.update(0.0)
     import time
 
     deadline = time.monotonic() + 20
+    while not lv.errors:  # one loader at a time: requests meanwhile merge (the newest wins)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    lv.put(Command("load", "set", "other"))  # relative: looked up under the --load-from folders
+    lv.update(0.0)
     while lv.src is src:
         assert time.monotonic() < deadline, list(lv.errors)
         time.sleep(0.02)

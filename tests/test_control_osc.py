@@ -243,7 +243,7 @@ def test_headless_instrument_played_over_udp(tmp_path):
     port = _free_port()
     argv = [sys.executable, "-m", "paik", "play", str(b), "--headless", "--osc-port", str(port),
             "--size", "64x48", "--seconds", "60", "--no-zeroconf", "--scenes", str(tmp_path / "scenes"),
-            "--colormap", "grayscale", "--smooth", "0", "--console", "off"]
+            "--colormap", "grayscale", "--smooth", "0", "--console", "off", "--out-dir", str(tmp_path / "shots")]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PAIK_SCENES": str(tmp_path / "scenes")})
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -267,8 +267,8 @@ def test_headless_instrument_played_over_udp(tmp_path):
         def shot(name, *messages):
             for m in messages:
                 client.sendto(msg(*m), dest)
-            path = tmp_path / name
-            client.sendto(msg("/paik/snapshot", str(path)), dest)
+            path = tmp_path / "shots" / name
+            client.sendto(msg("/paik/snapshot", name), dest)  # a plain name: written into --out-dir
             end = time.monotonic() + 10
             while not path.exists():
                 assert time.monotonic() < end, "no snapshot"

@@ -3,6 +3,8 @@ messages a user gets for mistakes (no tracebacks)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,21 @@ def test_grid_writes_labelled_pngs(bundle_dir, tmp_path, capsys):
     (["bench", "words", "--json", "{missing}/r.json"], "nope does not exist"),
     (["bench", "shapes", "--json", "{notabundle}"], "cannot write a file there"),
     (["bench", "faithfulness", "--threads", "0"], "--threads: must be at least 1"),
+    # a typo points to the subcommand's help, with the flag meant
+    (["play", "--tokn", "x"], "paik play: error: unrecognized arguments: --tokn; did you mean --token? "
+                              "(see 'paik play --help')"),
+    (["bench", "words", "--clipz", "3"], "paik bench words: error: unrecognized arguments: --clipz 3; did you "
+                                         "mean --clips? (see 'paik bench words --help')"),
+    (["render", "{bundle}", "--out", "x.mp4", "--qiet"], "paik render: error: unrecognized arguments: --qiet; "
+                                                         "did you mean --quiet?"),
+    # flags are checked before the bundle is opened: a missing bundle is not what is said first
+    (["render", "{missing}", "--gain", "99", "--out", "x.mp4"], "--gain 99.0 is out of range (0..16)"),
+    (["render", "{missing}", "--codec", "prores", "--out", "x.mp4"], "name the output .mov"),
+    (["render", "{missing}", "--size", "33x20", "--out", "x.mp4"], "even width and height"),
+    (["render", "{missing}", "--colormap", "jett", "--out", "x.mp4"], "unknown colormap 'jett'"),
+    (["play", "{missing}", "--seconds", "0"], "--seconds must be a positive number of seconds"),
+    (["play", "{missing}", "--step", "late"], "--step 'late': expected a number"),
+    (["grid", "{missing}", "--time", "2", "--out", "f"], "--time 2.0: positions run from 0"),
 ])
 def test_user_errors_are_clear(bundle_dir, tmp_path, capsys, argv, message):
     (tmp_path / "plain").mkdir()
@@ -133,7 +150,7 @@ def test_user_errors_are_clear(bundle_dir, tmp_path, capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err, err
-    assert "Traceback" not in err and err.startswith("paik: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err and re.match(r"paik( [\w-]+)*: error: ", err) and err.count("\n") == 1, err
 
 
 def test_bench_render_prints_a_table_and_json(bundle_dir, tmp_path, capsys):
@@ -148,3 +165,30 @@ def test_bench_render_prints_a_table_and_json(bundle_dir, tmp_path, capsys):
     assert [ln.split()[0] for ln in lines[1:4]] == ["single", "grid-heads-steps", "sweep"]
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 3 and all(r["p50_ms"] > 0 for r in rows)
+
+
+def test_bench_words_progress_counts_every_forward_pass():
+    """`paik bench words` shows a tqdm bar (stderr) over the probe's forward passes: its total,
+    probe_forwards, is the number word_reliance really makes (here with a toy transformer)."""
+    import torch
+
+    from paik.shapes.train import probe_forwards, word_reliance
+
+    class Toy(torch.nn.Module):
+        dtype = torch.float32
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+            return (hidden_states * 0 + encoder_hidden_states.mean(),)
+
+    class Bar:
+        n = 0
+
+        def update(self, k=1):
+            self.n += k
+
+    n = 18  # two batches of 16
+    x0, noise, weight = torch.zeros(n, 2, 1, 2, 2), torch.ones(n, 2, 1, 2, 2), torch.ones(n, 2, 1, 2, 2)
+    embs = {k: torch.full((n, 4, 3), float(i)) for i, k in enumerate(("true", "shape", "colour"))}
+    bar = Bar()
+    r = word_reliance(Toy(), x0, noise, weight, embs, bar=bar)
+    assert bar.n == probe_forwards(n, len(embs)) == len(r["sigma"]) * 3 * 2

@@ -107,10 +107,12 @@ def shape_color(n, p, bg=None):
     i0 = np.floor(idx).astype(int)
     i1 = np.minimum(i0 + 1, 255)
     heat = lut[i0] * (1 - (idx - i0))[..., None] + lut[i1] * (idx - i0)[..., None]
-    if p.composite == "heatmap":
-        rgb, a = heat * m[..., None], np.ones_like(n)
+    if p.composite == "heatmap":  # opaque but where the threshold masks
+        rgb, a = heat, m
     elif p.composite == "alpha":
-        rgb, a = bg, n * m
+        rgb, a = (heat if bg is None else bg), n * m
+    elif bg is None:  # nothing under the map: the map is the alpha
+        rgb, a = heat, p.opacity * n * m
     else:
         blended = {"overlay": heat, "multiply": bg * heat, "screen": 1 - (1 - bg) * (1 - heat)}[p.composite]
         k = (p.opacity * m)[..., None]
@@ -118,17 +120,27 @@ def shape_color(n, p, bg=None):
     return np.concatenate([rgb, a[..., None]], -1) * 255
 
 
-def grid_cells(rows, cols, gap, w=W, h=H):
-    """Yield (cell index, row slice mask, col mask, u, v) for every cell, like attention.frag."""
-    px = np.arange(w) + 0.5
-    py = np.arange(h) + 0.5
+def picture_rect(rows, cols, gap, aspect=4 / 3):
+    """(x0, y0, w, h) from the top left: the largest picture of rows x cols cells of the video's
+    aspect (the fixture's 128x96) that fits the W x H output, centered; whole pixels."""
+    cell_h = min((W - gap * (cols - 1)) / (cols * aspect), (H - gap * (rows - 1)) / rows)
+    w, h = cols * aspect * cell_h + gap * (cols - 1), rows * cell_h + gap * (rows - 1)
+    w, h = (W if w > W - 1 else round(w)), (H if h > H - 1 else round(h))
+    return (W - w) // 2, H - h - (H - h) // 2, w, h  # GL centres from the bottom
+
+
+def grid_cells(rows, cols, gap, w=W, h=H, x0=0, y0=0):
+    """Yield (cell index, row slice mask, col mask, u, v) for every cell, like attention.frag,
+    of a picture w x h placed at (x0, y0) from the top left of the W x H output."""
+    px = np.arange(W) + 0.5 - x0
+    py = np.arange(H) + 0.5 - y0
     pitch_x, pitch_y = (w + gap) / cols, (h + gap) / rows
     cx, cy = np.floor(px / pitch_x).astype(int), np.floor(py / pitch_y).astype(int)
     lx, ly = px - cx * pitch_x, py - cy * pitch_y
     for r in range(rows):
         for c in range(cols):
-            xs = (cx == c) & (lx < pitch_x - gap)
-            ys = (cy == r) & (ly < pitch_y - gap)
+            xs = (cx == c) & (lx < pitch_x - gap) & (px >= 0) & (px < w)
+            ys = (cy == r) & (ly < pitch_y - gap) & (py >= 0) & (py < h)
             yield r * cols + c, ys, xs, lx[xs] / (pitch_x - gap), ly[ys] / (pitch_y - gap)
 
 
@@ -207,8 +219,7 @@ def test_grid_of_blocks_with_gaps_and_step_norm(rig):
     from paik.instrument.render.views import plan
 
     pl = plan(p, src.dims, src.words[p.token].positions, "kiss")
-    ref = np.zeros((H, W, 4))
-    ref[..., 3] = 255
+    ref = np.zeros((H, W, 4))  # the gaps: no picture, transparent black
     for cell, ys, xs, u, v in grid_cells(pl.rows, pl.cols, gap):
         if cell >= src.dims.n_blocks:
             continue
@@ -226,7 +237,8 @@ def test_heads_by_steps_grid(rig):
     vols = {(s, h): f16(src.bundle.select("kiss", step=s, block=2, head=h)) for s in range(3) for h in range(2)}
     allv = np.stack(list(vols.values()))
     rng = np.broadcast_to([allv.min(), allv.max()], (allv.shape[1], 2))
-    for cell, ys, xs, u, v in grid_cells(3, 2, 0.0):
+    # 3 rows x 2 columns of 4:3 cells are 64x72 in the 96x72 output: pillarboxed, not stretched
+    for cell, ys, xs, u, v in grid_cells(3, 2, 0.0, w=64, h=72, x0=16):
         ref[np.ix_(ys, xs)] = shape_color(norm_value(vols[divmod(cell, 2)], rng, u, v, 0.0), p)
     compare(img, ref, frac_off=0.005)
 
@@ -272,7 +284,7 @@ def test_custom_colormap_and_screen(rig):
     rng = np.broadcast_to([vol.min(), vol.max()], (vol.shape[0], 2))
     u = (np.arange(W) + 0.5) / W
     v = (np.arange(H) + 0.5) / H
-    compare(img, shape_color(norm_value(vol, rng, u, v, 0.0), p, np.zeros((H, W, 3))))
+    compare(img, shape_color(norm_value(vol, rng, u, v, 0.0), p))  # background none: the map is the alpha
 
 
 # -- the two passes (renderer.py): map-resolution field + backdrop, then one sample of each ------
@@ -333,9 +345,9 @@ def test_grids_over_their_own_previews(rig, view):
     order = list(tiles)
     rngs = dict(zip(order, normalize.ranges(np.stack([tiles[k] for k in order]).astype(np.float32), "step",
                                             0.0, 98.0)))
-    ref = np.zeros((H, W, 4))
-    ref[..., 3] = 255
-    for cell, ys, xs, u, v in grid_cells(pl.rows, pl.cols, gap):
+    ref = np.zeros((H, W, 4))  # the gaps and bars: no picture, transparent black
+    x0, y0, w, h = picture_rect(pl.rows, pl.cols, gap)
+    for cell, ys, xs, u, v in grid_cells(pl.rows, pl.cols, gap, w, h, x0, y0):
         if cell >= len(keys):
             continue
         s, h = keys[cell]

@@ -67,3 +67,24 @@ def test_play_without_display_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=120,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 2 and "paik: error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_window_plays_for_seconds_with_the_defaults_pillarboxed(display, tmp_path):
+    from PIL import Image
+
+    b = tmp_path / "b"
+    make_bundle(b, steps=2, blocks=2, heads=1)  # 128x96: 4:3
+    shot = tmp_path / "shot.png"
+    argv = [sys.executable, "-m", "paik", "play", str(b), "--size", "480x240", "--seconds", "1.5",
+            "--screenshot", str(shot), "--osc-port", "-1"]
+    t0 = time.monotonic()
+    r = subprocess.run(argv, env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 100
+    img = np.asarray(Image.open(shot)).astype(float)
+    assert img.shape == (240, 480, 3)
+    # 4:3 in 480x240: a 320x240 picture between two 80-pixel bars, not stretched
+    # (the status line at the bottom left is written over the picture and the bar for a while)
+    assert img[:150, :78].max() == 0 and img[:150, 402:].max() == 0
+    assert img[:, 82:398].mean() > 20 and img[:, 82:398].std() > 5

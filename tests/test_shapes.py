@@ -236,7 +236,7 @@ def test_training_smoke_exports_a_folder_paik_generates_from(tmp_path):
     assert all(torch.equal(t0[k].float(), t1[k]) for k in t0)
     assert main(["--out", str(tmp_path / "more"), "--init-from", str(folder)] + args[2:]) == 2  # not over a ckpt
     # the upright world: recorded in paik.json, read back by the benchmarks, kept on resume
-    from paik.capture.generate import trained_world
+    from paik.shapes.train import trained_world
 
     assert trained_world(folder) == {"upright": False} and trained_world(None) == {"upright": False}
     assert main(["--out", str(tmp_path / "up"), "--init-from", str(folder), "--upright"] + args[2:]
@@ -351,7 +351,8 @@ def test_shipped_model_draws_each_named_shape_in_its_named_colour():
 
 def test_a_broken_paik_json_is_a_clear_error(tmp_path):
     from paik.errors import PaikError
-    from paik.capture.generate import trained_defaults, trained_world
+    from paik.capture.models import folder_defaults as trained_defaults
+    from paik.shapes.train import trained_world
 
     assert trained_defaults(tmp_path) == {} and trained_world(tmp_path) == {"upright": False}
     for text in ("{not json", "[1, 2]", '{"defaults": 3}'):

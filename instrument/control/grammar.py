@@ -14,7 +14,15 @@ from OSC (``/paik/cmd "step nudge 0.5"``, and every address ``/paik/a/b x`` is t
     scene save 3         store every parameter as scene "3" (recall, delete; "scene 3" recalls)
     load out/kiss        open another bundle
     learn gain           MIDI learn: the next control moved plays gain (learn cancel, learn save NAME)
-    snapshot shot.png    write the next rendered frame as a PNG
+    snapshot shot.png    write the next rendered frame as a PNG into the output folder (a bare
+                         "snapshot" picks a name; names hold no folders, see files.py)
+    prompt a red kiss    text parameters take the rest of the line (paik live: prompt, negative, size, tokens)
+    generate             paik live: a new take from prompt, seed, steps, ... ("generate a cat" sets the
+                         prompt too; "generate cancel" stops the running take); "seed next" adds one
+
+Values are checked here, when a line is parsed (a MIDI map's lines when the map is loaded), as
+far as they can be without the bundle: a number where a number goes, a known choice, a word
+that is not empty. Ranges that depend on the bundle are checked when the command is applied.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import shlex
 
 from paik.errors import PaikError
 
+from paik.instrument.control.files import file_name
 from paik.instrument.control.params import OPS, SPECS, Command
 
 # actions: names that are not parameters, with the operations they take
@@ -33,6 +42,7 @@ ACTIONS = {
     "learn": ("arm", "cancel", "save", "clear"),
     "snapshot": ("set",),
     "state": ("get",),
+    "generate": ("start", "cancel"),  # paik live: a take from prompt, seed, ... ("generate cancel" stops it)
 }
 SCENE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -63,6 +73,10 @@ def parse(line: str, source: str = "console") -> Command:
     if name not in SPECS:
         raise PaikError(f"unknown command {name!r}; parameters: {', '.join(SPECS)}; actions: {', '.join(ACTIONS)}")
     kind = SPECS[name].kind
+    if kind == "text" and rest:  # the rest of the line is the text ("prompt a red kiss")
+        if rest == ["reset"]:
+            return Command(name, "reset", None, source)
+        return Command(name, "set", " ".join(rest[1:] if rest[0].lower() == "set" else rest), source)
     if not rest:
         if kind == "bool":
             return Command(name, "toggle", None, source)
@@ -78,8 +92,36 @@ def parse(line: str, source: str = "console") -> Command:
             arg = _number(arg or "1", name, int)
         elif op in ("nudge", "norm"):
             arg = _number(arg, name, float)
+        if op == "set":
+            check_value(name, arg)
         return Command(name, op, arg, source)
-    return Command(name, "set", " ".join(rest), source)
+    value = " ".join(rest)
+    check_value(name, value)
+    return Command(name, "set", value, source)
+
+
+def check_value(name: str, value) -> None:
+    """Refuse a value that no bundle could accept for parameter ``name`` (PaikError)."""
+    spec = SPECS[name]
+    text = "" if value is None else str(value).strip()
+    if name == "token":
+        if not text:
+            raise PaikError("token needs a word of the prompt or an index, e.g. 'token kiss'")
+        return
+    if spec.kind in ("float", "int"):
+        try:
+            x = float(text)
+        except ValueError:
+            raise PaikError(f"{name}: {text!r} is not a number") from None
+        if x != x or x in (float("inf"), float("-inf")):
+            raise PaikError(f"{name} must be finite, not {text!r}")
+    elif spec.kind == "bool":
+        if text.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
+            raise PaikError(f"{name} must be on or off, not {text!r}")
+    elif spec.choices and text not in spec.choices:
+        raise PaikError(f"{name} must be one of {', '.join(spec.choices)}, not {text!r}")
+    elif not text:
+        raise PaikError(f"{name} needs a value")
 
 
 def _number(text, name: str, typ):
@@ -97,10 +139,20 @@ def _action(name: str, rest: list[str], source: str) -> Command:
         if len(rest) != 2 or rest[0] not in ops:
             raise PaikError("scene: expected 'scene recall NAME', 'scene save NAME' or 'scene delete NAME'")
         return Command("scene", rest[0], scene_name(rest[1]), source)
-    if name in ("load", "snapshot"):
+    if name == "snapshot":
         if not rest:
-            raise PaikError(f"{name} needs a path")
+            return Command(name, "set", None, source)  # a name is picked when it is written
+        return Command(name, "set", file_name(" ".join(rest), ".png"), source)
+    if name == "load":
+        if not rest or not " ".join(rest).strip():
+            raise PaikError("load needs a bundle folder")
         return Command(name, "set", " ".join(rest), source)
+    if name == "generate":
+        if rest == ["cancel"]:
+            return Command("generate", "cancel", None, source)
+        if rest and rest[0] == "start":
+            rest = rest[1:]
+        return Command("generate", "start", {"prompt": " ".join(rest)} if rest else {}, source)
     if name == "learn":
         if not rest:
             raise PaikError("learn: expected a parameter or a command line to arm, or cancel / save NAME / clear")
@@ -109,7 +161,7 @@ def _action(name: str, rest: list[str], source: str) -> Command:
         if rest[0] == "save":
             return Command("learn", "save", scene_name(rest[1]) if len(rest) > 1 else "learned", source)
         target = " ".join(rest)
-        if rest[0] not in SPECS:
+        if not (len(rest) == 1 and rest[0] in SPECS):
             parse(target)  # a whole command line: check it now, not when the control moves
         return Command("learn", "arm", target, source)
     return Command(name, "get", None, source)

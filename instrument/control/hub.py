@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from paik.errors import PaikError
 
@@ -18,13 +19,24 @@ log = logging.getLogger("paik.control")
 def add_flags(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("control (OSC, MIDI, console)")
     g.add_argument("--osc-host", default="127.0.0.1",
-                   help="address to listen on for OSC (default 127.0.0.1: this machine only; 0.0.0.0 = every network)")
+                   help="address to listen on for OSC and OSCQuery (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "= every network: anyone who can reach it may play, browse the namespace, snapshot into "
+                        "--out-dir and load bundles from --load-from, unless --osc-allow narrows it)")
     g.add_argument("--osc-port", type=int, help="UDP port for OSC (default 9000, skipped with a warning when "
                    "taken; -1 = no OSC)")
-    g.add_argument("--osc-allow", help="only accept OSC from these comma-separated IP addresses")
+    g.add_argument("--osc-allow", help="only accept OSC and OSCQuery from these comma-separated IP addresses "
+                   "(they may also ask for replies on another port of theirs)")
     g.add_argument("--oscquery-port", type=int,
                    help="TCP port of the OSCQuery HTTP namespace (default: the OSC port number; -1 = off)")
-    g.add_argument("--no-zeroconf", action="store_true", help="do not advertise OSCQuery over zeroconf/mDNS")
+    g.add_argument("--zeroconf", choices=("auto", "on", "off"), default="auto",
+                   help="advertise OSC and OSCQuery over zeroconf/mDNS (auto, the default: only when --osc-host "
+                        "listens beyond this machine)")
+    g.add_argument("--no-zeroconf", dest="zeroconf", action="store_const", const="off", help="= --zeroconf off")
+    g.add_argument("--out-dir", metavar="DIR", help="folder for snapshots and for recordings started without "
+                   "--record FILE (default: the current folder); names sent over OSC/MIDI/console are plain file "
+                   "names in it, never overwritten (NAME_2.png ...)")
+    g.add_argument("--load-from", metavar="DIRS", help="comma-separated folders that 'load' (OSC /paik/load, "
+                   "console, MIDI) may open bundles from (default: the folder holding BUNDLE)")
     g.add_argument("--midi", metavar="PORTS",
                    help="MIDI input ports to open: 'all', or comma-separated parts of their names (default: none)")
     g.add_argument("--midi-map", help="a MIDI map for every port: a name from presets/midi or a .toml path "
@@ -42,11 +54,15 @@ class Control:
         self.osc = self.oscquery = self.midi = None
 
     @classmethod
-    def from_args(cls, args, src, params) -> "Control":
+    def from_args(cls, args, src, params, make_live=Live) -> "Control":
+        """``make_live(src, params, scenes, out_dir=, load_from=)`` builds the live state (``paik live``
+        passes its own)."""
         if not 0 <= args.smooth <= 5:
             raise PaikError(f"--smooth {args.smooth}: expected seconds in 0..5")
         params.smooth = args.smooth
-        ctl = cls(Live(src, params, SceneStore(args.scenes) if args.scenes else None))
+        out_dir, roots = folders(args, src)
+        ctl = cls(make_live(src, params, SceneStore(args.scenes) if args.scenes else None, out_dir=out_dir,
+                            load_from=roots))
         try:
             ctl._start(args)
         except BaseException:
@@ -75,9 +91,10 @@ class Control:
             if qport != -1:
                 from paik.instrument.control.oscquery import OscQueryServer
 
+                advertise = args.zeroconf == "on" or (args.zeroconf == "auto" and not _loopback(self.osc.host))
                 try:
-                    self.oscquery = OscQueryServer(live, args.osc_host, qport, self.osc.port).start(
-                        advertise=not args.no_zeroconf)
+                    self.oscquery = OscQueryServer(live, args.osc_host, qport, self.osc.port, allow=allow).start(
+                        advertise=advertise)
                     msg += f", OSCQuery on http://{self.oscquery.host}:{self.oscquery.port}/"
                 except PaikError as e:
                     if args.oscquery_port is not None:
@@ -113,6 +130,29 @@ class Control:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def folders(args, src) -> tuple[Path, list[Path]]:
+    """``--out-dir`` (made now; refused if it cannot be written) and the ``--load-from`` folders."""
+    from paik.instrument.control.files import OutputFolder
+
+    out = OutputFolder(Path(args.out_dir) if getattr(args, "out_dir", None) else Path.cwd())
+    if getattr(args, "out_dir", None):
+        out.check()
+    roots = [Path(src.bundle.path).resolve().parent]
+    if getattr(args, "load_from", None):
+        roots = [Path(x.strip()).expanduser() for x in args.load_from.split(",") if x.strip()]
+        missing = [str(r) for r in roots if not r.is_dir()]
+        if missing or not roots:
+            raise PaikError(f"--load-from: {', '.join(missing) or args.load_from!r} is not a folder; give "
+                            "comma-separated folders that hold bundles")
+    return out.dir, roots
+
+
+def _loopback(host: str) -> bool:
+    from paik.instrument.control.osc import _is_loopback
+
+    return _is_loopback(host)
 
 
 def _interactive() -> bool:

@@ -10,12 +10,18 @@ touches GL; other threads read only :attr:`Live.values`, a dict replaced whole e
 Two banks: :attr:`target` is what the performer set (and what feedback reports); :attr:`shown`
 is what is drawn: equal to the target except that the continuous parameters (``SMOOTHED``)
 glide towards it with the time constant ``smooth`` (seconds; 0 jumps).
+
+The show never stops: any exception a command raises becomes an error (:meth:`Live.error`: the
+overlay, a rate-limited log line, every listener in :attr:`Live.error_listeners`, so OSC
+subscribers get ``/paik/error``; a line typed at the console is always answered). Files are
+touched only inside the folders the performer named (:mod:`~paik.instrument.control.files`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time as _time
 from collections import deque
@@ -24,6 +30,7 @@ from typing import Callable
 
 from paik.errors import PaikError
 
+from paik.instrument.control.files import LoadRoots, OutputFolder, file_name, stamped
 from paik.instrument.control.grammar import ACTIONS
 from paik.instrument.control.params import SMOOTHED, SPECS, Command, CommandQueue, Params, apply, normalized
 from paik.instrument.control.scenes import SceneStore
@@ -31,6 +38,8 @@ from paik.instrument.control.scenes import SceneStore
 log = logging.getLogger("paik.control")
 
 PICKUP_TOLERANCE = 0.02  # a fader this close (0..1) to the value takes it over
+MAX_SNAPSHOTS = 16  # names waiting for a frame; more are refused (a flood must not fill memory or disk)
+MAX_WRITERS = 2  # frames being encoded and written at once (each holds one frame's pixels)
 
 
 class RateLimitedLog:
@@ -59,7 +68,10 @@ class RateLimitedLog:
 
 
 class Live:
-    def __init__(self, src, params: Params, scenes: SceneStore | None = None):
+    """``out_dir``: the folder snapshots go to (default: the current one); ``load_from``: the
+    folders ``load`` may open bundles from (default: the one holding ``src``'s bundle)."""
+
+    def __init__(self, src, params: Params, scenes: SceneStore | None = None, out_dir=None, load_from=None):
         self.src = src
         self.target = params
         self.shown = params.copy()
@@ -68,13 +80,25 @@ class Live:
         self.rlog = RateLimitedLog()
         self.errors: deque[tuple[float, str]] = deque(maxlen=6)  # (when, message) for the overlay
         self.listeners: list[Callable[[dict, dict], None]] = []  # (values, changed) after each change
+        self.error_listeners: list[Callable[[str, str], None]] = []  # (message, source) of every error
+        self.out = OutputFolder(out_dir if out_dir is not None else Path.cwd())
+        if load_from is None:
+            bundle_path = getattr(getattr(src, "bundle", None), "path", None)
+            load_from = [Path(bundle_path).parent] if bundle_path is not None else []
+        self.roots = LoadRoots(load_from)
         self.actions: dict[str, Callable[[Command], None]] = {}  # extra actions (MIDI learn)
         self.engaged: dict[str, str] = {}  # parameter -> the source that holds it (soft takeover)
-        self.snapshots: list[Path] = []  # PNGs to write after the next frame
+        self.snapshots: list[tuple[str, str]] = []  # (file name, source) to write after the next frame
+        self.written: list[Path] = []  # snapshots written so far (the last few)
+        self._writing = 0  # snapshots handed to the writer thread, not yet on disk
+        self._write_lock = threading.Lock()
         self.last_scene = ""
         self.frame = 0
         self._last_now: float | None = None
         self._pending_src = None
+        self._load_lock = threading.Lock()
+        self._load_next: tuple | None = None  # (path, source): the newest request waiting for the loader
+        self._loading = False
         self._touched: set[str] = set()
         self.values: dict = {}
         self._publish(force=True)
@@ -93,7 +117,10 @@ class Live:
     def update(self, now: float) -> Params:
         """Apply what arrived, advance the playhead, glide; returns the bank to draw."""
         if self._pending_src is not None:
-            self._swap_source()
+            try:
+                self._swap_source()
+            except Exception as e:  # noqa: BLE001 - the old bundle plays on
+                self.error(f"load: {type(e).__name__}: {e}", kind="load")
         for cmd in self.inbox.take():
             self.handle(cmd)
         dt = 0.0 if self._last_now is None else max(0.0, now - self._last_now)
@@ -119,23 +146,41 @@ class Live:
         return s
 
     def handle(self, cmd: Command) -> None:
-        """Apply one command now (the render thread). Bad ones are logged, never raised."""
+        """Apply one command now (the render thread). Bad ones are reported, never raised."""
+        kind = cmd.source.split(":")[0] or "command"
         try:
             if cmd.name in ACTIONS or cmd.name in self.actions:
                 self._action(cmd)
             else:
                 self._apply(cmd)
         except PaikError as e:
-            self.error(str(e), kind=cmd.source.split(":")[0] or "command")
+            self.error(str(e), kind=kind, source=cmd.source)
+        except Exception as e:  # noqa: BLE001 - a bug or a broken file must not end the show
+            log.debug("command %r failed", cmd, exc_info=True)
+            self.error(f"{cmd.name}: {type(e).__name__}: {e}", kind=kind, source=cmd.source)
 
-    def error(self, message: str, kind: str = "command") -> None:
+    def error(self, message: str, kind: str = "command", source: str = "") -> None:
+        """Report a refused command or a failure (any thread): the overlay, a rate-limited log
+        line (a console line is always answered: a person typed it), and the error listeners."""
+        message = " ".join(str(message).split())[:400]  # one line, bounded
         self.errors.append((_time.monotonic(), message))
-        self.rlog(kind, f"{kind}: {message}")
+        if source == "console":
+            print(f"paik: {message}", file=sys.stderr, flush=True)
+            self.rlog.count += 1
+        else:
+            self.rlog(kind, f"{kind}: {message}")
+        for fn in list(self.error_listeners):
+            try:
+                fn(message, source)
+            except Exception as e:  # noqa: BLE001
+                self.rlog("feedback", f"feedback: {type(e).__name__}: {e}")
 
     def _apply(self, cmd: Command) -> None:
         name, t = cmd.name, self.target
         if name == "token" and cmd.op == "set" and isinstance(cmd.value, str):
             text = cmd.value.strip()
+            if not text:
+                raise PaikError("token needs a word of the prompt or an index, e.g. 'token kiss'")
             if not text.lstrip("-").isdigit():
                 cmd = Command(name, "set", self.src.word_index(text), cmd.source)
                 t.n_tokens = len(self.src.words)
@@ -165,61 +210,118 @@ class Live:
             elif cmd.op == "delete":
                 self.scenes.delete(cmd.value)
             else:
-                for c in self.scenes.commands(cmd.value, source=cmd.source or "scene"):
+                cmds = self.scenes.commands(cmd.value, source=cmd.source or "scene")
+                lo = next((c for c in cmds if c.name == "clip_lo"), None)
+                hi = next((c for c in cmds if c.name == "clip_hi"), None)
+                if lo is not None and hi is not None and _number(lo.value) >= self.target.clip_hi:
+                    cmds.remove(hi)  # raising both: the upper one first, or the lower is refused
+                    cmds.insert(cmds.index(lo), hi)
+                for c in cmds:
                     self.handle(c)
             self.last_scene = str(cmd.value)
             self._touched.add("scene")
         elif cmd.name == "load":
-            self._load(cmd.value)
+            self._load(self.roots.resolve(cmd.value), cmd.source)
         elif cmd.name == "snapshot":
-            self.snapshots.append(Path(cmd.value))
+            name = stamped("paik", ".png") if cmd.value is None else file_name(cmd.value, ".png")
+            if len(self.snapshots) >= MAX_SNAPSHOTS:
+                raise PaikError(f"snapshot {name}: {MAX_SNAPSHOTS} snapshots are already waiting; "
+                                "try again in a moment")
+            self.snapshots.append((name, cmd.source))
         elif cmd.name == "state":
             print("  ".join(f"{k}={v}" for k, v in self.values.items() if k in SPECS), flush=True)
         elif cmd.name == "learn":
             raise PaikError("MIDI learn needs MIDI: start paik play with --midi")
+        elif cmd.name == "generate":
+            raise PaikError("generate needs a model: start the instrument with 'paik live' instead of 'paik play'")
 
     # -- bundle load: opened on a thread, swapped in between frames --------------------------------
-    def _load(self, path) -> None:
-        device = getattr(getattr(self.src, "reducer", None), "device", "auto")
+    def _load(self, path: Path, source: str = "") -> None:
+        """One loader thread at a time; requests that arrive meanwhile are merged (the newest
+        wins), so a flood of loads costs one open at a time, not a thread and a bundle each."""
+        with self._load_lock:
+            self._load_next = (path, source)
+            if self._loading:
+                return
+            self._loading = True
+        threading.Thread(target=self._loader, name="paik-load", daemon=True).start()
 
-        def work():
-            from paik.instrument.render.source import Source
+    def _loader(self) -> None:
+        from paik.instrument.render.source import Source
 
+        device = str(getattr(getattr(self.src, "reducer", None), "device", "auto"))
+        while True:
+            with self._load_lock:
+                job, self._load_next = self._load_next, None
+                if job is None:
+                    self._loading = False
+                    return
+            path, source = job
             try:
-                self._pending_src = Source.open(path, str(device))
+                src = Source.open(path, device)
             except PaikError as e:
-                self.error(f"load {path}: {e}", kind="load")
-            except Exception as e:  # a broken bundle must not end the show
-                self.error(f"load {path}: {type(e).__name__}: {e}", kind="load")
-
-        threading.Thread(target=work, name="paik-load", daemon=True).start()
+                self.error(f"load {path}: {e}", kind="load", source=source)
+                continue
+            except Exception as e:  # noqa: BLE001 - a broken bundle must not end the show
+                self.error(f"load {path}: {type(e).__name__}: {e}", kind="load", source=source)
+                continue
+            self._pending_src = src  # replaced whole: an unswapped older one is simply dropped
 
     def _swap_source(self) -> None:
         src, self._pending_src = self._pending_src, None
         d = src.dims
+        if not (d.n_steps >= 1 and d.n_blocks >= 1 and d.n_heads >= 1 and src.words):
+            raise PaikError(f"{src.bundle.path}: nothing to show (steps {d.n_steps}, blocks {d.n_blocks}, "
+                            f"heads {d.n_heads}, words {len(src.words)})")
         for bank in (self.target, self.shown):
             bank.bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, bank.colormaps)
         self.src = src
         self._touched.update(("token", "step", "block", "head", "words"))
         log.info("loaded %s", src.bundle.path)
 
+    def extra_values(self) -> dict:
+        """More published state for feedback (``paik live`` adds take, progress, error)."""
+        return {}
+
     # -- after the frame ------------------------------------------------------------------------
     def rendered(self, read_rgba: Callable[[], "object"]) -> None:
-        """The loop calls this after drawing; pending snapshots read the frame here."""
+        """The loop calls this after drawing; pending snapshots read the frame here and are
+        encoded and written on a thread (a slow disk must not stall the show)."""
         if not self.snapshots:
             return
+        with self._write_lock:
+            if self._writing >= MAX_WRITERS:
+                return  # the disk is slow: they wait for a later frame
+            self._writing += 1
+        jobs, self.snapshots = self.snapshots, []
+        try:
+            pixels = read_rgba()
+        except Exception as e:  # noqa: BLE001
+            with self._write_lock:
+                self._writing -= 1
+            for name, source in jobs:
+                self.error(f"snapshot {name}: cannot read the frame ({type(e).__name__}: {e})", "snapshot", source)
+            return
+        threading.Thread(target=self._write_snapshots, args=(pixels, jobs), name="paik-snapshot",
+                         daemon=True).start()
+
+    def _write_snapshots(self, pixels, jobs) -> None:
         from PIL import Image
 
-        img = Image.fromarray(read_rgba())
-        for path in self.snapshots:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp.png")
-                img.save(tmp)
-                tmp.replace(path)  # readers never see half a file
-            except OSError as e:
-                self.error(f"snapshot {path}: {e.strerror}", kind="snapshot")
-        self.snapshots.clear()
+        try:
+            img = Image.fromarray(pixels)
+            for name, source in jobs:
+                try:
+                    path = self.out.write(name, lambda tmp: img.save(tmp, format="PNG"))
+                    self.written = (self.written + [path])[-16:]
+                    log.info("wrote %s", path)
+                except PaikError as e:
+                    self.error(f"snapshot: {e}", kind="snapshot", source=source)
+                except Exception as e:  # noqa: BLE001
+                    self.error(f"snapshot {name}: {type(e).__name__}: {e}", kind="snapshot", source=source)
+        finally:
+            with self._write_lock:
+                self._writing -= 1
 
     def _publish(self, force: bool = False) -> None:
         t = self.target
@@ -227,6 +329,7 @@ class Live:
         values["words"] = tuple(w.label for w in self.src.words)
         values["counts"] = (t.n_tokens, t.n_steps, t.n_blocks, t.n_heads)
         values["scene"] = self.last_scene
+        values.update(self.extra_values())
         old = self.values
         changed = {k: v for k, v in values.items() if old.get(k) != v and (k != "time" or "time" in self._touched)}
         if "scene" in self._touched:
@@ -239,3 +342,10 @@ class Live:
                     fn(values, changed)
                 except Exception as e:  # feedback must never stop the loop
                     self.rlog("feedback", f"feedback: {type(e).__name__}: {e}")
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.inf

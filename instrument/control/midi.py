@@ -106,14 +106,34 @@ def _int(d: dict, key: str, lo: int, hi: int, where: str) -> int:
     return v
 
 
+KEYS = {"cc", "cc14", "note", "channel", "param", "command", "release", "mode", "pickup", "amount", "led",
+        "led_on", "led_off"}
+
+
+def _bool(d: dict, key: str, default: bool, where: str) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise PaikError(f"{where}: {key} must be true or false, not {v!r}")
+    return v
+
+
 def parse_map(data: dict, where: str = "map") -> MidiMap:
-    """A map from its TOML tables; every mistake names the control it is in."""
-    if not isinstance(data.get("control", []), list):
+    """A map from its TOML tables; every mistake names the control it is in. Every command
+    line is parsed (values included) here, so a bad line is refused when the map loads, never
+    when the control is pressed mid-show."""
+    if not isinstance(data, dict) or not isinstance(data.get("control", []), list):
         raise PaikError(f"{where}: [[control]] entries expected")
-    m = MidiMap(str(data.get("name", where)), tuple(str(x) for x in data.get("match", ())), [],
-                bool(data.get("clock", True)))
+    match = data.get("match", [])
+    if isinstance(match, str) or not isinstance(match, list) or not all(isinstance(x, str) for x in match):
+        raise PaikError(f"{where}: match must be a list of port name parts, like [\"nanoKONTROL2\"]")
+    m = MidiMap(str(data.get("name", where)), tuple(match), [], _bool(data, "clock", True, where))
     for i, d in enumerate(data.get("control", [])):
         at = f"{where}: control #{i + 1}"
+        if not isinstance(d, dict):
+            raise PaikError(f"{at}: expected a table ([[control]]), not {d!r}")
+        unknown = sorted(set(d) - KEYS)
+        if unknown:
+            raise PaikError(f"{at}: unknown field {', '.join(unknown)}; fields: {', '.join(sorted(KEYS))}")
         kinds = [k for k in ("cc", "cc14", "note") if k in d]
         if len(kinds) != 1:
             raise PaikError(f"{at}: give exactly one of cc, cc14, note")
@@ -129,13 +149,16 @@ def parse_map(data: dict, where: str = "map") -> MidiMap:
         param, command, release = d.get("param"), None, None
         if (param is None) == ("command" not in d):
             raise PaikError(f"{at}: give either param or command")
-        if param is not None and param not in SPECS:
+        if param is not None and (not isinstance(param, str) or param not in SPECS):
             raise PaikError(f"{at}: unknown parameter {param!r}; parameters: {', '.join(SPECS)}")
         try:
+            for key in ("command", "release"):
+                if key in d and not isinstance(d[key], str):
+                    raise PaikError(f"{key} must be a command line in quotes, not {d[key]!r}")
             if "command" in d:
-                command = grammar.parse(str(d["command"]), source="midi")
+                command = grammar.parse(d["command"], source="midi")
             if "release" in d:
-                release = grammar.parse(str(d["release"]), source="midi")
+                release = grammar.parse(d["release"], source="midi")
         except PaikError as e:
             raise PaikError(f"{at}: {e}") from None
         if param:
@@ -147,8 +170,11 @@ def parse_map(data: dict, where: str = "map") -> MidiMap:
         mode = d.get("mode", default)
         if mode not in MODES:
             raise PaikError(f"{at}: mode must be one of {', '.join(MODES)}, not {mode!r}")
-        c = Control(kind, number, channel, param, command, release, mode, bool(d.get("pickup", True)),
-                    float(d.get("amount", 0.0)), bool(d.get("led", False)),
+        amount = d.get("amount", 0.0)
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not abs(amount) < 1e6:
+            raise PaikError(f"{at}: amount must be a number (change per encoder tick), not {amount!r}")
+        c = Control(kind, number, channel, param, command, release, mode, _bool(d, "pickup", True, at),
+                    float(amount), _bool(d, "led", False, at),
                     _int(d, "led_on", 0, 127, at) if "led_on" in d else 127,
                     _int(d, "led_off", 0, 127, at) if "led_off" in d else 0)
         m.controls.append(c)
@@ -184,7 +210,7 @@ def map_for_port(port: str) -> MidiMap:
         try:
             m = load_map(name)
         except PaikError as e:
-            log.warning("%s", e)
+            log.warning("%s (map skipped)", e)
             continue
         if m.fits(port):
             return m
@@ -388,7 +414,10 @@ class MidiHub:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.scan()
+            try:
+                self.scan()
+            except Exception as e:  # noqa: BLE001 - a port or a map gone bad: keep the others
+                self.rlog("midi-scan", f"midi: {type(e).__name__}: {e}")
             self._stop.wait(self.poll)
 
     def _wants(self, name: str) -> bool:
@@ -414,7 +443,11 @@ class MidiHub:
                 self._open(name)
 
     def _open(self, name: str) -> None:
-        m = self.forced_map or map_for_port(name)
+        try:
+            m = self.forced_map or map_for_port(name)
+        except PaikError as e:
+            self.rlog("midi-open", f"midi: no usable map for {name!r}: {e}")
+            return
         ctl = Controller(m, name)
         try:
             inport = self.backend.open_input(name, callback=lambda msg, n=name: self._on_message(n, msg))
@@ -464,7 +497,10 @@ class MidiHub:
     # -- learn ------------------------------------------------------------------------------------
     def _learn_action(self, cmd: Command) -> None:
         if cmd.op == "arm":
-            self.armed = str(cmd.value)
+            target = str(cmd.value).strip()
+            if target not in SPECS:
+                grammar.parse(target, "midi")  # refused now, not when the control moves
+            self.armed = target
             log.warning("MIDI learn: move a control to play %r", self.armed)
         elif cmd.op == "cancel":
             self.armed = None

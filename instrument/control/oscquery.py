@@ -6,6 +6,12 @@ TouchDesigner, VDMX, Chataigne or ossia score can browse and bind every address.
 read from :attr:`Live.values` (replaced whole each frame), never from the render loop's bank.
 Advertising can fail where there is no multicast (containers, sandboxes): that is a warning,
 the HTTP namespace still works.
+
+Exposure follows OSC's: the namespace listens on the OSC host and answers only the addresses of
+``--osc-allow`` (other clients are disconnected unanswered); it sends no CORS header, so a web
+page in a browser cannot read it. At most ``MAX_CLIENTS`` connections are served at once (more
+are closed), each for at most ``TIMEOUT`` seconds; a client that goes away mid-answer is a
+debug line, not a traceback on the performer's terminal.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ from urllib.parse import unquote, urlsplit
 from paik.errors import PaikError
 
 from paik.instrument.control.live import Live
-from paik.instrument.control.osc import PREFIX, Address, address_space
+from paik.instrument.control.osc import PREFIX, Address, address_space, host_of, parse_allow
 
 log = logging.getLogger("paik.oscquery")
+
+MAX_CLIENTS = 64  # connections served at once; more are closed at once (each holds a thread)
+TIMEOUT = 5.0  # seconds a connection may take to ask and to read the answer
+BACKLOG = 256  # connections the kernel queues before accept (socketserver's default is 5)
 
 ATTRS = ("VALUE", "TYPE", "RANGE", "ACCESS", "DESCRIPTION", "FULL_PATH", "CONTENTS")
 
@@ -80,24 +90,76 @@ def _find(tree: dict, path: str) -> dict | None:
     return node
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = BACKLOG
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address, handler, allow: set[str] | None, family):
+        self.address_family = family
+        self.allow = allow
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(address, handler)
+
+    def verify_request(self, request, client_address) -> bool:
+        if self.allow is not None and host_of(client_address) not in self.allow:
+            log.debug("oscquery: refused a connection from %s (not in --osc-allow)", client_address[0])
+            return False
+        return True
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            log.debug("oscquery: %d connections already; closed one from %s", MAX_CLIENTS, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver prints a traceback to stderr; a client that hangs up is no news
+        log.debug("oscquery: connection from %s ended badly", client_address[0], exc_info=True)
+
+
 class OscQueryServer:
-    def __init__(self, live: Live, host: str, port: int, osc_port: int, name: str = "Paik"):
+    """``allow``: the addresses that may connect (as ``--osc-allow``; None = anyone who can
+    reach ``host``)."""
+
+    def __init__(self, live: Live, host: str, port: int, osc_port: int, name: str = "Paik",
+                 allow: list[str] | None = None):
         self.live, self.osc_port, self.name = live, osc_port, name
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = TIMEOUT  # StreamRequestHandler sets it on the socket: idle clients are dropped
+
             def do_GET(self):  # noqa: N802 (the stdlib's name)
-                server._get(self)
+                try:
+                    server._get(self)
+                except (ConnectionError, TimeoutError, OSError) as e:
+                    log.debug("oscquery: %s went away: %s", self.client_address[0], e)
+                    self.close_connection = True
 
             def log_message(self, fmt, *args):
                 log.debug("http: " + fmt, *args)
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as e:
+            raise PaikError(f"--osc-host {host!r}: {e.strerror}") from None
+        try:
+            self.httpd = _Server(info[4], Handler, parse_allow(allow), info[0])
         except OSError as e:
             raise PaikError(f"cannot serve OSCQuery on {host}:{port} over HTTP ({e.strerror}); pick another "
                             "--oscquery-port, or --oscquery-port -1 to turn it off") from None
-        self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="paik-oscquery", daemon=True)
@@ -151,7 +213,6 @@ class OscQueryServer:
         req.send_response(code)
         req.send_header("Content-Type", "application/json")
         req.send_header("Content-Length", str(len(data)))
-        req.send_header("Access-Control-Allow-Origin", "*")
         req.end_headers()
         req.wfile.write(data)
 
@@ -163,7 +224,10 @@ class OscQueryServer:
                         self.port)
             return
         try:
-            addrs = [socket.inet_aton(self.host)] if self.host not in ("0.0.0.0", "") else None
+            try:
+                addrs = [socket.inet_aton(self.host)] if self.host not in ("0.0.0.0", "") else None
+            except OSError:  # an IPv6 host: let zeroconf find the addresses
+                addrs = None
             kw = {"addresses": addrs} if addrs else {}
             hostname = socket.gethostname().split(".")[0] or "paik"
             zc = Zeroconf()

@@ -40,7 +40,7 @@ class Spec:
     """What a parameter may hold. ``choices`` for enums; ``lo``/``hi`` for numbers (``hi`` None
     means the bound comes from the bundle, see :meth:`Params.bounds`)."""
 
-    kind: str  # "float", "int", "bool", "enum"
+    kind: str  # "float", "int", "bool", "enum", "text"
     default: Any
     lo: float | None = None
     hi: float | None = None
@@ -74,7 +74,18 @@ SPECS: dict[str, Spec] = {
     "help": Spec("bool", False, help="show the key overlay"),
     "record": Spec("bool", False, help="record the output to a file while on (paik play --record FILE; each take "
                    "after the first gets _2, _3 ...)"),
+    # the next take of `paik live` (the live engine); `generate` starts it
+    "follow": Spec("bool", True, help="live takes: show the newest finished step as it arrives"),
+    "prompt": Spec("text", "", help="prompt of the next take"),
+    "negative": Spec("text", "", help="negative prompt of the next take (empty: none)"),
+    "seed": Spec("int", 0, 0, 2**31 - 1, help="seed of the next take ('seed next' adds one)"),
+    "steps": Spec("int", 0, 0, 1000, help="denoising steps of the next take (0 = the model's default)"),
+    "frames": Spec("int", 0, 0, 1025, help="frames of the next take, 4k+1 (0 = the model's default)"),
+    "size": Spec("text", "", help="WIDTHxHEIGHT of the next take, like 416x240 (empty: the model's default)"),
+    "guidance": Spec("float", 5.0, 1.0, 20.0, help="classifier-free guidance of the next take (1 = off)"),
+    "tokens": Spec("text", "", help='words to capture in the next take, like kiss,"soccer ball" (empty: all)'),
 }
+TEXT_MAX = 2000  # characters of a text parameter (a prompt)
 # continuous parameters glide (see instrument/live.py); time is the playhead and never glides
 SMOOTHED = ("step", "block", "clip_lo", "clip_hi", "gain", "gamma", "threshold", "opacity", "speed")
 
@@ -108,6 +119,15 @@ class Params:
     smooth: float = 0.05
     help: bool = False
     record: bool = False
+    follow: bool = True
+    prompt: str = ""
+    negative: str = ""
+    seed: int = 0
+    steps: int = 0
+    frames: int = 0
+    size: str = ""
+    guidance: float = 5.0
+    tokens: str = ""
     # bundle-dependent bounds (counts); not parameters themselves
     n_tokens: int = field(default=1, repr=False)
     n_steps: int = field(default=1, repr=False)
@@ -160,6 +180,8 @@ def normalized(p: Params, name: str, value=None) -> float:
     """The value (default: the current one) as a 0..1 position, as a fader or LED would show it."""
     spec = SPECS[name]
     v = getattr(p, name) if value is None else value
+    if spec.kind == "text":
+        return 0.0
     if spec.kind == "bool":
         return 1.0 if v else 0.0
     if spec.kind == "enum":
@@ -176,6 +198,8 @@ def denormalized(p: Params, name: str, x: float):
         raise PaikError(f"{name}: a normalized value must lie in 0..1, not {x!r}")
     x = min(1.0, max(0.0, x))
     spec = SPECS[name]
+    if spec.kind == "text":
+        raise PaikError(f"{name} is text, not a fader; send it a string")
     if spec.kind == "bool":
         return x >= 0.5
     if spec.kind == "enum":
@@ -190,6 +214,11 @@ def _coerce(p: Params, name: str, value, strict: bool = False):
     spec = SPECS.get(name)
     if spec is None:
         raise PaikError(f"unknown parameter {name!r}; parameters: {', '.join(SPECS)}")
+    if spec.kind == "text":
+        text = " ".join(str(value).split())  # one line: no control characters reach a prompt
+        if len(text) > TEXT_MAX:
+            raise PaikError(f"{name} is {len(text)} characters long; at most {TEXT_MAX}")
+        return text
     if spec.kind == "enum":
         choices = p.choices(name)
         value = str(value)
@@ -213,7 +242,9 @@ def _coerce(p: Params, name: str, value, strict: bool = False):
         raise PaikError(f"{name} {x:g} is out of range ({lo:g}..{hi:g})")
     x = max(lo, x) if lo is not None else x
     x = min(hi, x) if hi is not None else x
-    return int(round(x)) if spec.kind == "int" else x
+    # float() again: a clamp to an integer bound must not turn a float parameter into an int
+    # (feedback would then send it as i, not the f that OSCQuery announces)
+    return int(round(x)) if spec.kind == "int" else float(x)
 
 
 def apply(p: Params, cmd: Command) -> None:
@@ -249,7 +280,13 @@ def apply(p: Params, cmd: Command) -> None:
             raise PaikError(f"{cmd.name} cannot be cycled")
     else:
         raise PaikError(f"unknown operation {cmd.op!r} ({', '.join(OPS[:-1])})")
-    setattr(p, cmd.name, _coerce(p, cmd.name, new, strict))
+    value = _coerce(p, cmd.name, new, strict)
+    if cmd.name in ("clip_lo", "clip_hi"):  # as the command line's --clip LO,HI: LO < HI
+        lo, hi = (value, p.clip_hi) if cmd.name == "clip_lo" else (p.clip_lo, value)
+        if not lo < hi:
+            raise PaikError(f"{cmd.name} {value:g} refused: clip_lo must stay below clip_hi ({lo:g} >= {hi:g}); "
+                            "move the other one first")
+    setattr(p, cmd.name, value)
 
 
 class CommandQueue:

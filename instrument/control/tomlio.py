@@ -73,10 +73,17 @@ def dumps(data: dict, _prefix: str = "") -> str:
 
 
 def save(path: Path, data: dict, header: str = "") -> None:
-    """Write atomically (a crash never leaves half a preset)."""
+    """Write atomically (a crash never leaves half a preset, a full disk no temporary file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"# {line}\n" for line in header.splitlines()) + dumps(data)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise PaikError(f"cannot write {path}: {e.strerror or e}") from None

@@ -12,6 +12,11 @@ Once per frame, after the loop has drained its command queue, :meth:`Outputs.fra
    queues an asynchronous readback (PBOs) for the pixel outputs, delivered next iteration.
 
 The window's own size, vsync and overlays never reach an output.
+
+Takes toggled any number of times leave memory and threads flat: a finished take keeps only
+its summary (the recorder, its encoder and threads are let go), at most ``MAX_CLOSING`` takes
+may still be finishing when another starts (else it is refused, with a message), and no take
+overwrites a file (the first free ``_N`` name is created exclusively).
 """
 
 from __future__ import annotations
@@ -26,20 +31,23 @@ from pathlib import Path
 from paik.errors import PaikError
 
 from paik.instrument.outputs.readback import AsyncReader, Target, YuvPacker
-from paik.instrument.outputs.record import Cadence, Recorder, default_path, numbered
+from paik.instrument.outputs.record import Cadence, Recorder, default_path
 
 log = logging.getLogger(__name__)
+
+MAX_CLOSING = 2  # takes still being finished on their threads when a new one may start
 
 
 @dataclass
 class RecordSettings:
-    path: Path | None  # None: paik-DATE-TIME.mp4 in the current directory
+    path: Path | None  # None: paik-DATE-TIME.mp4 in out_dir
     size: tuple[int, int]
     fps: float
     codec: str = "h264"
     crf: int = 18
     preset: str = "veryfast"
     on_take: object = None  # called with a take's summary when its file is finished (any thread)
+    out_dir: Path | None = None  # where takes without a path go (None: the current directory)
 
 
 @dataclass
@@ -89,9 +97,11 @@ class Outputs:
         self.closing: list[threading.Thread] = []
         self.error: str | None = None
         self.error_at = -1e9
+        self.on_error = None  # the loop sets it (Live.error): failures reach OSC subscribers too
         self._wanted = False
         self.summary: list[dict] = []
-        self._done: list[tuple[Recorder, _Member]] = []  # finished takes
+        self._done: list[dict] = []  # the summaries of finished takes (not their recorders)
+        self._lock = threading.Lock()
         for s in self.sinks:
             self._group(s.size, s.components).members.append(_Member(Cadence(s.fps), sink=s))
         if record is not None and record.codec == "h264" and record.size[0] % 2 == 0 == record.size[1] % 2:
@@ -187,19 +197,29 @@ class Outputs:
         if s is None:
             self._fail("recording is not set up here")
             return False
-        base = s.path or default_path(s.codec)
-        n = len(self.takes) + 1
-        path = numbered(base, n)
-        while n > 1 and path.exists():  # never overwrite an earlier take
-            n += 1
-            path = numbered(base, n)
+        from paik.instrument.control.files import reserve
+
+        self.closing = [th for th in self.closing if th.is_alive()]
+        if len(self.closing) >= MAX_CLOSING:
+            self._fail(f"recording: {len(self.closing)} takes are still being finished; start the next in a moment")
+            return False
+        base = s.path or (Path(s.out_dir) if s.out_dir is not None else Path()) / default_path(s.codec)
+        path = None
         try:
+            path = reserve(base)  # the first free name of FILE, FILE_2 ...: never an earlier take
             rec = Recorder(path, s.size, s.fps, s.codec, s.crf, s.preset)
         except PaikError as e:
+            if path is not None:
+                _remove_empty(path)
             self._fail(str(e))
             return False
+        except Exception as e:  # noqa: BLE001 - the show goes on without this take
+            if path is not None:
+                _remove_empty(path)
+            self._fail(f"recording {path}: {type(e).__name__}: {e}")
+            return False
         self.recorder = rec
-        self.takes.append(path)
+        self.takes = (self.takes + [path])[-100:]
         g = self._group(s.size, rec.components)
         self.rec_member = _Member(Cadence(s.fps), recorder=rec)
         g.members.append(self.rec_member)
@@ -212,7 +232,6 @@ class Outputs:
             self._deliver(g.reader.flush())
         member.active = False
         g.members.remove(member)
-        self._done.append((rec, member))
         self.recorder = self.rec_member = None
         # finishing the file waits for the encoder: not on the render thread
         th = threading.Thread(target=self._finish, args=(rec, member), name="paik-record-close")
@@ -224,8 +243,20 @@ class Outputs:
             rec.close()
         except PaikError as e:
             self._fail(str(e))
+        except Exception as e:  # noqa: BLE001
+            rec.error = rec.error or f"{type(e).__name__}: {e}"
+            self._fail(f"recording {rec.path} failed: {rec.error}")
+        take = self._take(rec, member)
+        if rec.muxed == 0:  # a take with no picture in its file (a full disk, a quick toggle): no file
+            _remove_own(rec.path)
+            take["removed"] = True
+        with self._lock:
+            self._done.append(take)
         if self.settings.on_take is not None:  # as each take ends, not only at exit
-            self.settings.on_take(self._take(rec, member))
+            try:
+                self.settings.on_take(take)
+            except Exception as e:  # noqa: BLE001
+                log.error("announcing %s: %s", rec.path, e)
 
     @staticmethod
     def _take(rec: Recorder, member: _Member) -> dict:
@@ -233,8 +264,14 @@ class Outputs:
                 "dropped": rec.dropped, "error": rec.error}
 
     def _fail(self, msg: str) -> None:
-        log.error("%s", msg)
         self.error, self.error_at = msg, time.perf_counter()
+        if self.on_error is not None:
+            try:
+                self.on_error(msg)  # logged there (rate-limited) and sent to OSC subscribers
+                return
+            except Exception:  # noqa: BLE001
+                pass
+        log.error("%s", msg)
 
     # -- what the screen says -------------------------------------------------------------------
     def lines(self) -> tuple[list[str], list[str]]:
@@ -279,7 +316,8 @@ class Outputs:
                 g.packer.release()
             g.target.release()
         self.groups.clear()
-        self.summary = [self._take(rec, m) for rec, m in self._done]
+        with self._lock:
+            self.summary = list(self._done)
         return self.summary
 
 
@@ -295,7 +333,8 @@ def from_args(args, size: tuple[int, int]):
     path = Path(args.record) if args.record else None
     if path is not None:
         _check(path, out_size, args.record_codec)
-    settings = RecordSettings(path, out_size, fps, args.record_codec, on_take=announce)
+    out_dir = Path(args.out_dir) if getattr(args, "out_dir", None) else None
+    settings = RecordSettings(path, out_size, fps, args.record_codec, on_take=announce, out_dir=out_dir)
 
     def make(ctx, renderer) -> Outputs:
         sinks = []
@@ -315,10 +354,32 @@ def from_args(args, size: tuple[int, int]):
     return make
 
 
+def _remove_empty(path: Path) -> None:
+    try:
+        if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _remove_own(path: Path) -> None:
+    """Remove a take's file (one this process created exclusively)."""
+    try:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    except OSError:
+        pass
+
+
 def announce(take: dict) -> None:
     """The CLI's line for a finished take (printed as it ends: a show may end with Ctrl-C)."""
     if take["error"]:
-        print(f"paik: error: recording {take['path']} failed: {take['error']}", file=sys.stderr, flush=True)
+        gone = " (no frames were written; the file was removed)" if take.get("removed") else ""
+        print(f"paik: error: recording {take['path']} failed: {take['error']}{gone}", file=sys.stderr, flush=True)
+        return
+    if take.get("removed"):
+        print(f"paik: take {take['path']} ended before its first frame; no file was kept", file=sys.stderr,
+              flush=True)
         return
     extra = [f"{take[k]} {k}" for k in ("late", "dropped") if take[k]]
     print(f"wrote {take['path']} ({take['frames']} frames{', ' + ', '.join(extra) if extra else ''})", flush=True)

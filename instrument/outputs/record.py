@@ -136,6 +136,7 @@ class Recorder:
         self.written = 0  # frames in the file (repeats included)
         self.repeated = 0  # pictures repeated to fill late or dropped slots
         self.dropped = 0  # frames the queue had no room for (the encoder fell behind)
+        self.muxed = 0  # packets in the file: none means the file holds no picture at all
         self.last_drop = -1e9  # perf_counter of the last drop, for "behind" on screen
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -172,9 +173,11 @@ class Recorder:
         return self._q.qsize()
 
     def close(self) -> None:
-        """Encode what is queued, flush the encoder and finish the file."""
+        """Encode what is queued, flush the encoder and finish the file, then let go of the
+        encoder (its frame threads and buffers), so finished takes cost nothing."""
         self._q.put(None)
         self._thread.join()
+        self.container = self.stream = None
         log.info("recorded %s: %d frames (%d repeated, %d dropped)", self.path, self.written, self.repeated,
                  self.dropped)
         if self.error:
@@ -213,6 +216,7 @@ class Recorder:
                     self.repeated += 1
             for pkt in self.stream.encode():
                 self.container.mux(pkt)
+                self.muxed += 1
         except Exception as e:  # keep the file valid; say why on close
             self.error = f"{type(e).__name__}: {e}"
             log.error("recording %s stopped: %s", self.path, self.error)
@@ -232,12 +236,8 @@ class Recorder:
         frame.pts = index
         for pkt in self.stream.encode(frame):
             self.container.mux(pkt)
+            self.muxed += 1
         self.written += 1
-
-
-def numbered(path: Path, n: int) -> Path:
-    """The n-th take of a recording in one session: FILE, then FILE_2, FILE_3 ..."""
-    return path if n <= 1 else path.with_name(f"{path.stem}_{n}{path.suffix}")
 
 
 def default_path(codec: str) -> Path:

@@ -62,9 +62,33 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
     ctx = egl_context()
     off = Offscreen(ctx, size)
     off.use()
-    renderer = Renderer(ctx, live.src)
+    # live: a selection never holds up a frame; the fixed-step test clock keeps every frame exact
+    renderer = Renderer(ctx, live.src, asynchronous=not fixed_step)
     outs = outputs(ctx, renderer) if outputs is not None else None
+    if outs is not None:
+        outs.on_error = lambda message: live.error(message, kind="record")
     w, h = size
+
+    def frame(now: float):
+        nonlocal renderer
+        p = live.update(now)
+        if renderer.src is not live.src:  # a bundle was loaded: the old one's GL objects go with it
+            old, renderer = renderer, Renderer(ctx, live.src, asynchronous=not fixed_step)
+            if outs is not None:
+                outs.renderer = renderer
+            old.release()
+        off.use()
+        try:
+            renderer.draw(p, p.time, (0, 0, w, h), gap=2.0)
+            if outs is not None:
+                outs.frame(p, p.time, now - (0 if fixed_step else start), drawn=(off.fbo, size))
+        except Exception as e:  # noqa: BLE001 - a broken map or bundle: reported, the show goes on
+            live.error(_what(e), kind="render")
+        ctx.finish()
+        if renderer.selector is None or renderer.selector.settled:  # a snapshot shows what was asked
+            live.rendered(lambda: off.read()[..., :3].copy())
+        return p
+
     period = 1.0 / fps if fps > 0 else 1.0
     start = next_tick = time.perf_counter()
     frames = 0
@@ -82,21 +106,12 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
                 now = time.perf_counter()
                 if now >= next_tick:
                     next_tick = max(next_tick + period, now)
-            p = live.update(now)
-            if renderer.src is not live.src:  # a bundle was loaded
-                renderer = Renderer(ctx, live.src)
-                if outs is not None:
-                    outs.renderer = renderer
-            off.use()
             try:
-                renderer.draw(p, p.time, (0, 0, w, h), gap=2.0)
-                if outs is not None:
-                    outs.frame(p, p.time, now - (0 if fixed_step else start), drawn=(off.fbo, size))
-            except PaikError as e:
-                live.error(str(e), kind="render")
-            ctx.finish()
+                p = frame(now)
+            except Exception as e:  # noqa: BLE001 - the show goes on: report it, draw the next frame
+                live.error(_what(e), kind="render")
+                p = live.shown
             done = time.perf_counter()
-            live.rendered(lambda: off.read()[..., :3].copy())
             if on_frame is not None:
                 on_frame(done, p)
             frames += 1
@@ -105,5 +120,11 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
     finally:
         if outs is not None:
             outs.close()
+        renderer.release()
         off.release()
     return 0
+
+
+def _what(e: Exception) -> str:
+    """An exception as one line for the performer (its type too, when it is not a user's mistake)."""
+    return str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}"

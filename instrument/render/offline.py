@@ -17,6 +17,34 @@ from paik.instrument.render.renderer import Renderer
 from paik.instrument.render.source import Source
 
 
+# Sizes a render or grid may ask for. Checked before anything is allocated: a typo (or a damaged
+# manifest's frame count) must be one line, not minutes of work and then an out-of-memory death.
+MAX_RENDER_FRAMES = 1_000_000  # about 4.6 hours at 60 fps
+MAX_PIXELS = 8192 * 8192  # one RGBA8 frame of this is 256 MiB; the renderer holds a few
+
+
+def check_frames(duration: float, fps: float) -> int:
+    """The number of frames ``duration`` seconds at ``fps`` make, refused when absurd."""
+    n = duration * fps
+    if not (math.isfinite(n) and round(n) <= MAX_RENDER_FRAMES):
+        raise PaikError(f"--duration {duration:g} s at --fps {fps:g} is {n:,.0f} frames; a render makes at most "
+                        f"{MAX_RENDER_FRAMES:,}: give a shorter --duration or a lower --fps")
+    return max(1, round(n))
+
+
+def check_size(size: tuple[int, int], what: str, ctx=None) -> None:
+    """Refuse an output size no GPU buffer can hold, before the renderer allocates anything."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise PaikError(f"{what} {w}x{h}: width and height must be positive")
+    limit = int(ctx.info["GL_MAX_RENDERBUFFER_SIZE"]) if ctx is not None else None
+    if limit is not None and (w > limit or h > limit):
+        raise PaikError(f"{what} {w}x{h} is larger than this GPU's limit of {limit} pixels a side")
+    if w * h > MAX_PIXELS:
+        raise PaikError(f"{what} {w}x{h} is {w * h / 1e6:.0f} megapixels; at most {MAX_PIXELS / 1e6:.0f} "
+                        "(8192x8192) are rendered: choose a smaller size")
+
+
 def frame_times(n: int) -> np.ndarray:
     """Video positions (0..1) of n output frames: first and last frames of the video included,
     so a render of any length spans the whole generation."""
@@ -26,15 +54,18 @@ def frame_times(n: int) -> np.ndarray:
 def render_video(src: Source, p: Params, out: Path, size: tuple[int, int], fps: float, duration: float,
                  codec: str = "h264", progress: bool = True, ctx=None) -> int:
     """Render ``duration`` seconds at ``fps`` to ``out``; returns the number of frames written."""
-    n = max(1, round(duration * fps))
+    n = check_frames(duration, fps)
+    check_size(size, "--size")
     ctx = ctx or egl_context()
+    check_size(size, "--size", ctx)
     renderer = Renderer(ctx, src)
     off = Offscreen(ctx, size)
     enc = Encoder(out, size, fps, codec)
     from tqdm import tqdm
 
     try:
-        for t in tqdm(frame_times(n), desc=f"render {out.name}", unit="frame", disable=not progress):
+        for i in tqdm(range(n), desc=f"render {out.name}", unit="frame", disable=not progress):
+            t = 0.0 if n == 1 else i / (n - 1)  # as frame_times(n), without an array of n
             off.use()
             renderer.draw(p, float(t), (0, 0, *size), premultiply=(codec == "h264"))
             enc.write(off.read())
@@ -74,16 +105,22 @@ def grid_figures(src: Source, p: Params, out_dir: Path, view: str, values: list[
     """One labelled PNG per value (step for 'blocks', block for 'steps'/'heads-steps') and time."""
     from paik.instrument.render.views import plan
 
-    ensure_dir(out_dir)
-    ctx = ctx or egl_context()
-    renderer = Renderer(ctx, src)
     axis = "step" if view == "grid-blocks" else "block"
-    written = []
-    for value in values:
+    sizes = []
+    for value in values:  # every figure's size is checked before the first is drawn
         setattr(p, axis, float(value))
         pl = plan(p, src.dims, src.words[p.token].positions, token_label)
         cell_h = max(1, round(cell_width / src.dims.aspect))
         size = (pl.cols * cell_width + (pl.cols - 1) * gap, pl.rows * cell_h + (pl.rows - 1) * gap)
+        check_size(size, f"the grid ({pl.rows}x{pl.cols} cells of --cell-width {cell_width}, --gap {gap})")
+        sizes.append((value, pl, size))
+    ensure_dir(out_dir)
+    ctx = ctx or egl_context()
+    renderer = Renderer(ctx, src)
+    written = []
+    for value, pl, size in sizes:
+        check_size(size, f"the grid ({pl.rows}x{pl.cols} cells of --cell-width {cell_width}, --gap {gap})", ctx)
+        setattr(p, axis, float(value))
         off = Offscreen(ctx, size)
         for t in times:
             off.use()

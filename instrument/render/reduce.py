@@ -79,7 +79,10 @@ class Reducer:
 
     # -- public ---------------------------------------------------------------------------------
     def volumes(self, sel: Selection) -> np.ndarray:
-        """[cells, F', H', W'] float32 (cells = product of the kept axes' sizes)."""
+        """[cells, F', H', W'] float32 (cells = product of the kept axes' sizes).
+
+        Raises :class:`paik.errors.BundleError` when a step file it needs was truncated, removed
+        or replaced since the bundle was opened (the caller shows it; nothing is cached for it)."""
         hit = self._results.get(sel)
         if hit is not None:
             self._results.move_to_end(sel)

@@ -82,9 +82,16 @@ def frame_pair(t01: float, n: int) -> tuple[int, int, float]:
 
 
 class Renderer:
-    def __init__(self, ctx, source: Source, shader_dir=None):
+    def __init__(self, ctx, source: Source, shader_dir=None, asynchronous: bool | None = None):
         self.ctx = ctx
         self.src = source
+        # live play: reductions on a worker thread, the map on screen kept until the new one is ready
+        # (resident.AsyncSelector); offline rendering stays synchronous, every frame exact
+        self.selector = None
+        if asynchronous if asynchronous is not None else getattr(source, "asynchronous", False):
+            from paik.instrument.render.resident import AsyncSelector
+
+            self.selector = AsyncSelector(source.reducer)
         self.program = Passes(ctx, shader_dir)
         self.max3d = int(ctx.info["GL_MAX_3D_TEXTURE_SIZE"])
         self.max2d = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
@@ -94,7 +101,7 @@ class Renderer:
         self.maps = self.lut = self.bg = None
         self._keys: dict[str, object] = {}
         self.plan: views.Plan | None = None
-        self._plan_key: tuple | None = None  # the parameters self.plan was made from
+        self._plan_key: tuple | None = None  # (the parameters, the plan they ask for)
         self.tiles: np.ndarray | None = None  # the f16-rounded volumes on the GPU, as float32
         self.tile_org = np.zeros((1, 2), np.float32)  # texel origin of every tile in the map atlas
         self.ranges = np.zeros((1, 1, 2), np.float32)  # [tile, frame, (lo, hi)]
@@ -112,19 +119,43 @@ class Renderer:
         self.backdrop_step = (0.0, 0.0)
         self._layout = (-1, (False, False))  # (backdrop version, _backdrop_layout()) cached
         self.bakes = {"field": 0, "backdrop": 0}  # pass-1 runs so far (tests, profiling)
+        self.picture = (0, 0, 1, 1)  # where the last draw put the picture in its viewport (x, y, w, h)
+
+    def release(self) -> None:
+        """Free every GL object this renderer made (moderngl frees nothing on garbage collection):
+        the loops call it when a loaded bundle replaces the renderer. Its selector thread ends too."""
+        if self.selector is not None:
+            self.selector.close()
+        objs = [self._quad, self._unit, self.maps, self.lut]
+        objs += [tex for tex, _ in self._bg_cache.values()]
+        objs += [x for slot in self._targets.values() for x in slot[:2]]
+        objs += list(self._inst.values()) + [vao for _, vao in self._vaos.values()]
+        objs += [p.prog for p in self.program.all]
+        for o in objs:
+            if o is not None and hasattr(o, "release"):
+                try:
+                    o.release()
+                except Exception:  # noqa: BLE001 - already released, or the context is gone
+                    pass
+        self._bg_cache.clear()
+        self._vaos.clear()
+        self.maps = self.lut = self.bg = None
 
     # -- state --------------------------------------------------------------------------------
     def update(self, p: Params, time: float) -> None:
         """Bring GPU state in line with ``p`` at video position ``time`` (0..1)."""
         # the plan (up to 300 cell labels) depends on these alone: rebuilt when one changes, not per frame
-        key = (p.token, p.view, p.step, p.block, p.head, p.reduce)
-        if self.plan is None or self._plan_key != key:
+        key = (p.token, p.view, p.step, p.block, p.head, p.reduce, self.src.dims)  # a live take's dims grow
+        if self._plan_key is None or self._plan_key[0] != key:
             word = self.src.words[p.token]
-            pl = views.plan(p, self.src.dims, word.positions, word.label)
-        else:
-            pl = self.plan
+            self._plan_key = (key, views.plan(p, self.src.dims, word.positions, word.label))
+        pl = self._plan_key[1]
+        reducer = self.src.reducer
+        if self.selector is not None:
+            pl, p = self.selector.ready(pl, p)  # never waits long: the old plan and its bank if not ready
+            reducer = self.selector
         if self._changed("selection", pl.selection):
-            vols = self.src.reducer.volumes(pl.selection)  # [N, F', H', W'] float32
+            vols = reducer.volumes(pl.selection)  # [N, F', H', W'] float32
             half = vols.astype(np.float16)
             self.tiles = half.astype(np.float32)
             packed, cols = atlas.pack(half[..., None], self.max3d)
@@ -133,7 +164,7 @@ class Renderer:
             self.tile_org = atlas.origins(n, cols, w, h)
             self._keys.pop("ranges", None)
             self._version["field"] += 1
-        self.plan, self._plan_key = pl, key
+        self.plan = pl
         if self._changed("ranges", (p.norm, p.clip_lo, p.clip_hi)):
             self.ranges = normalize.ranges(self.tiles, p.norm, p.clip_lo, p.clip_hi)  # [N, F', 2]
             self._version["field"] += 1
@@ -156,7 +187,12 @@ class Renderer:
             self.lut.repeat_x = self.lut.repeat_y = False
         # the heatmap alone needs no background: do not decode the video for it (first frame fast)
         bg_mode = "none" if p.composite == "heatmap" else p.background
-        if self._changed("bg", bg_mode):
+        version = getattr(self.src, "version", 0)  # a live take's previews grow, its video arrives
+        if self._changed("bg", (bg_mode, version)):
+            if self._changed("bg_version", version):
+                for tex, _ in self._bg_cache.values():
+                    tex.release()
+                self._bg_cache.clear()
             self._set_background(bg_mode)
             self._version["backdrop"] += 1
 
@@ -174,6 +210,8 @@ class Renderer:
 
     def _load_background(self, mode: str):
         tiles, nearest = None, False
+        if mode == "video" and self.src.bundle.video_path is None and getattr(self.src, "asynchronous", False):
+            mode = "preview"  # a take still forming: its per-step previews until the video replaces them
         if mode == "video":
             path = self.src.bundle.video_path
             if path is None:
@@ -327,6 +365,8 @@ class Renderer:
     # -- drawing ------------------------------------------------------------------------------
     def draw(self, p: Params, time: float, viewport: tuple[int, int, int, int], gap: float = 0.0,
              premultiply: bool = True) -> None:
+        """Draw the view into ``viewport`` of the bound framebuffer: the picture keeps the video's
+        aspect (bars around it, transparent black), every pixel of the viewport is written."""
         self.update(p, time)
         target = self.ctx.fbo  # the framebuffer the caller bound: pass 1 binds its own
         f, h, w = self.src.reducer.latent
@@ -345,10 +385,12 @@ class Renderer:
         backdrop.use(1)
         self.lut.use(2)
         gap = float(gap) if pl.rows * pl.cols > 1 else 0.0
-        pitch = ((viewport[2] + gap) / pl.cols, (viewport[3] + gap) / pl.rows)
+        picture = views.fit(tuple(int(v) for v in viewport), pl.rows, pl.cols, self.src.dims.aspect, gap)
+        self.picture = picture
+        pitch = ((picture[2] + gap) / pl.cols, (picture[3] + gap) / pl.rows)
         self._fullscreen(self.program.main, (
             ("u_field", 0), ("u_backdrop", 1), ("u_lut", 2),
-            ("u_viewport", tuple(float(v) for v in viewport)), ("u_grid", (float(pl.cols), float(pl.rows))),
+            ("u_viewport", tuple(float(v) for v in picture)), ("u_grid", (float(pl.cols), float(pl.rows))),
             ("u_pitch", pitch), ("u_cell", (pitch[0] - gap, pitch[1] - gap)), ("u_ncells", float(len(pl.labels))),
             ("u_field_tile", (float(w), float(h))), ("u_field_texel", (1.0 / fsize[0], 1.0 / fsize[1])),
             ("u_weights", self.weights),

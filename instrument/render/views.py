@@ -59,6 +59,22 @@ def grid_shape(n: int, aspect: float) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def fit(viewport: tuple[int, int, int, int], rows: int, cols: int, aspect: float,
+        gap: float = 0.0) -> tuple[int, int, int, int]:
+    """The picture's rectangle inside ``viewport`` (x, y, w, h in pixels): a grid of rows x cols
+    cells of width/height ``aspect`` with ``gap`` pixels between them, as large as fits and
+    centered, so the video's aspect is kept (letterbox or pillarbox bars) whatever the output's
+    size. Within 1% (or a pixel) of filling an axis it fills it: sizes rounded to whole pixels,
+    like the grids ``paik grid`` computes, must not gain a bar."""
+    x, y, vw, vh = viewport
+    gx, gy = gap * (cols - 1), gap * (rows - 1)
+    cell_h = max(min((vw - gx) / (cols * aspect), (vh - gy) / rows), 1e-6)
+    w, h = cols * aspect * cell_h + gx, rows * cell_h + gy
+    w = vw if w >= vw - max(1.0, 0.01 * vw) else max(1, round(w))
+    h = vh if h >= vh - max(1.0, 0.01 * vh) else max(1, round(h))
+    return x + (vw - w) // 2, y + (vh - h) // 2, w, h
+
+
 def sweep_step(t: float, n_steps: int) -> float:
     """The sweep's step position at video time t in 0..1: the first step at the first frame,
     the last at the last, crossfading in between."""

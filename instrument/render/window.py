@@ -22,15 +22,30 @@ log = logging.getLogger(__name__)
 
 
 def _init_glfw():
+    """GLFW, initialized; its errors are kept for our own message rather than printed raw
+    (pyGLFW's default warns on stderr before we could say anything useful)."""
     import glfw
 
+    glfw.set_error_callback(_glfw_error)
     if not glfw.init():
-        raise PaikError("cannot open a window: no display (set DISPLAY, or use 'paik render' for headless output)")
+        why = f" ({_last_error[0]})" if _last_error else ""
+        raise PaikError(f"cannot open a window{why or ': no display'}: set DISPLAY, or play offscreen with "
+                        "--headless (for --record/--out), or use 'paik render'")
     return glfw
 
 
+_last_error: list[str] = []  # the latest GLFW error's description, for the message that follows it
+
+
+def _glfw_error(code: int, description) -> None:
+    text = description.decode(errors="replace") if isinstance(description, bytes) else str(description)
+    log.debug("GLFW error %d: %s", code, text)
+    _last_error[:] = [text]
+
+
 def play(live: Live, size=(1280, 720), fullscreen=False, monitor: int = 0, vsync=True,
-         max_frames: int | None = None, screenshot=None, outputs=None) -> int:
+         max_frames: int | None = None, screenshot=None, outputs=None, run_for: float | None = None) -> int:
+    """The window until it is closed (Esc, Q), after ``max_frames`` frames or ``run_for`` seconds."""
     glfw = _init_glfw()
     try:
         monitors = glfw.get_monitors() or []
@@ -52,34 +67,37 @@ def play(live: Live, size=(1280, 720), fullscreen=False, monitor: int = 0, vsync
         else:
             win = glfw.create_window(size[0], size[1], title, None, None)
         if not win:
-            raise PaikError("could not create an OpenGL 3.3 core window on this display")
+            why = f" ({_last_error[0]})" if _last_error else ""
+            raise PaikError(f"could not create an OpenGL 3.3 core window on this display{why}; "
+                            "try --headless")
         glfw.make_context_current(win)
         glfw.swap_interval(1 if vsync else 0)
-        return _loop(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs)
+        return _loop(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, run_for)
     finally:
         glfw.terminate()
 
 
-def _loop(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs=None) -> int:
+def _loop(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs=None, run_for=None) -> int:
     opened: list = []  # the loop's Outputs, closed (recording finished) however the loop ends
     try:
-        return _frames(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, opened.append)
+        return _frames(glfw, win, live, monitors, monitor, max_frames, screenshot, outputs, opened.append, run_for)
     finally:
         for o in opened:
             o.close()
 
 
-def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs, keep) -> int:
+def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, outputs, keep, run_for=None) -> int:
     import moderngl
 
     from paik.instrument.render.overlay import Overlay
 
     ctx = moderngl.create_context()
-    renderer = Renderer(ctx, live.src)
+    renderer = Renderer(ctx, live.src, asynchronous=True)  # a selection never holds up a frame
     overlay = Overlay(ctx)
     outs = outputs(ctx, renderer) if outputs is not None else None
     if outs is not None:
         keep(outs)
+        outs.on_error = lambda message: live.error(message, kind="record")
     state = {"windowed": (100, 100, 1280, 720), "errors": [], "changed": 0.0}
 
     def on_key(_w, key, _scancode, action, mods):
@@ -112,14 +130,20 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
     frames, next_poll = 0, 0.0
     last_values = live.target.values()
     seen_errors = 0
+    start = _time.perf_counter()
     while not glfw.window_should_close(win):
         glfw.poll_events()
         now = _time.perf_counter()
-        p = live.update(now)
-        if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
-            renderer = Renderer(ctx, live.src)
-            if outs is not None:
-                outs.renderer = renderer
+        try:
+            p = live.update(now)
+            if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
+                old, renderer = renderer, Renderer(ctx, live.src, asynchronous=True)
+                if outs is not None:
+                    outs.renderer = renderer
+                old.release()  # its textures and programs: loads must not pile them up
+        except Exception as e:  # noqa: BLE001 - the show goes on with what it had
+            live.error(str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}", kind="render")
+            p = live.shown
         if live.rlog.count != seen_errors and live.errors:
             seen_errors = live.rlog.count
             state["errors"], state["changed"] = [m for _, m in live.errors][-3:], now
@@ -142,8 +166,10 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             renderer.draw(p, t, (0, 0, fw, fh), gap=2.0)
             if outs is not None:  # before the overlays: outputs get the picture only
                 outs.frame(p, t, now, drawn=(ctx.screen, (fw, fh)))  # same size: read it, no redraw
-        except PaikError as e:
-            state["errors"], state["changed"] = [str(e)], now
+        except Exception as e:  # noqa: BLE001 - a broken map or bundle: shown and reported, never fatal
+            msg = str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}"
+            live.error(msg, kind="render")
+            state["errors"], state["changed"] = [msg], now
         title = renderer.plan.title if renderer.plan else ""
         if p.help:  # two columns: the whole list is taller than most windows
             lines = keys.help_lines()
@@ -166,10 +192,14 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             overlay.draw("error", "\n".join(x for x in problems if x)[:2000], (fw, fh), "top-right",
                          color=(255, 90, 90, 255))
         if live.snapshots:
-            live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
-                                                np.uint8).reshape(fh, fw, 3)[::-1].copy())
+            try:
+                live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
+                                                    np.uint8).reshape(fh, fw, 3)[::-1].copy())
+            except Exception as e:  # noqa: BLE001
+                live.error(f"snapshot: {type(e).__name__}: {e}", kind="snapshot")
         frames += 1
-        if max_frames is not None and frames >= max_frames:
+        if (max_frames is not None and frames >= max_frames) or (
+                run_for is not None and _time.perf_counter() - start >= run_for):
             if screenshot:
                 data = np.frombuffer(ctx.screen.read(components=3, alignment=1), np.uint8).reshape(fh, fw, 3)
                 from PIL import Image

@@ -1,0 +1,271 @@
+"""The live engine's generation side: one loaded pipeline, one worker thread, takes on request.
+
+The instrument :meth:`Engine.submit` s a :class:`TakeRequest` from any thread; the worker runs
+:func:`paik.capture.generate.generate` with capture into a :class:`~paik.capture.store.CaptureStore`
+on the model's device. That store stays resident after the take (it is what the instrument's
+renderer reads, see instrument/render/resident.py); the bundle is written behind it into the
+takes folder, step by step, so a cancelled, failed or killed take keeps its finished steps.
+
+What the instrument sees is a stream of events, drained once per frame with :meth:`Engine.poll`:
+
+- :class:`TakeStarted` (the store, its layout and token table, the bundle path),
+- :class:`StepDone` (index, done, total, that step's preview, and a CUDA event that completes
+  when the step's maps are in the store),
+- :class:`TakeDone` (bundle path, video path),
+- :class:`TakeFailed` (one line: what was wrong and what to do), also for a cancelled take.
+
+Requests are bounded: one take runs, at most one waits, and a newer request replaces the
+waiting one (a flood of ``generate`` queues no work). No GL and no instrument imports here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from paik.errors import PaikError
+
+log = logging.getLogger("paik.engine")
+
+MAX_EVENTS = 4096  # a caller that never polls loses old events, not memory
+
+
+@dataclass(frozen=True)
+class TakeRequest:
+    """One take. ``None`` fields take the engine's defaults (the command line's)."""
+
+    prompt: str | None = None
+    negative: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    guidance: float | None = None
+    tokens: tuple[str, ...] | None = None
+
+
+@dataclass
+class TakeStarted:
+    take: int
+    name: str
+    path: Path
+    store: object  # CaptureStore: maps [step, block, head, token, F', H', W'] on the device
+    manifest: dict  # as written before the first step (tokens, layout, settings)
+    request: TakeRequest
+
+
+@dataclass
+class StepDone:
+    take: int
+    index: int  # the denoising step (model index)
+    done: int  # steps done so far
+    total: int
+    captured: bool  # whether this step's maps are in the store
+    preview: object = None  # [F', h, w, 3] uint8 (torch, host) or None
+    ready: object = None  # torch.cuda.Event recorded after the step, or None on the CPU
+
+    def is_ready(self) -> bool:
+        return self.ready is None or bool(self.ready.query())
+
+
+@dataclass
+class TakeDone:
+    take: int
+    name: str
+    path: Path
+    video: Path | None
+    seconds: float
+
+
+@dataclass
+class TakeFailed:
+    take: int
+    name: str
+    message: str  # one line
+    cancelled: bool = False
+    path: Path | None = None  # the bundle, when it got as far as one
+
+
+def one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class Engine:
+    """A generation worker around ``loaded`` (``(pipe, info, device)`` of
+    :func:`paik.capture.models.load_pipeline`). ``defaults`` is a
+    :class:`~paik.capture.generate.GenerateOptions` whose fields fill what a request leaves out;
+    takes are written under ``takes`` as ``take_0001`` ..."""
+
+    def __init__(self, loaded, defaults, takes: str | Path):
+        self.loaded = loaded
+        self.defaults = replace(defaults, quiet=True)
+        self.takes = Path(takes)
+        try:
+            self.takes.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PaikError(f"--takes {self.takes}: cannot create it ({e.strerror})") from None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._cancel = threading.Event()
+        self._closing = False
+        self._pending: TakeRequest | None = None
+        self._events: deque = deque(maxlen=MAX_EVENTS)
+        self._count = 0
+        self.running: int | None = None  # the take being generated
+        self.replaced = 0  # pending requests a newer one replaced (tests, the bench)
+        self._thread = threading.Thread(target=self._run, name="paik-engine", daemon=True)
+        self._thread.start()
+
+    # -- any thread ---------------------------------------------------------------------------
+    def submit(self, request: TakeRequest) -> None:
+        """Queue a take; a request still waiting is replaced (the newest wins)."""
+        with self._lock:
+            if self._closing:
+                return
+            if self._pending is not None:
+                self.replaced += 1
+            self._pending = request
+        self._wake.set()
+
+    def cancel(self) -> bool:
+        """Stop the running take at its next step end and drop a waiting one. True if there was
+        something to cancel."""
+        with self._lock:
+            had = self._pending is not None or self.running is not None
+            self._pending = None
+            if self.running is not None:
+                self._cancel.set()
+        return had
+
+    def poll(self) -> list:
+        """Every event since the last call, oldest first."""
+        out = []
+        while True:
+            try:
+                out.append(self._events.popleft())
+            except IndexError:
+                return out
+
+    @property
+    def busy(self) -> bool:
+        return self.running is not None or self._pending is not None
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel and wait for the worker (the running take closes its bundle)."""
+        with self._lock:
+            self._closing = True
+            self._pending = None
+            self._cancel.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # -- the worker ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                self._wake.clear()
+                if self._closing:
+                    return
+                req, self._pending = self._pending, None
+                if req is None:
+                    continue
+                self._count += 1
+                take = self.running = self._count
+                self._cancel.clear()
+            try:
+                self._take(take, req)
+            except BaseException as e:  # the worker outlives any take
+                log.exception("take %d", take)
+                self._events.append(TakeFailed(take, f"take_{take:04d}", f"{type(e).__name__}: {e}"))
+            finally:
+                with self._lock:
+                    self.running = None
+
+    def _options(self, req: TakeRequest, out: Path):
+        d = self.defaults
+        given = {k: v for k, v in {
+            "prompt": req.prompt, "negative": req.negative, "seed": req.seed, "steps": req.steps,
+            "frames": req.frames, "height": req.height, "width": req.width, "guidance": req.guidance,
+        }.items() if v is not None}
+        if req.tokens is not None:
+            given["tokens"] = list(req.tokens)
+        return replace(d, out=str(out), **given)
+
+    def _name(self, take: int) -> Path:
+        n = take
+        while True:
+            path = self.takes / f"take_{n:04d}"
+            if not path.exists():
+                return path
+            n += 1
+
+    def _take(self, take: int, req: TakeRequest) -> None:
+        import torch
+
+        from paik.capture.generate import Cancelled, generate
+
+        out = self._name(take)
+        name = out.name
+        opts = self._options(req, out)
+        t0 = time.perf_counter()
+        cuda = str(self.loaded[2]).startswith("cuda")
+        started = [False]
+
+        def on_start(store, manifest):
+            started[0] = True
+            self._events.append(TakeStarted(take, name, out, store, dict(manifest), req))
+
+        def on_step(index, done, total, tensors):
+            preview = tensors.get("preview")
+            ready = None
+            if preview is not None:
+                host = torch.empty(preview.shape, dtype=preview.dtype, pin_memory=cuda)
+                host.copy_(preview, non_blocking=cuda)
+                preview = host
+            if cuda:  # the render thread only reads the step once this has passed: no waiting
+                ready = torch.cuda.Event()
+                ready.record()
+            self._events.append(StepDone(take, index, done, total, "maps" in tensors, preview, ready))
+
+        try:
+            path = generate(opts, self.loaded, on_start=on_start, on_step=on_step, stop=self._cancel)
+        except Cancelled:
+            self._events.append(TakeFailed(take, name, "take cancelled; its finished steps stay in " + str(out),
+                                           cancelled=True, path=out if started[0] else None))
+            return
+        except PaikError as e:
+            self._events.append(TakeFailed(take, name, one_line(e), path=out if started[0] else None))
+            return
+        except torch.OutOfMemoryError:
+            self._events.append(TakeFailed(take, name, "out of memory; try fewer frames, a smaller size, fewer "
+                                           "steps or --heads mean", path=out if started[0] else None))
+            return
+        except Exception as e:  # a fault in the model or the pipeline: the show goes on
+            log.debug("take %d failed", take, exc_info=True)
+            self._events.append(TakeFailed(take, name, one_line(f"{type(e).__name__}: {e}"),
+                                           path=out if started[0] else None))
+            return
+        video = path / "video.mp4"
+        self._events.append(TakeDone(take, name, path, video if video.is_file() else None,
+                                     round(time.perf_counter() - t0, 3)))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m:
+        raise PaikError(f"size {text!r}: expected WIDTHxHEIGHT, like 416x240")
+    return int(m.group(1)), int(m.group(2))
+
+
+def to_host(preview) -> np.ndarray | None:
+    return None if preview is None else np.asarray(preview.numpy() if hasattr(preview, "numpy") else preview)

@@ -1,0 +1,155 @@
+"""``paik live``'s side of the live state: generate requests out to the engine, its events in.
+
+:class:`EngineLive` is the :class:`~paik.instrument.control.live.Live` of ``paik live``. Input
+threads still only enqueue; the actions ``generate`` (``/paik/generate [s] [i]``) and
+``generate cancel`` run on the render thread and only hand a request to the engine (a
+:class:`paik.capture.engine.Engine`, duck-typed here: ``submit``, ``cancel``, ``poll``), whose
+worker does the work. Once per frame, before the commands, the engine's events are drained:
+
+- a take's first finished step swaps its :class:`~paik.instrument.render.resident.ResidentSource`
+  in (follow mode, on by default; with follow off the take replaces the one playing when it
+  completes), and each further step grows the step range (following: the newest step is shown);
+- every step sets ``progress`` (done, total), every take ``take`` (its name), and every failure
+  or refused command ``error``: published like the parameters, so OSC subscribers get
+  ``/paik/take s``, ``/paik/progress ii`` and ``/paik/error s``.
+
+A step whose maps are not yet complete on the GPU (its CUDA event has not passed) waits for a
+later frame: the render thread never blocks on the generation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from paik.errors import PaikError
+
+from paik.instrument.control.live import Live
+from paik.instrument.control.params import Command
+
+log = logging.getLogger("paik.live")
+
+
+def request_from(p, request_type):
+    """The next take's request from the bank's generation parameters."""
+    from paik.capture.engine import parse_size
+    from paik.capture.tokens import split_token_list
+
+    width = height = None
+    if p.size.strip():
+        width, height = parse_size(p.size)
+    return request_type(
+        prompt=p.prompt, negative=p.negative or None, seed=int(p.seed), steps=p.steps or None,
+        frames=p.frames or None, height=height, width=width, guidance=float(p.guidance),
+        tokens=tuple(split_token_list(p.tokens)) if p.tokens.strip() else (),
+    )
+
+
+class EngineLive(Live):
+    def __init__(self, src, params, engine, request_type, scenes=None, **folders):
+        super().__init__(src, params, scenes, **folders)  # out_dir, load_from
+        self.engine = engine
+        self.request_type = request_type
+        self.actions["generate"] = self._generate
+        self.take_name = ""
+        self.progress: tuple[int, int] | None = None
+        self._error = (0, "")
+        self._forming = None  # (take id, LiveTake, ResidentSource or None) of the newest take
+        self._waiting: list = []  # step events whose maps are not complete on the device yet
+        self.takes_done = 0
+        self._publish(force=True)
+
+    # -- actions (render thread) ----------------------------------------------------------------
+    def _generate(self, cmd: Command) -> None:
+        if cmd.op == "cancel":
+            if not self.engine.cancel():
+                raise PaikError("generate cancel: nothing is generating")
+            return
+        for name, value in (cmd.value or {}).items():
+            self._apply(Command(name, "set", value, cmd.source))
+        if not self.target.prompt.strip():
+            raise PaikError("generate: the prompt is empty; set one first ('prompt a red kiss' or /paik/prompt s)")
+        self.engine.submit(request_from(self.target, self.request_type))
+        log.info("generate: %r seed %d", self.target.prompt, self.target.seed)
+
+    def error(self, message: str, kind: str = "command", source: str = "") -> None:
+        super().error(message, kind, source)
+        self._error = (self._error[0] + 1, f"{kind}: {message}")
+
+    def extra_values(self) -> dict:
+        if not hasattr(self, "_error"):  # Live.__init__ publishes before ours has run
+            return {}
+        return {"take": self.take_name, "progress": self.progress, "error": self._error}
+
+    # -- engine events (render thread, once per frame) ----------------------------------------------
+    def update(self, now: float):
+        try:
+            self._drain()
+        except Exception as e:  # a fault here must not end the show
+            log.debug("engine events", exc_info=True)
+            self.error(f"{type(e).__name__}: {e}", kind="engine")
+        return super().update(now)
+
+    def _drain(self) -> None:
+        from paik.instrument.render.resident import LiveTake, ResidentSource
+
+        events = self._waiting + self.engine.poll()
+        self._waiting = []
+        for i, ev in enumerate(events):
+            kind = type(ev).__name__
+            if kind == "TakeStarted":
+                take = LiveTake(ev.path, ev.manifest, ev.store.maps, ev.store.step_slot)
+                self._forming = [ev.take, take, None]
+                self.take_name = ev.name
+                self.progress = (0, int(ev.manifest.get("settings", {}).get("steps") or len(take.layout.steps)))
+            elif kind == "StepDone":
+                if not ev.is_ready():
+                    self._waiting = events[i:]  # keep the order: later events wait behind this one
+                    return
+                self.progress = (ev.done, ev.total)
+                f = self._forming
+                if f is None or f[0] != ev.take or not ev.captured:
+                    continue
+                f[1].add_step(ev.index, None if ev.preview is None else ev.preview.numpy())
+                if f[2] is None:
+                    f[2] = ResidentSource(f[1])
+                    if self.target.follow:
+                        self._show(f[2])
+                elif f[2] is self.src or f[2] is self._pending_src:
+                    self._grow(f[2])
+            elif kind == "TakeDone":
+                self.takes_done += 1
+                f = self._forming
+                if f is not None and f[0] == ev.take:
+                    f[1].finish(ev.video, "complete")
+                    f[1].path = ev.path
+                    if f[2] is not None and f[2] is not self.src and f[2] is not self._pending_src:
+                        self._show(f[2])  # follow off: the finished take replaces the one playing
+                    elif f[2] is self.src:
+                        self._grow(f[2])
+                log.info("take %s complete: %s", ev.name, ev.path)
+            elif kind == "TakeFailed":
+                self.error(f"{ev.name}: {ev.message}", kind="generate")
+
+    def _show(self, src) -> None:
+        self._pending_src = src  # swapped in by Live.update between frames
+        if self.target.follow:
+            self.target.step = float(src.dims.n_steps - 1)
+            self._touched.add("step")
+
+    def _grow(self, src) -> None:
+        if src is not self.src or not src.refresh():
+            return
+        d = src.dims
+        for bank in (self.target, self.shown):
+            bank.bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, bank.colormaps)
+        if self.target.follow:
+            self.target.step = float(d.n_steps - 1)
+        self._touched.update(("step", "counts"))
+
+    def _swap_source(self) -> None:
+        src = self._pending_src
+        if hasattr(src, "refresh"):
+            src.refresh()  # the steps that arrived while it waited to be swapped in
+        super()._swap_source()
+        if self.target.follow and hasattr(src, "refresh"):
+            self.target.step = float(src.dims.n_steps - 1)

@@ -1,0 +1,244 @@
+"""``paik live``: the instrument with a model loaded, and ``paik bench live``.
+
+The one module that joins the two packages: it loads the pipeline and starts the live engine
+(paik.capture.engine) and hands both to the instrument (paik.instrument.control.takes); the
+capture side never imports GL and the instrument never imports diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+
+from paik.errors import PaikError
+
+DEFAULT_PROMPT = "a red circle and a blue square"
+
+
+def add_generation_flags(ap: argparse.ArgumentParser) -> None:
+    """``paik generate``'s settings, here the defaults of every take (the bank's prompt, seed,
+    steps, frames, size, guidance and tokens then change them live)."""
+    from paik.capture.models import ALIASES, DEFAULT_MODEL, TINY
+
+    g = ap.add_argument_group("generation (defaults of every take; /paik/prompt, /paik/seed ... change them live)")
+    g.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))} "
+                        f"(default {DEFAULT_MODEL})")
+    g.add_argument("--prompt", default=None, help=f"the first take's prompt (default {DEFAULT_PROMPT!r})")
+    g.add_argument("--negative", default=None, help="negative prompt")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="frames of a take, 4k+1 (default: the model's)")
+    g.add_argument("--height", type=int, default=None, help="take height (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="take width (default: the model's)")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (1 = off)")
+    g.add_argument("--guidance-2", type=float, default=None, help="guidance of Wan2.2 A14B's low-noise expert")
+    g.add_argument("--flow-shift", type=float, default=None, help="scheduler flow shift (default: the model's)")
+    g.add_argument("--fps", type=float, default=16.0, help="frame rate of each take's video")
+    g.add_argument("--tokens", default=None, help='words to capture, e.g. kiss,"soccer ball",eos (default: all)')
+    g.add_argument("--capture-steps", default="all", metavar="SPEC", help="steps to capture: all, every:N, 0,12,24")
+    g.add_argument("--blocks", default="all", metavar="SPEC", help="blocks to capture: all, a list or a range")
+    g.add_argument("--heads", default="all", choices=["all", "mean"], help="keep every head, or their mean")
+    g.add_argument("--capture-uncond", action="store_true", help="also capture the unconditional pass")
+    g.add_argument("--max-capture-gb", type=float, default=None, help="refuse takes whose capture is larger")
+    g.add_argument("--max-sequence-length", type=int, default=512)
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--offload", default=None, choices=["model", "sequential"], help="CPU offload for small GPUs")
+    g.add_argument("--preview", default="latent", choices=["latent", "decode", "none"],
+                   help="per-step previews of the denoised estimate (the background while a take forms)")
+    g.add_argument("--takes", metavar="DIR",
+                   help="write every take as a bundle here (default: a temporary folder, deleted at exit)")
+
+
+def register(sub, bench) -> None:
+    from paik.instrument.cli import _look_flags, _size
+    from paik.instrument.control.hub import add_flags
+    from paik.instrument.control.params import VIEWS
+    from paik.instrument.outputs import add_play_flags
+
+    ap = sub.add_parser(
+        "live", help="the instrument with a model loaded: generate takes live and watch their maps form",
+        description="Play attention live while generating: /paik/generate (or 'generate' on the console, or a "
+                    "MIDI pad) starts a take from the bank's prompt, seed, steps, frames, size, guidance and "
+                    "tokens; its maps appear step by step. Without BUNDLE, a first take starts at once.")
+    ap.add_argument("bundle", nargs="?", help="a bundle to play until the first take (default: start generating)")
+    ap.add_argument("--view", choices=VIEWS, default="single")
+    ap.add_argument("--size", type=_size, default=(1280, 720), help="window size WxH (default 1280x720)")
+    ap.add_argument("--fullscreen", action="store_true")
+    ap.add_argument("--monitor", type=int, default=0)
+    ap.add_argument("--no-vsync", action="store_true")
+    ap.add_argument("--show-keys", action="store_true")
+    ap.add_argument("--max-frames", type=int, help=argparse.SUPPRESS)  # tests: quit after N rendered frames
+    ap.add_argument("--screenshot", help=argparse.SUPPRESS)
+    ap.add_argument("--headless", action="store_true", help="no window: render offscreen (EGL) at --size")
+    ap.add_argument("--seconds", type=float, help="--headless: stop after this many seconds (default: Ctrl-C)")
+    ap.add_argument("--no-follow", action="store_true",
+                    help="keep playing the current take while a new one forms (default: show its newest step)")
+    add_generation_flags(ap)
+    add_play_flags(ap)
+    _look_flags(ap)
+    add_flags(ap)
+    ap.set_defaults(func=cmd_live)
+
+    b = bench.add_parser(
+        "live", help="the live engine: generate-to-first-map, frames while generating, overhead, playing",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="(a) /paik/generate to the first rendered frame showing the take's first map; (b) the render "
+                    "loop at --size@--rate while a take generates: late frames and p99 interval; (c) the take's "
+                    "time inside the engine vs the plain WanPipeline call at the same settings; (d) a capture "
+                    "played while every parameter moves at --rate: worst frame interval, p99 OSC-to-frame.")
+    b.add_argument("--model", "-m", default="tiny", help="model (a full-size random folder on the GPU machine)")
+    b.add_argument("--prompt", default=DEFAULT_PROMPT)
+    b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--frames", type=int, default=None)
+    b.add_argument("--height", type=int, default=None)
+    b.add_argument("--width", type=int, default=None)
+    b.add_argument("--guidance", type=float, default=5.0)
+    b.add_argument("--tokens", default=None)
+    b.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    b.add_argument("--size", type=_size, default=(1920, 1080), help="render size")
+    b.add_argument("--rate", type=float, default=60.0, help="frames (and parameter moves) per second")
+    b.add_argument("--seconds", type=float, default=10.0, help="seconds of (d)")
+    b.add_argument("--parts", default="a,b,c,d", help="which parts to run")
+    b.add_argument("--json", default=None, help="write the results as JSON here")
+    b.set_defaults(func=cmd_bench_live)
+
+
+def generate_options(args):
+    from paik.capture.generate import GenerateOptions
+    from paik.capture.tokens import split_token_list
+
+    tokens = split_token_list(args.tokens) if args.tokens is not None else []
+    if args.tokens is not None and not tokens:
+        raise PaikError("--tokens is empty; name words like kiss,\"soccer ball\",eos (or leave it out for every token)")
+    return GenerateOptions(
+        prompt=args.prompt or DEFAULT_PROMPT, out="", model=args.model, negative=args.negative, seed=args.seed,
+        steps=args.steps, frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
+        guidance_2=args.guidance_2, flow_shift=args.flow_shift, fps=args.fps, tokens=tokens,
+        capture_steps=args.capture_steps, capture_blocks=args.blocks, heads=args.heads,
+        capture_uncond=args.capture_uncond, max_capture_gb=args.max_capture_gb,
+        max_sequence_length=args.max_sequence_length, dtype=args.dtype, offload=args.offload,
+        device=None if args.device == "auto" else args.device, preview=args.preview, quiet=True,
+    )
+
+
+def _check_bank_values(args) -> None:
+    if not 0 <= args.seed < 2**31:
+        raise PaikError(f"--seed {args.seed}: expected 0..2147483647")
+    if not 1.0 <= args.guidance <= 20.0:
+        raise PaikError(f"--guidance {args.guidance}: expected 1..20 (1 = off)")
+    for name, v in (("steps", args.steps), ("frames", args.frames)):
+        if v is not None and v < 1:
+            raise PaikError(f"--{name} must be at least 1, not {v}")
+    if (args.height is None) != (args.width is None):
+        raise PaikError("--height and --width go together (or leave both out for the model's size)")
+
+
+def cmd_live(args) -> int:
+    import signal
+
+    from paik.capture.engine import Engine, TakeRequest
+    from paik.capture.models import load_pipeline
+    from paik.instrument.cli import _params
+    from paik.instrument.control.hub import Control
+    from paik.instrument.control.params import Command
+    from paik.instrument.control.takes import EngineLive
+    from paik.instrument.outputs.live import from_args, report
+    from paik.instrument.render.resident import ResidentSource, blank_take
+    from paik.instrument.render.source import Source
+
+    outputs = from_args(args, args.size)  # flag errors before any model or GL
+    _check_bank_values(args)
+    defaults = generate_options(args)
+    src = Source.open(args.bundle, args.device) if args.bundle else ResidentSource(blank_take())
+    if not args.bundle:
+        args.token = args.step = args.block = None  # the position flags are for a bundle; the blank take has none
+    p = _params(args, src, args.view)
+    p.help, p.record, p.follow = args.show_keys, bool(args.record), not args.no_follow
+    p.prompt, p.negative, p.seed = defaults.prompt, defaults.negative or "", defaults.seed
+    p.steps, p.frames, p.guidance = defaults.steps or 0, defaults.frames or 0, defaults.guidance
+    p.size = f"{args.width}x{args.height}" if args.width else ""
+    p.tokens = args.tokens or ""
+    print(f"paik: loading {args.model} ...", file=sys.stderr, flush=True)
+    loaded = load_pipeline(args.model, args.dtype, defaults.device, args.offload)
+    temporary = args.takes is None
+    takes = tempfile.mkdtemp(prefix="paik-takes-") if temporary else args.takes
+    engine = Engine(loaded, defaults, takes)
+    print(f"paik: takes are written to {takes}{' (deleted at exit; keep them with --takes DIR)' if temporary else ''}",
+          file=sys.stderr, flush=True)
+
+    def stop(_sig, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    # the generation thread holds the GIL between kernel launches; a short switch interval lets the
+    # render and selection threads in within a fraction of a frame (default 5 ms)
+    sys.setswitchinterval(0.0005)
+    try:
+        with Control.from_args(args, src, p, lambda s, q, sc, **kw: EngineLive(s, q, engine, TakeRequest, sc, **kw)) as ctl:
+            if not args.bundle:
+                ctl.live.put(Command("generate", "start", {}, "live"))
+            else:
+                _load_resident(ctl.live, src, defaults.device or ("cuda" if _cuda() else "cpu"))
+            if args.headless:
+                from paik.instrument.render.headless import play_headless
+
+                rc = play_headless(ctl.live, size=args.size, fps=args.out_fps, max_frames=args.max_frames,
+                                   run_for=args.seconds, outputs=outputs)
+            else:
+                from paik.instrument.render.window import play
+
+                rc = play(ctl.live, size=args.size, fullscreen=args.fullscreen, monitor=args.monitor,
+                          vsync=not args.no_vsync, max_frames=args.max_frames, screenshot=args.screenshot,
+                          outputs=outputs)
+    finally:
+        engine.close()  # a take still running stops at its step end; its bundle keeps the finished steps
+        if temporary:
+            shutil.rmtree(takes, ignore_errors=True)
+    return report(outputs) or rc
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load_resident(live, src, device) -> None:
+    """Bring the starting bundle's whole capture onto ``device`` on a thread when it fits (it plays
+    from disk meanwhile, and for good when it does not fit), with progress on stderr."""
+    import threading
+
+    from paik.instrument.render.resident import ResidentSource, fits_on, load_resident
+
+    lay = src.bundle.layout
+    nbytes = len(src.bundle.step_indices) * len(lay.blocks) * lay.heads * len(lay.tokens) * lay.positions * 2
+    if not fits_on(device, nbytes):
+        print(f"paik: {src.bundle.path} ({nbytes / 1024**3:.2f} GiB of maps) does not fit on {device} beside the "
+              "model: playing it from disk", file=sys.stderr, flush=True)
+        return
+
+    def progress(done, total):
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"paik: loading {src.bundle.path.name} onto {device}: {done}/{total} steps", file=sys.stderr,
+                  flush=True)
+
+    def work():
+        try:
+            take = load_resident(src.bundle, device, progress)
+            if live.src is src:  # a take or a load that came first wins
+                live._pending_src = ResidentSource(take)
+        except PaikError as e:
+            live.error(str(e), kind="load")
+        except Exception as e:  # playing from disk goes on
+            live.error(f"loading {src.bundle.path} onto {device}: {type(e).__name__}: {e}", kind="load")
+
+    threading.Thread(target=work, name="paik-resident-load", daemon=True).start()
+
+
+def cmd_bench_live(args) -> int:
+    from paik.instrument.bench import live as bench
+
+    return bench.main(args)

@@ -1,0 +1,459 @@
+"""The live engine: generation in a worker thread, maps resident in the store, asynchronous
+selection, and ``paik live`` played over real UDP (tiny model and the default paik-shapes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket
+
+from instrument_fixtures import make_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def msg(address, *args) -> bytes:
+    b = OscMessageBuilder(address)
+    for a in args:
+        b.add_arg(a)
+    return b.build().dgram
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from paik.capture.models import load_pipeline
+
+    return load_pipeline("tiny", device="cpu")
+
+
+def _engine(tiny, tmp_path, **defaults):
+    from paik.capture.engine import Engine
+    from paik.capture.generate import GenerateOptions
+
+    return Engine(tiny, GenerateOptions(prompt="a red kiss", out="", **defaults), tmp_path / "takes")
+
+
+def _events_until(engine, kinds, timeout=120.0):
+    """Poll (bounded in time) until an event of one of ``kinds``; returns every event seen."""
+    seen = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for ev in engine.poll():
+            seen.append(ev)
+            if type(ev).__name__ in kinds:
+                return seen
+        time.sleep(0.01)
+    raise AssertionError(f"no {kinds} in {timeout} s; saw {[type(e).__name__ for e in seen]}")
+
+
+# -- the engine, in process ------------------------------------------------------------------------
+def test_resident_store_and_bundle_on_disk_hold_identical_maps(tiny, tmp_path):
+    from paik.capture.bundle import open_bundle
+    from paik.capture.engine import TakeRequest
+    from paik.instrument.render.reduce import Reducer, Selection
+    from paik.instrument.render.resident import LiveTake, TorchReducer
+
+    eng = _engine(tiny, tmp_path)
+    try:
+        eng.submit(TakeRequest(prompt="a cat kisses a dog", seed=7))
+        evs = _events_until(eng, ("TakeDone", "TakeFailed"))
+    finally:
+        eng.close()
+    kinds = [type(e).__name__ for e in evs]
+    assert kinds[0] == "TakeStarted" and kinds[-1] == "TakeDone", evs[-1]
+    steps = [e for e in evs if type(e).__name__ == "StepDone"]
+    assert [s.done for s in steps] == list(range(1, len(steps) + 1)) and steps[0].total == len(steps)
+    started, done = evs[0], evs[-1]
+    b = open_bundle(done.path)
+    assert b.status == "complete" and b.video_path is not None and b.step_indices == [s.index for s in steps]
+    store = started.store
+    for s in b.step_indices:  # exactly the same float16 values, on disk and in the store
+        np.testing.assert_array_equal(b.step_arrays(s)["maps"], store.maps[store.step_slot[s]].numpy())
+    take = LiveTake(done.path, started.manifest, store.maps, store.step_slot)
+    for s in steps:
+        take.add_step(s.index, s.preview.numpy())
+    np.testing.assert_array_equal(take.preview(steps[1].index), b.preview(steps[1].index))
+    torch_r, numpy_r = TorchReducer(take), Reducer(b, "cpu")
+    n_s, n_b = len(b.step_indices), len(b.layout.blocks)
+    word = b.resolve("kisses")
+    for sel in (Selection(tuple(word), (1,), (0,), (1,), ("step", "block")),
+                Selection(tuple(word), tuple(range(n_s)), tuple(range(n_b)), None, (), "mean"),
+                Selection(tuple(word), tuple(range(n_s)), (1,), None, ("step", "block", "head"), "max")):
+        np.testing.assert_allclose(torch_r.volumes(sel), numpy_r.volumes(sel), rtol=1e-5, atol=1e-6)
+    # the grand mean against the bundle's own select, an independent path
+    grand = torch_r.volumes(Selection(tuple(word), tuple(range(n_s)), tuple(range(n_b)), None, ()))[0]
+    np.testing.assert_allclose(grand, b.select("kisses"), rtol=1e-5, atol=1e-6)
+
+
+def test_flood_queues_one_take_and_cancel_keeps_finished_steps(tiny, tmp_path):
+    from paik.capture.bundle import open_bundle
+    from paik.capture.engine import TakeRequest
+
+    eng = _engine(tiny, tmp_path, steps=40)
+    try:
+        eng.submit(TakeRequest(prompt="a first take"))
+        _events_until(eng, ("StepDone",))
+        for k in range(200):  # a flood while the first take runs: only the newest waits
+            eng.submit(TakeRequest(prompt=f"take number {k}", seed=k))
+        assert eng.replaced == 199
+        assert eng.cancel()  # stops the running take and drops the waiting one
+        evs = _events_until(eng, ("TakeFailed", "TakeDone"))
+        failed = evs[-1]
+        assert type(failed).__name__ == "TakeFailed" and failed.cancelled, failed
+        time.sleep(0.3)
+        assert not eng.busy and not [e for e in eng.poll() if type(e).__name__ == "TakeStarted"]
+        b = open_bundle(failed.path)
+        assert b.status == "interrupted" and 1 <= len(b.step_indices) < 40 and b.select("first").std() > 0
+        # again: one take runs, and of the flood behind it only the newest request follows
+        eng.submit(TakeRequest(prompt="a cat", steps=8))
+        prompts = [e.manifest["prompt"] for e in _events_until(eng, ("TakeStarted",)) if hasattr(e, "manifest")]
+        for k in range(50):
+            eng.submit(TakeRequest(prompt=f"a dog number {k}", steps=2))
+        end = time.monotonic() + 120
+        while len(prompts) < 2 or eng.busy:
+            assert time.monotonic() < end
+            prompts += [e.manifest["prompt"] for e in eng.poll() if type(e).__name__ == "TakeStarted"]
+            time.sleep(0.01)
+        prompts += [e.manifest["prompt"] for e in eng.poll() if type(e).__name__ == "TakeStarted"]
+        assert len(prompts) == 2 and prompts[-1] == "a dog number 49", prompts
+    finally:
+        eng.close()
+
+
+def test_faults_are_one_line_failed_events_and_the_engine_goes_on(tiny, tmp_path):
+    from paik.capture.engine import TakeRequest
+
+    eng = _engine(tiny, tmp_path, max_capture_gb=3000 / 1024**3)  # the tiny capture is 4,608 bytes
+    try:
+        eng.submit(TakeRequest(prompt="a cat", tokens=("zebra",)))
+        ev = _events_until(eng, ("TakeFailed",))[-1]
+        assert "zebra" in ev.message and "\n" not in ev.message
+        eng.submit(TakeRequest(prompt="a cat", height=70, width=64))
+        ev = _events_until(eng, ("TakeFailed",))[-1]
+        assert "--height 70" in ev.message
+        eng.submit(TakeRequest(prompt="a cat"))  # too large for the budget: the flags that would fit
+        ev = _events_until(eng, ("TakeFailed",))[-1]
+        assert "does not fit" in ev.message and "--heads mean" in ev.message and "\n" not in ev.message
+        eng.defaults.max_capture_gb = None
+        eng.submit(TakeRequest(prompt="a cat", steps=2))
+        assert type(_events_until(eng, ("TakeDone", "TakeFailed"))[-1]).__name__ == "TakeDone"
+    finally:
+        eng.close()
+
+
+# -- asynchronous selection ------------------------------------------------------------------------
+class SlowReducer:
+    """A reducer that takes ``delay`` seconds per selection (as a first grand-view selection does
+    on a paper-size capture)."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+        self.latent, self.device = inner.latent, inner.device
+        self.calls = 0
+
+    def volumes(self, sel):
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.inner.volumes(sel)
+
+
+def test_a_slow_reducer_never_stops_the_frames(tmp_path):
+    from paik.instrument.control.params import Params
+    from paik.instrument.render import colormaps
+    from paik.instrument.render.headless import Offscreen, egl_context
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.source import Source
+
+    try:
+        ctx = egl_context()
+    except Exception as e:
+        pytest.skip(f"no EGL: {e}")
+    make_bundle(tmp_path / "b", steps=3, blocks=4, heads=2, video=False)
+    src = Source.open(tmp_path / "b", device="cpu")
+    src.reducer = slow = SlowReducer(src.reducer, delay=0.6)
+    off = Offscreen(ctx, (48, 32))
+    off.use()
+    r = Renderer(ctx, src, asynchronous=True)
+    p = Params().bind(len(src.words), 3, 4, 2, colormaps.available())
+    p.colormap = "grayscale"
+    p.token = [w.label for w in src.words].index("kiss")
+    try:
+        r.draw(p, 0.0, (0, 0, 48, 32))  # the first frame has nothing to keep: it waits for its map
+        ctx.finish()
+        first = off.read().copy()
+        p.step = 2.0
+        p.view = "grand"
+        times, frames = [], []
+        t_end = time.monotonic() + 5.0
+        while time.monotonic() < t_end and len(frames) < 400:
+            t0 = time.perf_counter()
+            r.draw(p, 0.0, (0, 0, 48, 32))
+            ctx.finish()
+            times.append(time.perf_counter() - t0)
+            frames.append(off.read().copy())
+            if r.selector.settled and len(times) > 5:
+                break
+        assert r.selector.settled, "the new selection never arrived"
+        # while the 0.6 s reduction ran, frames kept coming, showing the old map
+        assert len(times) > 5 and max(times[:-1]) < 0.3, (len(times), max(times))
+        assert np.array_equal(frames[0], first) and r.selector.late >= 5
+        assert not np.array_equal(frames[-1], first)  # then the grand view replaced it
+        # and it is the same picture a synchronous renderer draws
+        sync = Renderer(ctx, Source.open(tmp_path / "b", device="cpu"))
+        sync.draw(p, 0.0, (0, 0, 48, 32))
+        ctx.finish()
+        assert np.array_equal(off.read(), frames[-1])
+        assert slow.calls == 2
+    finally:
+        r.selector.close()
+        off.release()
+        ctx.release()
+
+
+# -- paik live over real UDP ---------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        for _ in range(50):
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                u.close()
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raise RuntimeError("no free port")
+
+
+class Client:
+    """A subscriber on 127.0.0.1 that records every feedback message in order."""
+
+    def __init__(self, port):
+        self.dest = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.log: list[tuple[str, list]] = []
+        self.state: dict[str, list] = {}
+
+    def send(self, address, *args):
+        self.sock.sendto(msg(address, *args), self.dest)
+
+    def pump(self, seconds=0.1):
+        """Read what arrives for up to ``seconds`` (feedback streams every frame: never read until quiet)."""
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end:
+                for m in OscPacket(self.sock.recvfrom(65536)[0]).messages:
+                    self.log.append((m.message.address, list(m.message.params)))
+                    self.state[m.message.address] = list(m.message.params)
+        except socket.timeout:
+            pass
+
+    def wait(self, pred, timeout, proc, what):
+        end = time.monotonic() + timeout
+        while not pred():
+            assert proc.poll() is None, f"paik live ended: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < end, f"timeout waiting for {what}; last: {self.log[-8:]}"
+            self.pump()
+
+    def close(self):
+        self.sock.close()
+
+
+def _start(tmp_path, *extra):
+    port = _free_port()
+    argv = [sys.executable, "-m", "paik", "live", "--headless", "--osc-port", str(port), "--size", "64x48",
+            "--seconds", "300", "--no-zeroconf", "--console", "off", "--smooth", "0", "--colormap", "grayscale",
+            "--takes", str(tmp_path / "takes"), "--out-dir", str(tmp_path), *extra]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    c = Client(port)
+    end = time.monotonic() + 90
+    while "/paik/counts" not in c.state:  # subscribe until the instrument is up
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end, "paik live did not come up"
+        c.send("/paik/subscribe")
+        c.pump()
+    return proc, c
+
+
+def _stop(proc, c):
+    c.close()
+    if proc.poll() is None:
+        proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err[-3000:]
+    return err
+
+
+def _snapshot(c, proc, path):
+    c.send("/paik/snapshot", path.name)  # snapshots are plain names in --out-dir
+    c.wait(path.exists, 30, proc, f"snapshot {path.name}")
+    from PIL import Image
+
+    return np.asarray(Image.open(path)).astype(int)
+
+
+def _offline(bundle, step, size=(64, 48)):
+    """The same view rendered synchronously from the bundle on disk (the reference)."""
+    from paik.instrument.control.params import Params
+    from paik.instrument.render import colormaps
+    from paik.instrument.render.headless import Offscreen, egl_context
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.source import Source
+
+    ctx = egl_context()
+    try:
+        src = Source.open(bundle, device="cpu")
+        off = Offscreen(ctx, size)
+        off.use()
+        p = Params().bind(len(src.words), src.dims.n_steps, src.dims.n_blocks, src.dims.n_heads, colormaps.available())
+        p.colormap, p.step, p.playing, p.composite = "grayscale", float(step), False, "heatmap"
+        Renderer(ctx, src).draw(p, 0.0, (0, 0, *size), gap=2.0)
+        ctx.finish()
+        return off.read()[..., :3].astype(int)
+    finally:
+        ctx.release()
+
+
+def test_paik_live_tiny_over_udp(tmp_path):
+    """a complete first take on disk; generate -> progress before completion and the first step's
+    map on screen before completion (as drawn from disk); cancel; bad tokens, sizes and prompts
+    reported while the show goes on; a kill mid-take leaves the finished steps."""
+    from paik.capture.bundle import open_bundle
+
+    proc, c = _start(tmp_path, "--model", "tiny", "--prompt", "a cat kisses a dog", "--steps", "2")
+    try:
+        c.wait(lambda: any(a == "/paik/progress" and v == [2, 2] for a, v in c.log), 120, proc, "the first take")
+        end = time.monotonic() + 60
+        while (b1 := open_bundle(tmp_path / "takes" / "take_0001")).status != "complete":
+            assert time.monotonic() < end, b1.status
+            time.sleep(0.2)
+        assert b1.manifest["prompt"] == "a cat kisses a dog" and len(b1.step_indices) == 2 and b1.video_path
+        # a take far longer than the test: it is still forming when its first step is drawn
+        c.log.clear()
+        c.send("/paik/steps", 1000)
+        c.send("/paik/generate", "a red kiss", 5)
+        c.wait(lambda: any(a == "/paik/progress" and v[0] >= 1 and v[1] == 1000 for a, v in c.log), 120, proc,
+               "progress of the second take")
+        first = next(v for a, v in c.log if a == "/paik/progress" and v[1] == 1000)
+        assert first[0] < first[1]
+        c.wait(lambda: c.state.get("/paik/counts", [0, 0])[1] >= 1 and c.state.get("/paik/take") == ["take_0002"],
+               30, proc, "the second take on screen")
+        c.send("/paik/follow", 0)  # hold step 0 while later steps keep arriving
+        c.send("/paik/playing", 0)
+        c.send("/paik/time", 0.0)
+        c.send("/paik/step", 0.0)
+        for name, value in (("token", 0), ("block", 0.0), ("norm", "global"), ("composite", "heatmap")):
+            c.send(f"/paik/{name}", value)  # the reference's look, not the first-run defaults
+        shot = _snapshot(c, proc, tmp_path / "forming.png")
+        c.pump()
+        assert c.state["/paik/progress"][0] < 1000
+        # cancel it: the bundle keeps its finished steps, and its step 0 is what was on screen
+        c.log.clear()
+        c.send("/paik/generate/cancel")
+        c.wait(lambda: any(a == "/paik/error" and "cancelled" in v[0] for a, v in c.log), 60, proc, "cancelled")
+        time.sleep(0.5)
+        b2 = open_bundle(tmp_path / "takes" / "take_0002")
+        assert b2.status == "interrupted" and 1 <= len(b2.step_indices) < 1000
+        assert b2.manifest["prompt"] == "a red kiss" and b2.manifest["seed"] == 5
+        assert shot.std() > 1 and np.abs(shot - _offline(b2.path, 0)).max() <= 1  # step 0, as drawn from disk
+        c.send("/paik/steps", 2)
+        # faults: each a one-line /paik/error, and the instrument plays on
+        c.log.clear()
+        c.send("/paik/tokens", "zebra")
+        c.send("/paik/generate")
+        c.wait(lambda: any(a == "/paik/error" and "zebra" in v[0] for a, v in c.log), 60, proc, "the token error")
+        c.send("/paik/tokens/reset")
+        c.send("/paik/size", "70x64")
+        c.send("/paik/generate")
+        c.wait(lambda: any(a == "/paik/error" and "--width 70" in v[0] for a, v in c.log), 60, proc, "the size error")
+        c.send("/paik/size", "")
+        c.send("/paik/prompt", "")
+        c.send("/paik/generate")
+        c.wait(lambda: any(a == "/paik/error" and "prompt is empty" in v[0] for a, v in c.log), 30, proc,
+               "the empty prompt error")
+        c.send("/paik/generate/cancel")
+        c.wait(lambda: any(a == "/paik/error" and "nothing is generating" in v[0] for a, v in c.log), 30, proc,
+               "cancel with nothing running")
+        # seed next, over the grammar
+        c.send("/paik/cmd", "seed next")
+        c.wait(lambda: c.state.get("/paik/seed") == [6], 30, proc, "seed next")
+        # a kill mid-take: the finished steps stay on disk
+        c.log.clear()
+        c.send("/paik/steps", 1000)
+        c.send("/paik/generate", "a cat", 11)
+        c.wait(lambda: any(a == "/paik/progress" and v[0] >= 3 for a, v in c.log), 120, proc, "the fourth take")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        killed = sorted((tmp_path / "takes").iterdir())[-1]
+        b4 = open_bundle(killed)
+        assert len(b4.step_indices) >= 2 and b4.select("cat").std() > 0
+    finally:
+        if proc.poll() is None:
+            _stop(proc, c)
+        else:
+            c.close()
+
+
+def test_paik_live_default_model_over_udp(tmp_path):
+    """`paik live --headless` with the shipped paik-shapes model: progress before completion, and
+    a complete bundle that loads."""
+    from paik.capture.bundle import open_bundle
+    from paik.capture.models import DEFAULT_MODEL
+
+    if DEFAULT_MODEL != "paik-shapes":
+        pytest.skip("paik-shapes is not shipped in this copy")
+    proc, c = _start(tmp_path, "--steps", "4", "--frames", "5", "--height", "64", "--width", "64")
+    try:
+        c.wait(lambda: any(a == "/paik/progress" and v[0] >= 1 for a, v in c.log), 240, proc, "progress")
+        first = next(v for a, v in c.log if a == "/paik/progress" and v[0] >= 1)
+        assert first[0] < first[1] == 4
+        c.wait(lambda: c.state.get("/paik/progress") == [4, 4], 240, proc, "the take to finish")
+        end = time.monotonic() + 60
+        while True:
+            b = open_bundle(tmp_path / "takes" / "take_0001")
+            if b.status == "complete":
+                break
+            assert time.monotonic() < end, b.status
+            time.sleep(0.2)
+        assert b.manifest["model"]["id"] == "paik-shapes" and len(b.step_indices) == 4 and b.video_path
+        assert b.select("circle").std() > 0
+        assert c.state["/paik/take"] == ["take_0001"] and c.state["/paik/counts"][1] == 4
+    finally:
+        err = _stop(proc, c)
+    assert "error" not in err.lower(), err[-2000:]
+
+
+def test_a_bundle_loaded_whole_onto_the_device_reads_as_on_disk(tmp_path):
+    from paik.capture.bundle import open_bundle
+    from paik.instrument.render.reduce import Selection
+    from paik.instrument.render.resident import ResidentSource, load_resident
+
+    maps = make_bundle(tmp_path / "b", steps=3, blocks=4, heads=2)
+    b = open_bundle(tmp_path / "b")
+    seen = []
+    take = load_resident(b, "cpu", progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and take.step_indices == [0, 1, 2] and take.video_path == b.video_path
+    np.testing.assert_array_equal(take.maps.numpy(), maps)
+    np.testing.assert_array_equal(take.preview(2), b.preview(2))
+    src = ResidentSource(take)
+    kiss = tuple(b.resolve("kiss"))
+    got = src.reducer.volumes(Selection(kiss, (0, 1, 2), (0, 1, 2, 3), None, (), "max"))[0]
+    np.testing.assert_allclose(got, b.select("kiss", reduce="max"), rtol=1e-6)
+    got = src.reducer.volumes(Selection(kiss, (1,), (3,), (1,), ("step", "block")))[0]
+    np.testing.assert_allclose(got, b.select("kiss", step=1, block=3, head=1), rtol=1e-6)
+    from paik.instrument.render.source import Source
+
+    assert [w.label for w in src.words] == [w.label for w in Source(b, "cpu").words]
