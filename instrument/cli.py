@@ -196,16 +196,10 @@ def cmd_play(args) -> int:
 
 def _check_render_out(out: Path, codec: str, size) -> None:
     """What can be said of ``paik render``'s output before the bundle or GL is touched (the
-    encoder says the rest: a name FFmpeg has no format for)."""
-    from paik.instrument.outputs.encode import check_dir
+    video writer checks the same again when it opens the file)."""
+    from paik.video import check_output
 
-    if out.is_dir():
-        raise PaikError(f"{out} is a directory: name the video file, like {out / 'out.mp4'}")
-    if codec == "prores" and out.suffix.lower() not in (".mov", ".mxf"):
-        raise PaikError(f"--codec prores writes QuickTime: name the output .mov, not {out.name}")
-    if codec == "h264" and size is not None and (size[0] % 2 or size[1] % 2):
-        raise PaikError(f"H.264 needs an even width and height, not {size[0]}x{size[1]} (or use --codec prores)")
-    check_dir(out.parent)
+    check_output(out, codec, size)
 
 
 def cmd_render(args) -> int:
@@ -240,7 +234,7 @@ def cmd_grid(args) -> int:
         raise PaikError(f"--cell-width must be at least 1 and --gap at least 0 (pixels), not {args.cell_width} "
                         f"and {args.gap}")
     times = _times(args.time)
-    from paik.instrument.outputs.encode import check_dir
+    from paik.video import check_dir
 
     check_dir(Path(args.out))
     src = _source(args)

@@ -20,8 +20,9 @@ import numpy as np
 from paik.errors import PaikError
 
 CODECS = ("h264", "prores")
-# fragmented MP4/MOV: every fragment is playable on its own, so a crash loses at most the last one
-MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+# fragmented MP4/MOV (playable while written, valid after a kill): the header first, one fragment
+# per frame, so a crash loses only what was still inside the encoder
+MOVFLAGS = "empty_moov+default_base_moof+frag_every_frame"
 
 
 def check_dir(d: Path) -> None:
@@ -40,18 +41,33 @@ def ensure_dir(d: Path) -> None:
         raise PaikError(f"cannot write into {d}: {e.strerror}") from None
 
 
-def container_format(path: Path, codec: str) -> str:
-    """The container for ``path`` and ``codec`` (mp4 or mov); a wrong suffix is a PaikError."""
+def container_format(path: Path, codec: str, what: str = "output") -> str:
+    """The container for ``path`` and ``codec`` (mp4 or mov); a wrong name is a PaikError that
+    calls the file what the user calls it (``what``: "output", "recording")."""
     suffix = path.suffix.lower()
     if codec not in CODECS:
         raise PaikError(f"unknown codec {codec!r}; choose {', '.join(CODECS)}")
     if codec == "h264":
         if suffix not in (".mp4", ".mov", ".m4v"):
-            raise PaikError(f"cannot write H.264 to {path.name}: name it .mp4 (or .mov)")
+            raise PaikError(f"cannot tell a video format from the name {path.name}: name the {what} .mp4 (or .mov)")
         return "mov" if suffix == ".mov" else "mp4"
     if suffix != ".mov":
-        raise PaikError(f"ProRes 4444 is written as QuickTime: name the file .mov, not {path.name}")
+        raise PaikError(f"ProRes 4444 is written as QuickTime: name the {what} .mov, not {path.name}")
     return "mov"
+
+
+def check_output(path: Path, codec: str, size: tuple[int, int] | None = None, what: str = "output",
+                 other_codec: str = "--codec prores") -> str:
+    """Everything that can be said of a video file to be written before it is opened: a folder in
+    the way, the name's container, an odd size for H.264. Returns the container format."""
+    path = Path(path)
+    if path.is_dir():
+        raise PaikError(f"{path} is a directory: name the video file, like {path / 'out.mp4'}")
+    fmt = container_format(path, codec, what)
+    if codec == "h264" and size is not None and (size[0] % 2 or size[1] % 2):
+        raise PaikError(f"H.264 needs an even width and height, not {size[0]}x{size[1]} (or use {other_codec})")
+    check_dir(path.parent)
+    return fmt
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -71,18 +87,15 @@ class VideoWriter:
     ``pts`` places a frame on the timeline (default: the next slot)."""
 
     def __init__(self, path, size: tuple[int, int], fps: float, codec: str = "h264", *, crf: int = 17,
-                 preset: str = "medium", fragmented: bool = False, realtime: bool = False):
+                 preset: str = "medium", fragmented: bool = False, realtime: bool = False, what: str = "output",
+                 other_codec: str = "--codec prores"):
         """``realtime``: settings for a live recording (a keyframe a second, no B-frames, frame
         threads, BT.709 tags matching the GPU's yuv420p packer); ``fragmented``: see MOVFLAGS."""
         import av
 
         self.path = Path(path)
         w, h = size
-        if codec == "h264" and (w % 2 or h % 2):
-            raise PaikError(f"H.264 needs an even width and height, not {w}x{h} (or use ProRes)")
-        if self.path.is_dir():
-            raise PaikError(f"{self.path} is a directory: name the video file, like {self.path / 'out.mp4'}")
-        fmt = container_format(self.path, codec)
+        fmt = check_output(self.path, codec, size, what, other_codec)
         ensure_dir(self.path.parent)
         self.codec, self.size = codec, (w, h)
         rate = Fraction(fps).limit_denominator(1001)
@@ -113,7 +126,8 @@ class VideoWriter:
         st.time_base = 1 / rate
         self.stream = st
         self._colorspace = "itu709" if realtime and codec == "h264" else None
-        self.frames = 0
+        self.frames = 0  # pictures encoded
+        self.packets = 0  # packets in the file: none means it holds no picture at all
         self._next = 0
 
     def frame(self, arr: np.ndarray, fmt: str = "rgb24", flipped: bool = False):
@@ -133,16 +147,22 @@ class VideoWriter:
         self._next = frame.pts + 1
         for pkt in self.stream.encode(frame):
             self.container.mux(pkt)
+            self.packets += 1
         self.frames += 1
 
     def write(self, arr: np.ndarray, fmt: str = "rgb24", flipped: bool = False, pts: int | None = None) -> None:
         self.encode(self.frame(arr, fmt, flipped), pts)
 
+    def flush(self) -> None:
+        """Encode what the encoder still holds."""
+        for pkt in self.stream.encode():
+            self.container.mux(pkt)
+            self.packets += 1
+
     def close(self) -> None:
         """Flush the encoder and finish the file."""
         try:
-            for pkt in self.stream.encode():
-                self.container.mux(pkt)
+            self.flush()
         finally:
             self.container.close()
 

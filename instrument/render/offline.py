@@ -10,7 +10,7 @@ import numpy as np
 from paik.errors import PaikError
 from paik.capture.layout import index_ranges
 
-from paik.instrument.outputs.encode import Encoder, ensure_dir
+from paik.video import VideoWriter, ensure_dir
 from paik.instrument.render.headless import Offscreen, egl_context
 from paik.instrument.control.params import Params
 from paik.instrument.render.renderer import Renderer
@@ -60,7 +60,7 @@ def render_video(src: Source, p: Params, out: Path, size: tuple[int, int], fps: 
     check_size(size, "--size", ctx)
     renderer = Renderer(ctx, src)
     off = Offscreen(ctx, size)
-    enc = Encoder(out, size, fps, codec)
+    enc = VideoWriter(out, size, fps, codec, crf=16)
     from tqdm import tqdm
 
     try:
@@ -68,7 +68,7 @@ def render_video(src: Source, p: Params, out: Path, size: tuple[int, int], fps: 
             t = 0.0 if n == 1 else i / (n - 1)  # as frame_times(n), without an array of n
             off.use()
             renderer.draw(p, float(t), (0, 0, *size), premultiply=(codec == "h264"))
-            enc.write(off.read())
+            enc.write(off.read(), "rgba")  # premultiplied for H.264 (alpha dropped), straight for ProRes
     finally:
         enc.close()
         off.release()
