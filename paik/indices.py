@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from paik.errors import PaikError
 
 _PART = re.compile(r"(-?\d+|first|last)(?:-(-?\d+|first|last))?")
-SYNTAX = "all, every:N, an index like 12 (-1 or last for the last), a list like 0,12,24 or a range like 10-19"
+SYNTAX = "expected indices like 0,12,24, a range like 10-19, all, last (or -1) or every:N"
 
 
 def _names(names: int | Sequence[int]) -> list[int]:
@@ -44,10 +44,19 @@ def format_ranges(values: Iterable[int]) -> str:
     return ",".join(out)
 
 
-def parse(text: str | None, names: int | Sequence[int], label: str, default: str = "all") -> list[int]:
+def _missing(label: str, part, names, have: list[int], where: str, listed: str) -> PaikError:
+    if isinstance(names, int):
+        return PaikError(f"{label} {part!r} is out of range: valid values are 0..{names - 1}")
+    noun = label.lstrip("-").rstrip("s")
+    return PaikError(f"{label} {part} is not in {where}; {listed} {noun}s: {format_ranges(have) or 'none'}")
+
+
+def parse(text: str | None, names: int | Sequence[int], label: str, default: str = "all",
+          where: str = "this bundle", listed: str = "captured") -> list[int]:
     """Model indices named by ``text`` (see the module's grammar), checked against ``names``.
 
-    ``label`` is how the user spelled the thing in error messages (``--blocks``, ``blocks``)."""
+    ``label`` is how the user spelled the thing in error messages (``--blocks``, ``blocks``);
+    ``where`` and ``listed`` word the message for an index that is not among ``names``."""
     have = _names(names)
     if not have:
         raise PaikError(f"{label}: there is nothing to choose from")
@@ -76,14 +85,14 @@ def parse(text: str | None, names: int | Sequence[int], label: str, default: str
         part = part.strip()
         m = _PART.fullmatch(part)
         if not m:
-            raise PaikError(f"{label} {text!r}: expected {SYNTAX}")
+            raise PaikError(f"{label} {text!r}: {SYNTAX}")
         a = one(m.group(1))
         b = one(m.group(2)) if m.group(2) is not None else a
         if b < a:
             raise PaikError(f"{label} {part!r}: a range runs from low to high, like {b}-{a}")
         inside = [v for v in have if a <= v <= b]
         if not inside or (a == b and a not in have) or a < lo or b > hi:
-            raise PaikError(f"{label} {part!r} is out of range: valid values are {format_ranges(have)}")
+            raise _missing(label, part, names, have, where, listed)
         out.update(inside)
     return sorted(out)
 
@@ -104,7 +113,7 @@ def position(text: str | float | None, names: Sequence[int], label: str, default
     if x in have:
         return float(have.index(int(x)))
     if x == int(x) or not have[0] < x < have[-1]:  # a whole index that was not captured is a mistake
-        raise PaikError(f"{label} {raw} is not in this bundle; captured: {format_ranges(have)}")
+        raise _missing(label, raw, names, have, "this bundle", "captured")
     j = next(k for k, v in enumerate(have) if v > x)  # x lies between two neighbouring captured indices
     a, b = have[j - 1], have[j]
     return (j - 1) + (x - a) / (b - a)
@@ -113,3 +122,29 @@ def positions(text: str | None, names: Sequence[int], label: str, default: str =
     """Several model indices (the :func:`parse` grammar) as positions along ``names``."""
     have = _names(names)
     return [float(have.index(v)) for v in parse(text, have, label, default=default)]
+
+
+def pick(value, available: Sequence[int], label: str, total: int | None = None, where: str = "this bundle",
+         listed: str = "available") -> list[int]:
+    """What the Python API takes for an axis (``Bundle.select``, ``Capture.select``): None (all
+    available), an int or a list of ints (negative ones count from the end of ``total`` model
+    indices, or of ``available``), or a string in the module's grammar."""
+    have = _names(available)
+    if not have:
+        raise PaikError(f"there are no finished {label}s yet")
+    if value is None:
+        return have
+    if isinstance(value, str):
+        return parse(value, have, label, where=where, listed=listed)
+    values = [value] if not isinstance(value, (list, tuple, range)) and not hasattr(value, "__len__") else list(value)
+    if not values:
+        raise PaikError(f"{label} {value!r}: name at least one")
+    out = []
+    for v in values:
+        v = int(v)
+        if v < 0:
+            v = v + total if total is not None else (have[v] if -v <= len(have) else v)
+        if v not in have:
+            raise _missing(label, v, have, have, where, listed)
+        out.append(v)
+    return out

@@ -28,8 +28,8 @@ def test_parse_over_captured_names():
 
 
 @pytest.mark.parametrize("bad, words", [
-    ("30", "out of range"), ("-31", "out of range"), ("5-2", "low to high"), ("every:0", "N >= 1"),
-    ("x", "expected"), ("1,,2", "expected"), ("1.5", "expected"), ("", "expected"),
+    ("30", "out of range: valid values are 0..29"), ("-31", "out of range"), ("5-2", "low to high"),
+    ("every:0", "N >= 1"), ("x", "expected indices"), ("1,,2", "expected"), ("1.5", "expected"), ("", "expected"),
 ])
 def test_parse_errors_say_what_is_valid(bad, words):
     with pytest.raises(PaikError, match=words) as e:
@@ -38,9 +38,9 @@ def test_parse_errors_say_what_is_valid(bad, words):
 
 
 def test_uncaptured_index_is_refused_with_what_was_captured():
-    with pytest.raises(PaikError, match=r"valid values are 0,5,10"):
+    with pytest.raises(PaikError, match=r"--step 3 is not in this bundle; captured steps: 0,5,10"):
         indices.parse("3", [0, 5, 10], "--step")
-    with pytest.raises(PaikError, match=r"captured: 0,5,10"):
+    with pytest.raises(PaikError, match=r"captured steps: 0,5,10"):
         indices.position("3", [0, 5, 10], "--step")
 
 
@@ -63,3 +63,15 @@ def test_format_ranges_reads_back():
     text = indices.format_ranges(vals)
     assert text == "0-3,7,9-10"
     assert indices.parse(text, 11, "x") == vals
+
+
+def test_pick_takes_python_values():
+    assert indices.pick(None, [0, 1, 2], "step") == [0, 1, 2]
+    assert indices.pick(2, [0, 1, 2], "step") == [2]
+    assert indices.pick([-1, 0], [0, 1, 2], "step") == [2, 0]
+    assert indices.pick(-1, [0, 5], "step", total=6) == [5]  # counts from the model's end
+    assert indices.pick("0-1", [0, 1, 2], "step") == [0, 1]
+    with pytest.raises(PaikError, match="step 3 is not in this bundle; available steps: 0-2"):
+        indices.pick(3, [0, 1, 2], "step")
+    with pytest.raises(PaikError, match="no finished steps"):
+        indices.pick(None, [], "step")

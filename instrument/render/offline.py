@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from paik.errors import PaikError
-from paik.capture.layout import index_ranges
 
 from paik.video import VideoWriter, ensure_dir
 from paik.instrument.render.headless import Offscreen, egl_context
@@ -142,28 +141,6 @@ def _model_index(src: Source, axis: str, pos: float) -> int:
 def _slug(text: str) -> str:
     keep = "".join(c if c.isalnum() else "-" for c in text.strip("▁"))
     return keep.strip("-") or "token"
-
-
-def positions(values: str | None, names: tuple[int, ...], axis: str, default: list[int]) -> list[float]:
-    """Model indices as typed ('0,12,24', 'all', 'last') -> capture positions, with clear errors."""
-    if values is None:
-        return [float(names.index(v)) for v in default]
-    if values.strip() == "all":
-        return [float(i) for i in range(len(names))]
-    out = []
-    for part in values.split(","):
-        part = part.strip()
-        if part == "last":
-            out.append(float(len(names) - 1))
-            continue
-        try:
-            v = int(part)
-        except ValueError:
-            raise PaikError(f"--{axis} {values!r}: expected indices like 0,12,24 (or 'all', 'last')") from None
-        if v not in names:
-            raise PaikError(f"--{axis} {v} is not in this bundle; captured {axis}s: {index_ranges(names)}")
-        out.append(float(names.index(v)))
-    return out
 
 
 def fit_duration(duration: float | None, src: Source) -> float:
