@@ -52,8 +52,9 @@ import numpy as np
 import torch
 
 from paik.capture import compat
-from paik.capture.layout import Layout, index_ranges
-from paik.capture.plan import MemoryPlan, estimate_working_bytes, memory_budget, parse_indices, plan_layout
+from paik.capture.layout import Layout
+from paik import indices
+from paik.capture.plan import MemoryPlan, estimate_working_bytes, memory_budget, plan_layout
 from paik.capture.processor import BlockHook, attach, attached, detach
 from paik.capture.store import CaptureStore, Recorder
 from paik.capture.tokens import Token, TokenGroup, clean_prompt, split_token_list, token_table
@@ -149,11 +150,11 @@ class Capture:
 
         config = self._experts[0][1].config
         self._n_layers, self._n_heads = int(config.num_layers), int(config.num_attention_heads)
-        self._block_list = parse_indices(self._blocks_spec, self._n_layers, "blocks")
+        self._block_list = indices.parse(self._blocks_spec, self._n_layers, "--blocks")
         if self._num_steps is not None and self._num_steps < 1:
             raise PaikError("num_steps must be at least 1")
         if self._num_steps is not None:
-            parse_indices(self._steps_spec, self._num_steps, "capture-steps")
+            indices.parse(self._steps_spec, self._num_steps, "--capture-steps")
 
         self.store: CaptureStore | None = None
         self.recorder: Recorder | None = None
@@ -523,17 +524,7 @@ class Capture:
 def _pick(name: str, value, available: list[int], total: int) -> list[int]:
     """Indices asked for, checked against what is available; negative ones count from the
     model's end (step -1 is the last denoising step, block -1 the last block)."""
-    if value is None:
-        if not available:
-            raise PaikError(f"this capture has no finished {name}s yet")
-        return list(available)
-    values = [value] if isinstance(value, (int, np.integer)) else list(value)
-    values = [int(v) + total if int(v) < 0 else int(v) for v in values]
-    bad = [v for v in values if v not in available]
-    if bad or not values:
-        raise PaikError(f"{name} {bad[0] if bad else value!r} is not in this capture; "
-                        f"available {name}s: {index_ranges(available)}")
-    return values
+    return indices.pick(value, available, name, total=total, where="this capture")
 
 
 def _grid(module, hidden) -> tuple[int, int, int]:

@@ -392,7 +392,7 @@ def resolve_bends(specs: Iterable[BendSpec], table: list["Token"], negative_tabl
     unconditional pass), and load masks and inject sources. ``schedule`` (step -> indices into
     ``specs``), when given, says which bends are active at each step instead of their ``steps``
     ranges: that is how a recorded performance is replayed."""
-    from paik.capture.plan import parse_indices
+    from paik import indices as grammar
     from paik.capture.tokens import resolve_tokens
 
     specs = list(specs)
@@ -404,7 +404,7 @@ def resolve_bends(specs: Iterable[BendSpec], table: list["Token"], negative_tabl
             if text is None and default is not None:
                 return default
             try:
-                return parse_indices(text or "all", n, name)
+                return grammar.parse(text or "all", n, f"--{name}")
             except PaikError as e:
                 raise PaikError(f"bend {src!r}: {e}") from None
 

@@ -40,6 +40,7 @@ from typing import Iterable
 
 import numpy as np
 
+from paik import indices
 from paik.errors import BundleError, PaikError
 from paik.capture.layout import Layout, check_int, index_ranges
 from paik.capture.tokens import Token, TokenGroup, prompt_words, resolve_tokens
@@ -541,16 +542,7 @@ class Bundle:
         return acc
 
     def _pick(self, name: str, value, available: list[int]) -> list[int]:
-        if value is None:
-            if not available:
-                raise PaikError(f"this bundle has no complete {name}s yet")
-            return list(available)
-        values = [value] if isinstance(value, (int, np.integer)) else list(value)
-        bad = [v for v in values if v not in available]
-        if bad or not values:
-            raise PaikError(f"{name} {bad[0] if bad else value!r} is not in this bundle; "
-                            f"available {name}s: {index_ranges(available)}")
-        return [int(v) for v in values]
+        return indices.pick(value, available, name)
 
     # -- summary -------------------------------------------------------------------------------
     def summary(self) -> str:

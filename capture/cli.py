@@ -103,7 +103,7 @@ def _generate(args) -> int:
     if args.tokens is not None and not tokens:
         raise PaikError("--tokens is empty; name words like kiss,\"soccer ball\",eos (or leave it out for every token)")
     if args.prompt is None and args.replay is None:
-        raise PaikError("the following arguments are required: prompt (or --replay BUNDLE, to regenerate a take)")
+        args._parser.error("the following arguments are required: prompt (or --replay BUNDLE, to regenerate a take)")
     fields = dict(
         prompt=args.prompt, out=args.out, model=args.model, negative=args.negative, seed=args.seed,
         steps=args.steps, frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,

@@ -14,7 +14,8 @@ import torch
 from paik.capture.api import Cancelled, capture_attention
 from paik.capture.bend import bends_for_take
 from paik.capture.models import ModelInfo, generation_defaults, load_pipeline, peek_model, set_flow_shift
-from paik.capture.plan import check_video_size, parse_heads, parse_indices
+from paik import indices
+from paik.capture.plan import check_video_size, parse_heads
 from paik.capture.store import Recorder
 from paik.capture.tokens import clean_prompt, token_table
 from paik.capture.writer import describe_write_error
@@ -118,8 +119,8 @@ def resolve_sizes(opts: GenerateOptions, info: ModelInfo) -> Sizes:
         raise PaikError("--steps must be at least 1")
     if opts.guidance_2 is not None and info.boundary_ratio is None:
         raise PaikError("--guidance-2 is for Wan2.2 A14B (two experts); this model has one transformer")
-    parse_indices(opts.capture_blocks, info.num_layers, "blocks")
-    parse_indices(opts.capture_steps, steps, "capture-steps")
+    indices.parse(opts.capture_blocks, info.num_layers, "--blocks")
+    indices.parse(opts.capture_steps, steps, "--capture-steps")
     return Sizes(frames, height, width, steps, info.latent_grid(frames, height, width))
 
 

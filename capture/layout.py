@@ -4,7 +4,7 @@ size that follow. Torch-free, so bundle readers stay light."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from paik import indices
 
 GiB = 1024**3
 
@@ -136,14 +136,4 @@ def check_index_list(v, name: str, bound: int, nonempty: bool = False) -> list[i
     return out
 
 
-def index_ranges(values: Iterable[int]) -> str:
-    """Indices as a user types them: [0, 1, 2, 3, 7, 9, 10] -> '0-3,7,9-10'."""
-    values = sorted(values)
-    out, i = [], 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(out)
+index_ranges = indices.format_ranges  # one definition: paik.indices

@@ -3,41 +3,11 @@ and the memory plan printed (and enforced) before anything is generated."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
+from paik import indices
 from paik.errors import PaikError
 from paik.capture.layout import GiB, Layout, index_ranges
-
-
-def parse_indices(text: str | None, n: int, name: str) -> list[int]:
-    """``all``, ``every:N`` (0, N, 2N, ... and always the last), ``3``, ``0,5,9``, ``10-19``,
-    ``-1`` for the last, or a mix (``0-3,12,-1``). Indices are 0-based, checked against ``n``."""
-    text = (text or "all").strip().lower()
-    if text == "all":
-        return list(range(n))
-    m = re.fullmatch(r"every:(\d+)", text)
-    if m:
-        k = int(m.group(1))
-        if k < 1:
-            raise PaikError(f"--{name} every:N needs N >= 1")
-        out = list(range(0, n, k))
-        if out[-1] != n - 1:
-            out.append(n - 1)
-        return out
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-        if not m:
-            raise PaikError(f"--{name} {text!r}: expected all, every:N, a list like 0,5,9 or a range like 10-19")
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) is not None else a
-        a, b = (a + n if a < 0 else a), (b + n if b < 0 else b)
-        if not (0 <= a < n and 0 <= b < n) or b < a:
-            raise PaikError(f"--{name} {part!r} is out of range: valid values are 0..{n - 1}")
-        out.extend(range(a, b + 1))
-    return sorted(set(out))
 
 
 def parse_heads(text: str | None) -> bool:
@@ -97,7 +67,7 @@ class MemoryPlan:
                 out.append(prefix.strip())
                 continue  # the mean of heads alone fits: no need to drop steps or blocks too
             for k in range(2, n_steps + 1):
-                steps = parse_indices(f"every:{k}", n_steps, "capture-steps")
+                steps = indices.parse(f"every:{k}", n_steps, "--capture-steps")
                 if replace(lay, steps=steps, **heads).bytes <= budget:
                     out.append(f"{prefix}--capture-steps every:{k}")
                     break
@@ -129,7 +99,7 @@ def plan_layout(table, queries, *, steps, blocks, heads, n_steps: int, n_layers:
                 latent: tuple[int, int, int], seq_len: int, neg_table=None, uncond: bool = False):
     """The layout of one capture from the user's choices (the CLI's flags and the library's
     arguments alike): ``queries`` words/phrases (empty: every real token), ``steps``/``blocks``
-    index specs (see :func:`parse_indices`), ``heads`` "all" or "mean". Returns (Layout, the
+    index specs (the grammar of :mod:`paik.indices`), ``heads`` "all" or "mean". Returns (Layout, the
     token groups the queries resolved to)."""
     from paik.capture.tokens import resolve_tokens
 
@@ -142,8 +112,8 @@ def plan_layout(table, queries, *, steps, blocks, heads, n_steps: int, n_layers:
     if uncond and not neg_table:
         raise PaikError("capturing the unconditional pass needs classifier-free guidance (--guidance above 1)")
     layout = Layout(
-        steps=parse_indices(steps, n_steps, "capture-steps"),
-        blocks=parse_indices(blocks, n_layers, "blocks"),
+        steps=indices.parse(steps, n_steps, "--capture-steps"),
+        blocks=indices.parse(blocks, n_layers, "--blocks"),
         heads=1 if head_mean else n_heads, head_mean=head_mean, n_heads=n_heads,
         tokens=captured, latent=tuple(latent), n_real=len(table), seq_len=seq_len,
         uncond_tokens=[t.index for t in neg_table] if uncond else [],

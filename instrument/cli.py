@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+from paik import indices
 from paik.errors import PaikError
 
 from paik.instrument.control.params import BACKGROUNDS, COMPOSITES, NORMS, REDUCES, VIEWS, Params
@@ -75,23 +76,6 @@ def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
                    help="where maps are reduced (auto: CUDA when torch sees one)")
 
 
-def _model_pos(value: str | None, names: tuple[int, ...], axis: str) -> float:
-    """A model index as typed (int or fraction) -> position among the captured ones."""
-    if value is None:
-        return 0.0
-    try:
-        x = float(value)
-    except ValueError:
-        raise PaikError(f"--{axis} {value!r}: expected a number") from None
-    from paik.capture.layout import index_ranges
-
-    lo, hi = math.floor(x), math.ceil(x)
-    if lo not in names or hi not in names:
-        raise PaikError(f"--{axis} {value} is not in this bundle; captured {axis}s: {index_ranges(names)}")
-    i = names.index(lo)
-    return i + (x - lo) / max(hi - lo, 1) * (names.index(hi) - i)
-
-
 def _check_look(args) -> None:
     """The look flags that need no bundle: checked before anything is opened or loaded."""
     from paik.instrument.render import colormaps
@@ -129,9 +113,9 @@ def _params(args, src, view: str) -> Params:
         p.token = firstlook.content_word([w.label for w in src.words], specials)
     p.n_tokens = len(src.words)
     step, block = getattr(args, "step", None), getattr(args, "block", None)
-    p.step = float(src.dims.n_steps - 1) if step is None else _model_pos(step, src.dims.step_names, "step")
+    p.step = indices.position(step, src.dims.step_names, "--step", default="last")
     p.block = (float(firstlook.representative_block(src, src.words[p.token].positions, round(p.step)))
-               if block is None else _model_pos(block, src.dims.block_names, "block"))
+               if block is None else indices.position(block, src.dims.block_names, "--block"))
     p.head, p.reduce, p.view = args.head, args.reduce, view
     p.colormap, p.norm, (p.clip_lo, p.clip_hi) = args.colormap, args.norm, args.clip
     p.gain, p.gamma, p.threshold = args.gain, args.gamma, args.threshold
@@ -196,16 +180,10 @@ def cmd_play(args) -> int:
 
 def _check_render_out(out: Path, codec: str, size) -> None:
     """What can be said of ``paik render``'s output before the bundle or GL is touched (the
-    encoder says the rest: a name FFmpeg has no format for)."""
-    from paik.instrument.outputs.encode import check_dir
+    video writer checks the same again when it opens the file)."""
+    from paik.video import check_output
 
-    if out.is_dir():
-        raise PaikError(f"{out} is a directory: name the video file, like {out / 'out.mp4'}")
-    if codec == "prores" and out.suffix.lower() not in (".mov", ".mxf"):
-        raise PaikError(f"--codec prores writes QuickTime: name the output .mov, not {out.name}")
-    if codec == "h264" and size is not None and (size[0] % 2 or size[1] % 2):
-        raise PaikError(f"H.264 needs an even width and height, not {size[0]}x{size[1]} (or use --codec prores)")
-    check_dir(out.parent)
+    check_output(out, codec, size)
 
 
 def cmd_render(args) -> int:
@@ -232,7 +210,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from paik.instrument.render.offline import grid_figures, positions
+    from paik.instrument.render.offline import grid_figures
 
     view = GRID_VIEWS[args.view]
     _check_look(args)
@@ -240,18 +218,19 @@ def cmd_grid(args) -> int:
         raise PaikError(f"--cell-width must be at least 1 and --gap at least 0 (pixels), not {args.cell_width} "
                         f"and {args.gap}")
     times = _times(args.time)
-    from paik.instrument.outputs.encode import check_dir
+    from paik.video import check_dir
 
     check_dir(Path(args.out))
     src = _source(args)
     step_list, block_list = args.steps, args.blocks
     p = _params(args, src, view)  # defaults: the last step, the block closest to the mean over blocks
     if view == "grid-blocks":
-        values = positions(step_list, src.dims.step_names, "step", [src.dims.step_names[-1]])
+        values = indices.positions(step_list, src.dims.step_names, "--step", default="last")
     elif view == "grand":
         values = [0.0]
     else:
-        values = positions(block_list, src.dims.block_names, "block", [src.dims.block_names[round(p.block)]])
+        values = indices.positions(block_list, src.dims.block_names, "--block",
+                                   default=str(src.dims.block_names[round(p.block)]))
     label = src.words[p.token].label
     paths = grid_figures(src, p, Path(args.out), view, values, times, args.cell_width, args.gap, label)
     for path in paths:

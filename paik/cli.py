@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except SystemExit as e:  # a handler's usage error, already printed on one line by its parser
+        return e.code if isinstance(e.code, int) else 2
     except PaikError as e:
         if args.verbose:
             raise

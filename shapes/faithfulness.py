@@ -189,10 +189,10 @@ def known_clip_maps(loaded, scene: shapes.Scene, steps: int, size: int, seed: in
 # ---------------------------------------------------------------------------------------------
 
 def read_video(path) -> np.ndarray:
-    import av
+    """[T, H, W, 3] uint8 of every frame (paik.video.decode)."""
+    from paik.video import decode
 
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    return decode(path)
 
 
 def generate_clip(loaded, scene: shapes.Scene, steps: int, size: int, guidance: float, out: Path, capture=True):

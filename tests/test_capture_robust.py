@@ -21,7 +21,8 @@ from paik.errors import BundleError, PaikError
 from paik.capture.generate import GenerateOptions, generate
 from paik.capture.layout import Layout
 from paik.capture.models import load_pipeline
-from paik.capture.plan import MemoryPlan, check_video_size, parse_indices
+from paik.capture.plan import MemoryPlan, check_video_size
+from paik.indices import parse as parse_indices
 from paik.capture.tokens import resolve_tokens, split_token_list, token_table
 from paik.capture.writer import BundleWriter
 from paik.cli import main as paik
@@ -66,12 +67,12 @@ def test_unknown_words_list_the_prompt(table, query, message):
 # -- plans and sizes ---------------------------------------------------------------------------
 
 def test_index_specs():
-    assert parse_indices("all", 4, "blocks") == [0, 1, 2, 3]
-    assert parse_indices("every:10", 25, "capture-steps") == [0, 10, 20, 24]
-    assert parse_indices("0-2,7,-1", 30, "blocks") == [0, 1, 2, 7, 29]
+    assert parse_indices("all", 4, "--blocks") == [0, 1, 2, 3]
+    assert parse_indices("every:10", 25, "--capture-steps") == [0, 10, 20, 24]
+    assert parse_indices("0-2,7,-1", 30, "--blocks") == [0, 1, 2, 7, 29]
     for bad in ("30", "5-2", "x", "every:0"):
         with pytest.raises(PaikError):
-            parse_indices(bad, 30, "blocks")
+            parse_indices(bad, 30, "--blocks")
 
 
 def test_video_size_messages():

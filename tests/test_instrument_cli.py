@@ -93,7 +93,7 @@ def test_grid_writes_labelled_pngs(bundle_dir, tmp_path, capsys):
     (["render", "{missing}", "--out", "x.mp4"], "no such bundle directory"),
     (["render", "{bundle}", "--token", "kis", "--out", "x.mp4"], "'kis' is not in the prompt"),
     (["render", "{bundle}", "--step", "9", "--out", "x.mp4"], "--step 9 is not in this bundle; captured steps: 0-2"),
-    (["render", "{bundle}", "--block", "-1", "--out", "x.mp4"], "--block -1 is not in this bundle"),
+    (["render", "{bundle}", "--block", "-5", "--out", "x.mp4"], "--block -5 is not in this bundle"),  # -1: the last
     (["render", "{bundle}", "--head", "2", "--out", "x.mp4"], "--head 2 is out of range"),
     (["render", "{bundle}", "--colormap", "jett", "--out", "x.mp4"], "unknown colormap 'jett'"),
     (["render", "{bundle}", "--size", "33x20", "--out", "x.mp4"], "even width and height"),

@@ -17,19 +17,16 @@ import logging
 import queue
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from paik.errors import PaikError
 
-from paik.instrument.outputs.encode import CODECS, check_dir, ensure_dir
+from paik.video import CODECS, VideoWriter, check_output
 
 log = logging.getLogger(__name__)
 
-# fragmented (playable while written, valid after a kill): header first, one fragment per frame
-MOVFLAGS = "empty_moov+default_base_moof+frag_every_frame"
 
 
 class Cadence:
@@ -66,20 +63,9 @@ class Cadence:
 
 def _check(path: Path, size, codec: str) -> str:
     """The container format for ``path``; user errors as PaikError."""
-    w, h = size
-    suffix = path.suffix.lower()
-    check_dir(path.parent)
     if codec not in CODECS:
         raise PaikError(f"unknown recording codec {codec!r}; choose {', '.join(CODECS)}")
-    if codec == "h264":
-        if w % 2 or h % 2:
-            raise PaikError(f"H.264 needs an even width and height, not {w}x{h} (or record with --record-codec prores)")
-        if suffix not in (".mp4", ".mov", ".m4v"):
-            raise PaikError(f"recording to {path.name}: name H.264 recordings .mp4 (or .mov)")
-        return "mov" if suffix == ".mov" else "mp4"
-    if suffix != ".mov":
-        raise PaikError(f"ProRes 4444 is written as QuickTime: name the recording .mov, not {path.name}")
-    return "mov"
+    return check_output(path, codec, size, "recording", "--record-codec prores")
 
 
 class Recorder:
@@ -94,49 +80,26 @@ class Recorder:
 
     def __init__(self, path, size: tuple[int, int], fps: float, codec: str = "h264", crf: int = 18,
                  preset: str = "veryfast", packed: bool = True):
-        import av
-
         self.path = Path(path)
         self.size = size
         self.fps = fps
         self.codec = codec
-        fmt = _check(self.path, size, codec)
+        _check(self.path, size, codec)
         self.components = (1 if packed else 3) if codec == "h264" else 4
-        ensure_dir(self.path.parent)
-        rate = Fraction(fps).limit_denominator(1001)
-        try:
-            self.container = av.open(str(self.path), "w", format=fmt,
-                                     container_options={"movflags": MOVFLAGS, "flush_packets": "1"})
-        except (av.FFmpegError, OSError) as e:
-            raise PaikError(f"cannot record to {self.path} ({e})") from None
-        if codec == "h264":
-            st = self.container.add_stream("libx264", rate=rate)
-            st.pix_fmt = "yuv420p"
-            # a keyframe every second keeps seeking cheap; no B-frames: timestamps start at 0 in a
-            # fragmented file (no edit list) and fewer frames wait inside the encoder at a crash
-            if size[0] * size[1] * fps > 1920 * 1080 * 60 and preset == "veryfast":
-                preset = "superfast"  # 4K30 and up: keep the encoder ahead of the render loop
-            st.options = {"crf": str(crf), "preset": preset, "g": str(max(1, round(fps))), "bf": "0"}
-            # frame threads scale across cores far better than x264's sliced threads (PyAV's
-            # default); they hold a few more frames in flight, which a crash can lose
-            st.codec_context.thread_type = "FRAME"
-            cc = st.codec_context  # BT.709, limited range: what the packer writes, tagged for players
-            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
-            self._src_fmt = "yuv420p" if packed else "rgb24"
-        else:
-            st = self.container.add_stream("prores_ks", rate=rate)
-            st.pix_fmt = "yuva444p10le"
-            st.options = {"profile": "4", "alpha_bits": "16", "vendor": "apl0"}
-            self._src_fmt = "rgba"
-        st.width, st.height = size
-        st.time_base = 1 / rate
-        self.stream = st
+        if codec == "h264" and size[0] * size[1] * fps > 1920 * 1080 * 60 and preset == "veryfast":
+            preset = "superfast"  # 4K30 and up: keep the encoder ahead of the render loop
+        try:  # fragmented and with live settings: see paik.video
+            self.out = VideoWriter(self.path, size, fps, codec, crf=crf, preset=preset, fragmented=True,
+                                   realtime=True, what="recording", other_codec="--record-codec prores")
+        except PaikError as e:
+            raise PaikError(f"cannot record: {e}") from None
+        self._src_fmt = ("yuv420p" if packed else "rgb24") if codec == "h264" else "rgba"
         frame_bytes = size[0] * size[1] * (1.5 if self.components == 1 else self.components)
         self._q: queue.Queue = queue.Queue(maxsize=max(4, int(self.QUEUE_BYTES // frame_bytes)))
         self.written = 0  # frames in the file (repeats included)
         self.repeated = 0  # pictures repeated to fill late or dropped slots
         self.dropped = 0  # frames the queue had no room for (the encoder fell behind)
-        self.muxed = 0  # packets in the file: none means the file holds no picture at all
+        self._muxed_at_close = 0
         self.last_drop = -1e9  # perf_counter of the last drop, for "behind" on screen
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -177,7 +140,8 @@ class Recorder:
         encoder (its frame threads and buffers), so finished takes cost nothing."""
         self._q.put(None)
         self._thread.join()
-        self.container = self.stream = None
+        self._muxed_at_close = self.out.packets
+        self.out = None
         log.info("recorded %s: %d frames (%d repeated, %d dropped)", self.path, self.written, self.repeated,
                  self.dropped)
         if self.error:
@@ -185,8 +149,6 @@ class Recorder:
 
     # -- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        import av
-
         prev = None
         try:
             while True:
@@ -196,14 +158,9 @@ class Recorder:
                 index, arr = item
                 if index <= self._last_index:  # a slot is written once
                     continue
-                if self._src_fmt == "yuv420p":  # packed on the GPU: top-down, ready to encode
-                    frame = av.VideoFrame.from_ndarray(arr.reshape(-1, self.size[0]), format="yuv420p")
-                else:
-                    # GL rows are bottom-up: PyAV copies a flipped view row by row (no extra copy);
-                    # converted once, so a repeated picture costs only the encode of a still frame
-                    frame = av.VideoFrame.from_ndarray(arr[::-1], format=self._src_fmt)
-                    frame = frame.reformat(format=self.stream.pix_fmt,
-                                           dst_colorspace="itu709" if self.codec == "h264" else None)
+                # yuv420p was packed on the GPU top-down; GL's RGB(A) rows are bottom-up. Converted
+                # once, so a repeated picture costs only the encode of a still frame
+                frame = self.out.frame(arr, self._src_fmt, flipped=self._src_fmt != "yuv420p")
                 if prev is not None:
                     for k in range(self._last_index + 1, index):
                         self._encode(prev, k)
@@ -214,9 +171,7 @@ class Recorder:
                 for k in range(self._last_index + 1, self.last_slot + 1):
                     self._encode(prev, k)
                     self.repeated += 1
-            for pkt in self.stream.encode():
-                self.container.mux(pkt)
-                self.muxed += 1
+            self.out.flush()
         except Exception as e:  # keep the file valid; say why on close
             self.error = f"{type(e).__name__}: {e}"
             log.error("recording %s stopped: %s", self.path, self.error)
@@ -228,16 +183,18 @@ class Recorder:
                     break
         finally:
             try:
-                self.container.close()
+                self.out.container.close()
             except Exception as e:  # noqa: BLE001 - already failing; the file keeps its fragments
                 log.error("closing %s: %s", self.path, e)
 
     def _encode(self, frame, index: int) -> None:
-        frame.pts = index
-        for pkt in self.stream.encode(frame):
-            self.container.mux(pkt)
-            self.muxed += 1
+        self.out.encode(frame, pts=index)
         self.written += 1
+
+    @property
+    def muxed(self) -> int:
+        """Packets in the file: none means it holds no picture at all."""
+        return self.out.packets if self.out is not None else self._muxed_at_close
 
 
 def default_path(codec: str) -> Path:

@@ -12,32 +12,19 @@ import logging
 
 import numpy as np
 
-from paik.errors import PaikError
 
 log = logging.getLogger(__name__)
 
 
 def decode_video(path, max_size: int) -> np.ndarray:
-    """[frames, H, W, 4] uint8 RGBA of every frame."""
-    import av
+    """[frames, H, W, 4] uint8 RGBA of every frame that fits a 3D texture of side ``max_size``."""
+    from paik.video import decode
 
-    frames = []
-    try:
-        with av.open(str(path)) as c:
-            stream = c.streams.video[0]
-            w, h = stream.codec_context.width, stream.codec_context.height
-            scale = min(1.0, max_size / max(w, h))
-            size = (max(1, int(w * scale)), max(1, int(h * scale)))
-            for fr in c.decode(stream):
-                frames.append(fr.to_ndarray(format="rgba", width=size[0], height=size[1]))
-                if len(frames) >= max_size:
-                    log.warning("%s: only the first %d frames fit a 3D texture here", path, max_size)
-                    break
-    except (av.FFmpegError, OSError) as e:
-        raise PaikError(f"{path}: cannot decode the video ({e})") from None
-    if not frames:
-        raise PaikError(f"{path}: the video has no frames")
-    return np.stack(frames)
+    frames = decode(path, "rgba", max_size=max_size, max_frames=max_size + 1)
+    if len(frames) > max_size:
+        log.warning("%s: only the first %d frames fit a 3D texture here", path, max_size)
+        frames = frames[:max_size]
+    return frames
 
 
 def previews(bundle) -> np.ndarray | None:

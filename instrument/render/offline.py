@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from paik.errors import PaikError
-from paik.capture.layout import index_ranges
 
-from paik.instrument.outputs.encode import Encoder, ensure_dir
+from paik.video import VideoWriter, ensure_dir
 from paik.instrument.render.headless import Offscreen, egl_context
 from paik.instrument.control.params import Params
 from paik.instrument.render.renderer import Renderer
@@ -60,7 +59,7 @@ def render_video(src: Source, p: Params, out: Path, size: tuple[int, int], fps: 
     check_size(size, "--size", ctx)
     renderer = Renderer(ctx, src)
     off = Offscreen(ctx, size)
-    enc = Encoder(out, size, fps, codec)
+    enc = VideoWriter(out, size, fps, codec, crf=16)
     from tqdm import tqdm
 
     try:
@@ -68,7 +67,7 @@ def render_video(src: Source, p: Params, out: Path, size: tuple[int, int], fps: 
             t = 0.0 if n == 1 else i / (n - 1)  # as frame_times(n), without an array of n
             off.use()
             renderer.draw(p, float(t), (0, 0, *size), premultiply=(codec == "h264"))
-            enc.write(off.read())
+            enc.write(off.read(), "rgba")  # premultiplied for H.264 (alpha dropped), straight for ProRes
     finally:
         enc.close()
         off.release()
@@ -142,28 +141,6 @@ def _model_index(src: Source, axis: str, pos: float) -> int:
 def _slug(text: str) -> str:
     keep = "".join(c if c.isalnum() else "-" for c in text.strip("▁"))
     return keep.strip("-") or "token"
-
-
-def positions(values: str | None, names: tuple[int, ...], axis: str, default: list[int]) -> list[float]:
-    """Model indices as typed ('0,12,24', 'all', 'last') -> capture positions, with clear errors."""
-    if values is None:
-        return [float(names.index(v)) for v in default]
-    if values.strip() == "all":
-        return [float(i) for i in range(len(names))]
-    out = []
-    for part in values.split(","):
-        part = part.strip()
-        if part == "last":
-            out.append(float(len(names) - 1))
-            continue
-        try:
-            v = int(part)
-        except ValueError:
-            raise PaikError(f"--{axis} {values!r}: expected indices like 0,12,24 (or 'all', 'last')") from None
-        if v not in names:
-            raise PaikError(f"--{axis} {v} is not in this bundle; captured {axis}s: {index_ranges(names)}")
-        out.append(float(names.index(v)))
-    return out
 
 
 def fit_duration(duration: float | None, src: Source) -> float:
