@@ -91,6 +91,10 @@ def register(sub, bench) -> None:
     b.add_argument("--device", default="cuda")
     b.set_defaults(func=_bench)
 
+    from paik.capture.bench_bend import register as register_bend_bench
+
+    register_bend_bench(bench)
+
 
 
 def _generate(args) -> int:
