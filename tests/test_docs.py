@@ -180,7 +180,7 @@ def test_readme_tour_runs_as_written(tour):
             continue
         for line in shell_lines(text):
             cmds = paik_commands(line)
-            if not cmds or not all(_runnable(c) for c in cmds) or "CPU-only build" in line:
+            if not cmds or not all(_runnable(c) for c in cmds):
                 continue
             if any(c[0] == "play" for c in cmds):
                 line = re.sub(r"(\bpaik play\b[^|]*?)(\s+#.*)?$", r"\1 --osc-port 0 --no-zeroconf", line)
