@@ -53,7 +53,7 @@ def add_generation_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def register(sub, bench) -> None:
-    from paik.instrument.cli import _look_flags, _size
+    from paik.instrument.cli import _look_flags, _size, add_resident_flag
     from paik.instrument.control.hub import add_flags
     from paik.instrument.control.params import VIEWS
     from paik.instrument.outputs import add_play_flags
@@ -77,6 +77,7 @@ def register(sub, bench) -> None:
     ap.add_argument("--no-follow", action="store_true",
                     help="keep playing the current take while a new one forms (default: show its newest step)")
     add_generation_flags(ap)
+    add_resident_flag(ap, "on")  # a live instrument keeps its maps where the renderer reads them
     add_play_flags(ap)
     _look_flags(ap)
     add_flags(ap)
@@ -146,7 +147,7 @@ def cmd_live(args) -> int:
     from paik.instrument.control.params import Command
     from paik.instrument.control.takes import EngineLive
     from paik.instrument.outputs.live import from_args, report
-    from paik.instrument.render.resident import ResidentSource, blank_take
+    from paik.instrument.render.resident import ResidentSource, blank_take, resident_device
     from paik.instrument.render.source import Source
 
     outputs = from_args(args, args.size)  # flag errors before any model or GL
@@ -178,10 +179,11 @@ def cmd_live(args) -> int:
     sys.setswitchinterval(0.0005)
     try:
         with Control.from_args(args, src, p, lambda s, q, sc, **kw: EngineLive(s, q, engine, TakeRequest, sc, **kw)) as ctl:
+            ctl.live.resident = resident_device(args.resident, args.device)
             if not args.bundle:
                 ctl.live.put(Command("generate", "start", {}, "live"))
             else:
-                _load_resident(ctl.live, src, defaults.device or ("cuda" if _cuda() else "cpu"))
+                ctl.live.bring_resident(src)
             if args.headless:
                 from paik.instrument.render.headless import play_headless
 
@@ -198,44 +200,6 @@ def cmd_live(args) -> int:
         if temporary:
             shutil.rmtree(takes, ignore_errors=True)
     return report(outputs) or rc
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _load_resident(live, src, device) -> None:
-    """Bring the starting bundle's whole capture onto ``device`` on a thread when it fits (it plays
-    from disk meanwhile, and for good when it does not fit), with progress on stderr."""
-    import threading
-
-    from paik.instrument.render.resident import ResidentSource, fits_on, load_resident
-
-    lay = src.bundle.layout
-    nbytes = len(src.bundle.step_indices) * len(lay.blocks) * lay.heads * len(lay.tokens) * lay.positions * 2
-    if not fits_on(device, nbytes):
-        print(f"paik: {src.bundle.path} ({nbytes / 1024**3:.2f} GiB of maps) does not fit on {device} beside the "
-              "model: playing it from disk", file=sys.stderr, flush=True)
-        return
-
-    def progress(done, total):
-        if done == total or done % max(1, total // 10) == 0:
-            print(f"paik: loading {src.bundle.path.name} onto {device}: {done}/{total} steps", file=sys.stderr,
-                  flush=True)
-
-    def work():
-        try:
-            take = load_resident(src.bundle, device, progress)
-            if live.src is src:  # a take or a load that came first wins
-                live._pending_src = ResidentSource(take)
-        except PaikError as e:
-            live.error(str(e), kind="load")
-        except Exception as e:  # playing from disk goes on
-            live.error(f"loading {src.bundle.path} onto {device}: {type(e).__name__}: {e}", kind="load")
-
-    threading.Thread(target=work, name="paik-resident-load", daemon=True).start()
 
 
 def cmd_bench_live(args) -> int:
