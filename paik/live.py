@@ -89,7 +89,10 @@ def register(sub, bench) -> None:
         description="(a) /paik/generate to the first rendered frame showing the take's first map; (b) the render "
                     "loop at --size@--rate while a take generates: late frames and p99 interval; (c) the take's "
                     "time inside the engine vs the plain WanPipeline call at the same settings; (d) a capture "
-                    "played while every parameter moves at --rate: worst frame interval, p99 OSC-to-frame.")
+                    "played while every parameter moves at --rate: worst frame interval, p99 OSC-to-frame (a --bundle, "
+                    "else an in-memory synthetic capture of --synthetic layout); (e) offline 'paik generate' (bundle "
+                    "writing included, model loading excluded) vs the plain WanPipeline call plus an MP4 export, "
+                    "with the GPU peak memory of each.")
     b.add_argument("--model", "-m", default="tiny", help="model (a full-size random folder on the GPU machine)")
     b.add_argument("--prompt", default=DEFAULT_PROMPT)
     b.add_argument("--steps", type=int, default=None)
@@ -102,7 +105,12 @@ def register(sub, bench) -> None:
     b.add_argument("--size", type=_size, default=(1920, 1080), help="render size")
     b.add_argument("--rate", type=float, default=60.0, help="frames (and parameter moves) per second")
     b.add_argument("--seconds", type=float, default=10.0, help="seconds of (d)")
-    b.add_argument("--parts", default="a,b,c,d", help="which parts to run")
+    b.add_argument("--parts", default="a,b,c,d,e", help="which parts to run")
+    b.add_argument("--bundle", default=None, help="(d): play this capture (brought onto the device when it fits)")
+    b.add_argument("--synthetic", default="25x30x12x32", metavar="SxBxHxT",
+                   help="(d) without --bundle: steps x blocks x heads x tokens of the synthetic capture (the paper's)")
+    b.add_argument("--latent", default="16x30x52", metavar="FxHxW", help="(d): the synthetic capture's token grid")
+    b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.set_defaults(func=cmd_bench_live)
 

@@ -189,3 +189,26 @@ def test_play_and_load_bring_bundles_onto_the_device_over_udp(tmp_path):
     assert len(counts) >= 2, err
     assert "bringing a onto cpu: 3/3 steps" in err and "bringing b onto cpu: 2/2 steps" in err, err
     assert "Traceback" not in err, err
+
+
+def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
+    """(d) on a synthetic capture and on a --bundle, (e) offline generate against the plain call:
+    runnable without a GPU (the numbers that matter come from one; nothing here is timed)."""
+    make_bundle(tmp_path / "a", steps=3, blocks=4, heads=2)
+    out = {}
+    for name, extra in (("synthetic", ["--parts", "d,e", "--synthetic", "3x2x2x4", "--latent", "2x3x4"]),
+                        ("bundle", ["--parts", "d", "--bundle", str(tmp_path / "a")])):
+        js = tmp_path / f"{name}.json"
+        r = subprocess.run([sys.executable, "-m", "paik", "bench", "live", *extra, "--size", "96x54", "--seconds", "1",
+                            "--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--json", str(js)],
+                           cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                           timeout=400)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[name] = json.loads(js.read_text())
+    syn, bun = out["synthetic"], out["bundle"]
+    assert syn["d_capture"].startswith("synthetic 3x2x2x4 at 2x3x4") and syn["d_steps_blocks"] == [3, 2]
+    assert bun["d_capture"].endswith("(resident on cpu)") and bun["d_steps_blocks"] == [3, 4]
+    for r in (syn, bun):
+        assert r["d_frames"] > 5 and r["d_worst_interval_ms"] > 0 and r["d_p99_osc_to_frame_ms"] > 0
+    assert syn["e_generate_s"] > 0 and syn["e_plain_pipeline_mp4_s"] > 0 and syn["e_settings"] == [2, 5, 32, 32]
+    assert syn["e_step_buffers"] == 3 and "e_generate_peak_gib" not in syn  # no GPU: no GPU memory to report
