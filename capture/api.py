@@ -71,17 +71,21 @@ def capture_attention(model, tokens: str | Sequence[str] | None = None, *, steps
                       n_tokens: int | None = None, num_steps: int | None = None,
                       grid: tuple[int, int, int] | None = None, device=None, max_sequence_length: int = 512,
                       manifest: dict | None = None,
-                      step_extras: Callable[["Capture", int], dict] | None = None) -> "Capture":
+                      step_extras: Callable[["Capture", int], dict] | None = None,
+                      buffers: int | None = None) -> "Capture":
     """Capture cross-attention maps while the ``with`` block runs the pipeline (see the module
     docstring). ``model``: a Wan pipeline (both experts of Wan2.2 A14B are captured) or a bare
     ``WanTransformer3DModel``. ``tokens``: words/phrases (``["kiss", "soccer ball", "eos"]`` or
     ``'kiss,"soccer ball"'``); None for every real token. ``max_gb``: refuse larger captures
     (default: what fits beside the model). ``manifest``: extra top-level manifest fields for the
-    bundle; ``step_extras(cap, step)``: extra tensors written with each captured step."""
+    bundle; ``step_extras(cap, step)``: extra tensors written with each captured step.
+    ``buffers``: with ``out``, keep only this many steps on the device (a ring reused once each
+    step is copied to the bundle; read the maps back with ``open_bundle``); None keeps them all."""
     return Capture(model, tokens, steps=steps, blocks=blocks, heads=heads, uncond=uncond, out=out, max_gb=max_gb,
                    overwrite=overwrite, prompt=prompt, negative_prompt=negative_prompt, tokenizer=tokenizer,
                    n_tokens=n_tokens, num_steps=num_steps, grid=grid, device=device,
-                   max_sequence_length=max_sequence_length, manifest=manifest, step_extras=step_extras)
+                   max_sequence_length=max_sequence_length, manifest=manifest, step_extras=step_extras,
+                   buffers=buffers)
 
 
 def _spec(value, name: str) -> str:
@@ -123,7 +127,8 @@ class Capture:
 
     def __init__(self, model, tokens=None, *, steps="all", blocks="all", heads="all", uncond=False, out=None,
                  max_gb=None, overwrite=False, prompt=None, negative_prompt=None, tokenizer=None, n_tokens=None,
-                 num_steps=None, grid=None, device=None, max_sequence_length=512, manifest=None, step_extras=None):
+                 num_steps=None, grid=None, device=None, max_sequence_length=512, manifest=None, step_extras=None,
+                 buffers=None):
         compat.check()
         self.pipe, self._experts = _experts(model)
         self._check_free()
@@ -146,6 +151,9 @@ class Capture:
         self._msl = int(max_sequence_length)
         self._extra_manifest = dict(manifest or {})
         self._step_extras = step_extras
+        if buffers is not None and (int(buffers) < 1 or out is None):
+            raise PaikError("buffers=N needs N >= 1 and out=DIR: the steps that leave the device go to the bundle")
+        self._buffers = None if buffers is None else int(buffers)
         self.hooks: list[BlockHook] = []
 
         config = self._experts[0][1].config
@@ -315,9 +323,9 @@ class Capture:
             h, w = grid[1] * c.patch_size[1] * spatial, grid[2] * c.patch_size[2] * spatial
             working = estimate_working_bytes(layout.positions, c.num_attention_heads * c.attention_head_dim,
                                              c.ffn_dim, h, w)
-        self.plan = MemoryPlan(layout, memory_budget(device, self._max_gb, working), str(device))
+        self.plan = MemoryPlan(layout, memory_budget(device, self._max_gb, working), str(device), self._buffers)
         self.plan.check()
-        store = CaptureStore(layout, device)
+        store = CaptureStore(layout, device, self._buffers)
         self.layout, self.tokens, self.uncond_tokens, self.groups = layout, table, neg, groups
         self.store, self.recorder = store, Recorder(store, capture_uncond=self.uncond, n_real_uncond=len(neg) or None)
         for name, t in self._experts:
@@ -330,6 +338,7 @@ class Capture:
             from paik.capture.writer import BundleWriter
 
             self.writer = BundleWriter(self.path, self.manifest, overwrite=self._overwrite)
+            self.recorder.wait_check = self.writer.check_waiting
 
     def _manifest(self, n_steps: int, device) -> dict:
         extra = dict(self._extra_manifest)
@@ -457,7 +466,7 @@ class Capture:
                 tensors["padding_uncond"] = st.padding_uncond[slot]
             if self._step_extras is not None:
                 tensors.update(self._step_extras(self, step) or {})
-            self.writer.add_step(info, tensors)
+            self.writer.add_step(info, tensors, (lambda: st.release(step)) if st.ring else None)
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -497,6 +506,9 @@ class Capture:
         ``block``, ``head`` an index (model indices; -1 for the last), a list, or None for all
         finished ones, reduced with ``reduce`` ("mean" or "max")."""
         self._need_store()
+        if self.store.ring:
+            raise PaikError(f"this capture keeps only {self.store.slots} step buffers on the device; read its maps "
+                            "with open_bundle().select(...), or capture with buffers=None")
         if reduce not in ("mean", "max"):
             raise PaikError(f"reduce must be 'mean' or 'max', not {reduce!r}")
         lay, st = self.layout, self.store

@@ -45,6 +45,11 @@ def register(sub, bench) -> None:
                    help="also capture the unconditional (negative prompt) pass")
     g.add_argument("--max-capture-gb", type=float, default=None,
                    help="refuse captures larger than this (default: what fits beside the model)")
+    g.add_argument("--step-buffers", type=int, default=3, metavar="K",
+                   help="steps of maps held on the device at once, each reused once the bundle writer has copied "
+                        "its step off (default 3)")
+    g.add_argument("--keep-on-device", action="store_true",
+                   help="keep every captured step on the device until the end (as paik live does)")
     g.add_argument("--max-sequence-length", type=int, default=512, help="text length the prompt is padded to")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     g.add_argument("--offload", default=None, choices=["model", "sequential"], help="CPU offload for small GPUs")
@@ -119,8 +124,11 @@ def _generate(args) -> int:
         # parsed here, so a typo in a bend is reported before the model loads
         bends=parse_bends(args.bend, args.bends),
     )
+    if args.step_buffers < 1:
+        raise PaikError(f"--step-buffers {args.step_buffers}: needs at least 1 (or --keep-on-device)")
+    buffers = None if args.keep_on_device else args.step_buffers
     if args.replay is None:
-        generate(GenerateOptions(**fields))
+        generate(GenerateOptions(**fields, step_buffers=buffers))
         return 0
     from paik.capture.replay import replay_options
 
@@ -130,7 +138,9 @@ def _generate(args) -> int:
              != args._parser.get_default(dest.get(k, k))}
     if fields["bends"]:
         given["bends"] = fields["bends"]  # refused by replay_options, with the reason
-    generate(replay_options(args.replay, args.out, **given))
+    opts = replay_options(args.replay, args.out, **given)
+    opts.step_buffers = buffers
+    generate(opts)
     return 0
 
 

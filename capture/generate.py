@@ -54,6 +54,7 @@ class GenerateOptions:
     bends: list = field(default_factory=list)  # bend lines or BendSpecs (paik.capture.bend)
     bend_presets: list[str] = field(default_factory=list)  # --bends: preset names or .toml files
     replay_bends: dict | None = None  # a replayed take's {"steps": N, "log": manifest["bend_log"]}
+    step_buffers: int | None = None  # device step slots (a ring, paik generate's default 3); None: keep every step
 
 
 def _log(opts, msg):
@@ -206,6 +207,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         uncond=opts.capture_uncond, out=out, max_gb=opts.max_capture_gb, overwrite=opts.overwrite,
         prompt=opts.prompt, negative_prompt=opts.negative or "", num_steps=size.steps, grid=size.latent,
         device=device, max_sequence_length=opts.max_sequence_length, manifest=manifest, step_extras=previews,
+        # a caller handed the store or its steps (the live engine: the renderer reads them) needs every step kept
+        buffers=opts.step_buffers if on_start is None and on_step is None else None,
     )
     cap.recorder.bends = bends  # read by the processors (paik.capture.bend.bend_for); None: nothing runs
     _log(opts, "paik: " + cap.plan.describe())

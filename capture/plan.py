@@ -37,10 +37,21 @@ class MemoryPlan:
     layout: Layout
     budget_bytes: int | None  # None: no limit known
     where: str
+    buffers: int | None = None  # step slots on the device (a ring); None: every captured step
+
+    @property
+    def slots(self) -> int:
+        n = len(self.layout.steps)
+        return n if self.buffers is None else max(1, min(int(self.buffers), n))
+
+    @property
+    def device_bytes(self) -> int:
+        """What the store takes on the device: the whole capture, or its ring of step slots."""
+        return _slots_bytes(self.layout, self.slots)
 
     @property
     def fits(self) -> bool:
-        return self.budget_bytes is None or self.layout.bytes <= self.budget_bytes
+        return self.budget_bytes is None or self.device_bytes <= self.budget_bytes
 
     def describe(self) -> str:
         lay = self.layout
@@ -49,6 +60,10 @@ class MemoryPlan:
         shape = f"[{len(lay.steps)} steps, {len(lay.blocks)} blocks, {heads} heads, {len(lay.tokens)} tokens, {f}x{h}x{w}]"
         extra = f" + unconditional pass ({len(lay.uncond_tokens)} tokens)" if lay.uncond_tokens else ""
         budget = "no limit" if self.budget_bytes is None else f"{self.budget_bytes / GiB:.2f} GiB available"
+        if self.slots < len(lay.steps):  # the rest goes to the bundle as each step finishes
+            held = (f"; {self.slots} step buffers = {self.device_bytes / GiB:.2f} GiB on {self.where}, "
+                    f"each step copied to the bundle and its buffer reused ({budget}; --keep-on-device keeps all)")
+            return f"capture {shape}{extra} float16 = {lay.bytes / GiB:.2f} GiB{held}"
         return f"capture {shape}{extra} float16 = {lay.bytes / GiB:.2f} GiB on {self.where} ({budget})"
 
     def suggestions(self) -> list[str]:
@@ -58,21 +73,30 @@ class MemoryPlan:
             return []
         lay, budget = self.layout, self.budget_bytes
         n_steps = max(lay.steps) + 1
+        size = lambda la: _slots_bytes(la, min(self.slots, len(la.steps)))  # noqa: E731
         variants = [("", {})]
+        if self.slots > 1:
+            for k in range(self.slots - 1, 0, -1):
+                if _slots_bytes(lay, k) <= budget:
+                    return [f"--step-buffers {k}"] + [t for t in self._reductions(budget, size, n_steps, variants)]
+        return self._reductions(budget, size, n_steps, variants)
+
+    def _reductions(self, budget, size, n_steps, variants) -> list[str]:
+        lay = self.layout
         if not lay.head_mean:
             variants.append(("--heads mean ", {"heads": 1, "head_mean": True}))
         out = []
         for prefix, heads in variants:
-            if heads and replace(lay, **heads).bytes <= budget:
+            if heads and size(replace(lay, **heads)) <= budget:
                 out.append(prefix.strip())
                 continue  # the mean of heads alone fits: no need to drop steps or blocks too
             for k in range(2, n_steps + 1):
                 steps = indices.parse(f"every:{k}", n_steps, "--capture-steps")
-                if replace(lay, steps=steps, **heads).bytes <= budget:
+                if size(replace(lay, steps=steps, **heads)) <= budget:
                     out.append(f"{prefix}--capture-steps every:{k}")
                     break
             for n in range(len(lay.blocks) - 1, 0, -1):
-                if replace(lay, blocks=lay.blocks[:n], **heads).bytes <= budget:
+                if size(replace(lay, blocks=lay.blocks[:n], **heads)) <= budget:
                     out.append(f"{prefix}--blocks {index_ranges(lay.blocks[:n])}")
                     break
         per_token = replace(lay, tokens=[0], uncond_tokens=[]).bytes - replace(lay, tokens=[], uncond_tokens=[]).bytes
@@ -83,6 +107,12 @@ class MemoryPlan:
         if not self.fits:
             tips = "\n  ".join(self.suggestions())
             raise PaikError(f"{self.describe()}: does not fit.\nCapture less, for example:\n  {tips}")
+
+
+def _slots_bytes(layout: Layout, slots: int) -> int:
+    """Bytes of ``slots`` step slots of ``layout`` (every step is the same size)."""
+    n = len(layout.steps)
+    return layout.bytes if slots >= n else layout.bytes // n * slots
 
 
 def estimate_working_bytes(positions: int, dim: int, ffn_dim: int, height: int, width: int) -> int:

@@ -13,6 +13,10 @@ and tokens are the captured subsets, listed in :class:`Layout`. Video positions 
 
 from __future__ import annotations
 
+import queue
+import time
+from typing import Callable
+
 import torch
 
 from paik.errors import PaikError
@@ -20,13 +24,23 @@ from paik.capture.layout import GiB, Layout
 
 
 class CaptureStore:
-    """Preallocated maps for one generation, on ``device`` (the GPU when there is one)."""
+    """Preallocated maps for one generation, on ``device`` (the GPU when there is one).
 
-    def __init__(self, layout: Layout, device: torch.device | str):
+    ``buffers``: None keeps every captured step (what the live engine and the library's
+    ``select`` read). A number K < the captured steps makes a ring of K step slots instead: a
+    step takes a free slot when it begins (:meth:`acquire`, waiting while all K are taken) and
+    gives it back only once the bundle writer has copied it off (:meth:`release`, from the
+    writer thread), so a slot is never overwritten while its copy is pending. ``step_slot``
+    then names only the steps that currently own a slot."""
+
+    def __init__(self, layout: Layout, device: torch.device | str, buffers: int | None = None):
         self.layout = layout
         self.device = torch.device(device)
         lay = layout
-        s, b, h = len(lay.steps), len(lay.blocks), lay.heads
+        n_steps = len(lay.steps)
+        self.slots = n_steps if buffers is None else max(1, min(int(buffers), n_steps))
+        self.ring = self.slots < n_steps
+        s, b, h = self.slots, len(lay.blocks), lay.heads
         f, hh, ww = lay.latent
         try:
             self.maps = torch.zeros(s, b, h, len(lay.tokens), f, hh, ww, dtype=torch.float16, device=self.device)
@@ -42,8 +56,56 @@ class CaptureStore:
                 f"the capture store ({lay.bytes / GiB:.2f} GiB) does not fit on {self.device}; "
                 "capture less: --heads mean, --steps every:N, --blocks A-B, or fewer --tokens"
             ) from None
-        self.step_slot = {step: i for i, step in enumerate(lay.steps)}
         self.block_slot = {block: i for i, block in enumerate(lay.blocks)}
+        self._captured = set(lay.steps)
+        if self.ring:
+            self.step_slot: dict[int, int] = {}
+            self._free: queue.Queue[int] = queue.Queue()
+            for i in range(self.slots):
+                self._free.put(i)
+            self._released: queue.Queue[int] = queue.Queue()  # steps given back by the writer thread
+        else:
+            self.step_slot = {step: i for i, step in enumerate(lay.steps)}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.maps, self.padding, self.maps_uncond,
+                                                           self.padding_uncond) if t is not None)
+
+    def acquire(self, step: int, check: Callable[[float], None] | None = None) -> None:
+        """Give ``step`` a slot (ring only; a no-op for a step already placed or not captured).
+        Waits for the writer to release one; ``check(since)`` is called while waiting, to raise
+        when the writer has failed or stalled, so the wait is never endless."""
+        if not self.ring or step not in self._captured or step in self.step_slot:
+            return
+        since = time.monotonic()
+        while True:
+            self._drop_released()
+            try:
+                slot = self._free.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if check is not None:
+                    check(since)
+        self._drop_released()
+        self.step_slot[step] = slot
+
+    def release(self, step: int) -> None:
+        """The writer has its own copy of ``step``: its slot may be reused (any thread)."""
+        if not self.ring:
+            return
+        slot = self.step_slot.get(step)
+        if slot is None:
+            return
+        self._released.put(step)  # step_slot is edited on the generation thread only
+        self._free.put(slot)
+
+    def _drop_released(self) -> None:
+        while True:
+            try:
+                self.step_slot.pop(self._released.get_nowait(), None)
+            except queue.Empty:
+                return
 
 
 class Recorder:
@@ -72,6 +134,7 @@ class Recorder:
         self.outputs: dict[str, torch.Tensor] = {}  # this step's noise predictions by pass
         self.sample: torch.Tensor | None = None  # the latent the step started from
         self.experts: dict[int, str] = {}  # step -> expert that made it
+        self.wait_check: Callable[[float], None] | None = None  # raises if a ring slot never comes back
 
     # -- called by the capture's pass hook ---------------------------------------------------
     def begin_pass(self, name, step, sigma, expert, sample):
@@ -84,6 +147,7 @@ class Recorder:
                 step = max(self._counted_step - 1, 0)
         if step != self.step:
             self.outputs = {}
+            self.store.acquire(step, self.wait_check)
         self.pass_name, self.step, self.sigma, self.expert = name, step, sigma, expert
         self.experts[step] = expert
         if name == "cond":

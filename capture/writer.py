@@ -139,10 +139,18 @@ class BundleWriter:
         self._thread = threading.Thread(target=self._run, name="paik-bundle-writer", daemon=True)
         self._thread.start()
 
-    def add_step(self, info: dict, tensors: dict[str, torch.Tensor]) -> None:
+    def add_step(self, info: dict, tensors: dict[str, torch.Tensor], release: Callable[[], None] | None = None) -> None:
         """Queue one finished step. ``tensors`` may live on the GPU and must not be modified
-        afterwards (store slices are not; temporaries are kept alive until copied)."""
-        self._raise_if_failed()
+        until copied: store slices of an all-resident store never are; a ring store's slot is
+        given back through ``release``, which the writer thread calls only once its copy is
+        complete (the CUDA copy's event has fired, or the CPU tensors are on disk), on every
+        path, failures included."""
+        try:
+            self._raise_if_failed()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         event = None
         host = {}
         cuda = [t for t in tensors.values() if t.is_cuda]
@@ -163,7 +171,7 @@ class BundleWriter:
                 event.record(self._stream)
         else:
             host = {k: t.detach().contiguous() for k, t in tensors.items()}
-        self._put(("step", info, host, event))
+        self._put(("step", info, host, (event, release)))
 
     def update(self, **fields) -> None:
         """Set top-level manifest fields (written with the next step or at close)."""
@@ -204,6 +212,12 @@ class BundleWriter:
             raise PaikError(f"writing the bundle {self.path} failed: {describe_write_error(self._error)}; "
                             f"it keeps its {len(self.manifest['steps'])} finished steps")
 
+    def check_waiting(self, since: float) -> None:
+        """For a generation thread waiting on the writer (a ring store's free slot): raise if
+        the writer has failed, or shown no progress for ``stall_s`` since ``since``."""
+        self._raise_if_failed()
+        self._check_stall(since)
+
     def _raise_if_failed(self):
         if self._error is not None:
             raise PaikError(f"writing the bundle {self.path} failed: {describe_write_error(self._error)}; "
@@ -229,19 +243,24 @@ class BundleWriter:
             if kind == "update":
                 self.manifest.update(info)
                 continue
-            if self._error is not None:
-                continue  # drain without writing: the run is ending
+            event, release = event
             try:
-                self._write_step(info, host, event)
+                if event is not None:
+                    event.synchronize()  # the device -> pinned host copy is complete
+                    if release is not None:  # the slot may be reused while the disk works
+                        release, give_back = None, release
+                        give_back()
+                if self._error is None:  # else drain without writing: the run is ending
+                    self._write_step(info, host)
             except BaseException as e:  # reported on the generation thread at its next call
                 self._error = e
             finally:
                 host = None  # release the pinned buffers now, not at the next step
+                if release is not None:  # CPU tensors are the slot itself: given back once on disk
+                    release()
                 self._tick()
 
-    def _write_step(self, info: dict, host: dict, event) -> None:
-        if event is not None:
-            event.synchronize()
+    def _write_step(self, info: dict, host: dict) -> None:
         t0 = time.perf_counter()
         rel = STEP_FILE.format(info["index"])
         target = self.path / rel

@@ -76,6 +76,14 @@ def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
                    help="where maps are reduced (auto: CUDA when torch sees one)")
 
 
+def add_resident_flag(ap: argparse.ArgumentParser, default: str = "auto") -> None:
+    ap.add_argument("--resident", choices=("auto", "on", "off"), default=default,
+                    help="bring a bundle's whole capture onto the device in the background (progress on stderr) "
+                         "when the memory plan says it fits, for it and every /paik/load; it streams from disk "
+                         f"meanwhile, and for good when it does not fit. auto: on the GPU when there is one; on: the "
+                         f"GPU, else host memory; off: always stream (default {default})")
+
+
 def _check_look(args) -> None:
     """The look flags that need no bundle: checked before anything is opened or loaded."""
     from paik.instrument.render import colormaps
@@ -163,7 +171,11 @@ def cmd_play(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends the show cleanly
     # keys, OSC, MIDI and the console all reach the bank through ctl.live (instrument/live.py)
+    from paik.instrument.render.resident import resident_device
+
     with Control.from_args(args, src, p) as ctl:
+        ctl.live.resident = resident_device(args.resident, args.device)
+        ctl.live.bring_resident(src)
         if args.headless:
             from paik.instrument.render.headless import play_headless
 
@@ -369,6 +381,7 @@ def register(sub, bench) -> None:
     ap.add_argument("--seconds", type=float, help="stop after this many seconds (default: until the window is "
                     "closed, or Ctrl-C)")
     ap.add_argument("--fixed-step", action="store_true", help=argparse.SUPPRESS)  # tests: frame/fps clock, no sleep
+    add_resident_flag(ap)
     from paik.instrument.control.hub import add_flags
     from paik.instrument.outputs import add_play_flags
 

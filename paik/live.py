@@ -53,7 +53,7 @@ def add_generation_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def register(sub, bench) -> None:
-    from paik.instrument.cli import _look_flags, _size
+    from paik.instrument.cli import _look_flags, _size, add_resident_flag
     from paik.instrument.control.hub import add_flags
     from paik.instrument.control.params import VIEWS
     from paik.instrument.outputs import add_play_flags
@@ -77,6 +77,7 @@ def register(sub, bench) -> None:
     ap.add_argument("--no-follow", action="store_true",
                     help="keep playing the current take while a new one forms (default: show its newest step)")
     add_generation_flags(ap)
+    add_resident_flag(ap, "on")  # a live instrument keeps its maps where the renderer reads them
     add_play_flags(ap)
     _look_flags(ap)
     add_flags(ap)
@@ -88,7 +89,10 @@ def register(sub, bench) -> None:
         description="(a) /paik/generate to the first rendered frame showing the take's first map; (b) the render "
                     "loop at --size@--rate while a take generates: late frames and p99 interval; (c) the take's "
                     "time inside the engine vs the plain WanPipeline call at the same settings; (d) a capture "
-                    "played while every parameter moves at --rate: worst frame interval, p99 OSC-to-frame.")
+                    "played while every parameter moves at --rate: worst frame interval, p99 OSC-to-frame (a --bundle, "
+                    "else an in-memory synthetic capture of --synthetic layout); (e) offline 'paik generate' (bundle "
+                    "writing included, model loading excluded) vs the plain WanPipeline call plus an MP4 export, "
+                    "with the GPU peak memory of each.")
     b.add_argument("--model", "-m", default="tiny", help="model (a full-size random folder on the GPU machine)")
     b.add_argument("--prompt", default=DEFAULT_PROMPT)
     b.add_argument("--steps", type=int, default=None)
@@ -101,7 +105,12 @@ def register(sub, bench) -> None:
     b.add_argument("--size", type=_size, default=(1920, 1080), help="render size")
     b.add_argument("--rate", type=float, default=60.0, help="frames (and parameter moves) per second")
     b.add_argument("--seconds", type=float, default=10.0, help="seconds of (d)")
-    b.add_argument("--parts", default="a,b,c,d", help="which parts to run")
+    b.add_argument("--parts", default="a,b,c,d,e", help="which parts to run")
+    b.add_argument("--bundle", default=None, help="(d): play this capture (brought onto the device when it fits)")
+    b.add_argument("--synthetic", default="25x30x12x32", metavar="SxBxHxT",
+                   help="(d) without --bundle: steps x blocks x heads x tokens of the synthetic capture (the paper's)")
+    b.add_argument("--latent", default="16x30x52", metavar="FxHxW", help="(d): the synthetic capture's token grid")
+    b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.set_defaults(func=cmd_bench_live)
 
@@ -146,7 +155,7 @@ def cmd_live(args) -> int:
     from paik.instrument.control.params import Command
     from paik.instrument.control.takes import EngineLive
     from paik.instrument.outputs.live import from_args, report
-    from paik.instrument.render.resident import ResidentSource, blank_take
+    from paik.instrument.render.resident import ResidentSource, blank_take, resident_device
     from paik.instrument.render.source import Source
 
     outputs = from_args(args, args.size)  # flag errors before any model or GL
@@ -178,10 +187,11 @@ def cmd_live(args) -> int:
     sys.setswitchinterval(0.0005)
     try:
         with Control.from_args(args, src, p, lambda s, q, sc, **kw: EngineLive(s, q, engine, TakeRequest, sc, **kw)) as ctl:
+            ctl.live.resident = resident_device(args.resident, args.device)
             if not args.bundle:
                 ctl.live.put(Command("generate", "start", {}, "live"))
             else:
-                _load_resident(ctl.live, src, defaults.device or ("cuda" if _cuda() else "cpu"))
+                ctl.live.bring_resident(src)
             if args.headless:
                 from paik.instrument.render.headless import play_headless
 
@@ -198,44 +208,6 @@ def cmd_live(args) -> int:
         if temporary:
             shutil.rmtree(takes, ignore_errors=True)
     return report(outputs) or rc
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _load_resident(live, src, device) -> None:
-    """Bring the starting bundle's whole capture onto ``device`` on a thread when it fits (it plays
-    from disk meanwhile, and for good when it does not fit), with progress on stderr."""
-    import threading
-
-    from paik.instrument.render.resident import ResidentSource, fits_on, load_resident
-
-    lay = src.bundle.layout
-    nbytes = len(src.bundle.step_indices) * len(lay.blocks) * lay.heads * len(lay.tokens) * lay.positions * 2
-    if not fits_on(device, nbytes):
-        print(f"paik: {src.bundle.path} ({nbytes / 1024**3:.2f} GiB of maps) does not fit on {device} beside the "
-              "model: playing it from disk", file=sys.stderr, flush=True)
-        return
-
-    def progress(done, total):
-        if done == total or done % max(1, total // 10) == 0:
-            print(f"paik: loading {src.bundle.path.name} onto {device}: {done}/{total} steps", file=sys.stderr,
-                  flush=True)
-
-    def work():
-        try:
-            take = load_resident(src.bundle, device, progress)
-            if live.src is src:  # a take or a load that came first wins
-                live._pending_src = ResidentSource(take)
-        except PaikError as e:
-            live.error(str(e), kind="load")
-        except Exception as e:  # playing from disk goes on
-            live.error(f"loading {src.bundle.path} onto {device}: {type(e).__name__}: {e}", kind="load")
-
-    threading.Thread(target=work, name="paik-resident-load", daemon=True).start()
 
 
 def cmd_bench_live(args) -> int:

@@ -6,7 +6,12 @@
     the engine (capture, previews, bundle writing and video export included) against the plain
     ``WanPipeline`` call at the same settings, no capture; (d) the finished take played while
     every parameter moves at --rate over OSC (token through every word, view through every view,
-    step and block faders sweeping the whole range): worst frame interval, p99 OSC-to-frame.
+    step and block faders sweeping the whole range): worst frame interval, p99 OSC-to-frame. The
+    capture is ``--bundle`` (brought onto the device when it fits) or, without one, a synthetic
+    capture of the paper's layout (25 steps x 30 blocks x 12 heads x 32 tokens at 16x30x52, 13.4
+    GiB) made in device memory; (e) offline ``paik generate`` (capture, previews, the bundle written
+    with --step-buffers, the MP4; model loading excluded) against the plain ``WanPipeline`` call plus
+    an MP4 export, and the GPU peak memory of each.
 
 Runs on a CPU at a tiny size too (``--model tiny``); the numbers that matter come from a GPU.
 """
@@ -28,6 +33,110 @@ def _pct(xs, q):
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
+def _dims(text: str, n: int, flag: str) -> tuple[int, ...]:
+    from paik.errors import PaikError
+
+    try:
+        out = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        out = ()
+    if len(out) != n or min(out) < 1:
+        raise PaikError(f"{flag} {text!r}: expected {n} positive numbers joined by x")
+    return out
+
+
+def synthetic_take(steps: int, blocks: int, heads: int, tokens: int, latent, device: str):
+    """A finished LiveTake of random maps made where they are played (no host copy of 13 GiB)."""
+    import torch
+
+    from paik.capture.layout import Layout
+    from paik.instrument.render.resident import LiveTake
+
+    layout = Layout(steps=list(range(steps)), blocks=list(range(blocks)), heads=heads, head_mean=False,
+                    n_heads=heads, tokens=list(range(tokens)), latent=tuple(latent), n_real=tokens, seq_len=512)
+    f, h, w = latent
+    table = [dict(index=i, id=i, piece=f"▁w{i}", word=f"w{i}", word_index=i, special=False) for i in range(tokens)]
+    manifest = {"layout": layout.to_json(), "tokens": table, "prompt": " ".join(t["word"] for t in table),
+                "settings": {"frames": (f - 1) * 4 + 1, "width": w * 16, "height": h * 16, "fps": 16,
+                             "steps": steps}}
+    g = torch.Generator(device).manual_seed(0)
+    maps = torch.empty((steps, blocks, heads, tokens, f, h, w), dtype=torch.float16, device=device)
+    for s in range(steps):  # a step at a time: no float32 temporary of the whole capture
+        maps[s] = torch.rand(maps.shape[1:], generator=g, device=device).to(torch.float16) / tokens
+    take = LiveTake("<synthetic capture>", manifest, maps)
+    for s in range(steps):
+        take.add_step(s)
+    take.finish(None)
+    return take
+
+
+def _d_source(args, device: str):
+    """(d)'s capture: --bundle, resident when it fits (else streamed), or the synthetic one."""
+    from paik.capture.bundle import open_bundle
+    from paik.instrument.render.resident import ResidentSource, fits_on, load_resident, resident_bytes
+    from paik.instrument.render.source import Source
+
+    if args.bundle:
+        bundle = open_bundle(args.bundle)
+        if fits_on(device, resident_bytes(bundle)):
+            return ResidentSource(load_resident(bundle, device)), f"{bundle.path} (resident on {device})"
+        return Source(bundle, device if device != "cpu" else "auto"), f"{bundle.path} (streamed from disk)"
+    s, b, h, t = _dims(args.synthetic, 4, "--synthetic")
+    latent = _dims(args.latent, 3, "--latent")
+    take = synthetic_take(s, b, h, t, latent, device)
+    return ResidentSource(take), f"synthetic {s}x{b}x{h}x{t} at {'x'.join(map(str, latent))} on {device}"
+
+
+def offline(args, loaded, results: dict) -> None:
+    """(e): ``paik generate`` as the CLI runs it, against the plain pipeline call and an MP4."""
+    import shutil
+
+    import torch
+
+    from paik.capture.generate import GenerateOptions, generate
+    from paik.capture.tokens import split_token_list
+    from paik.video import write_mp4
+
+    pipe, info, device = loaded
+    cuda = str(device).startswith("cuda")
+    work = Path(tempfile.mkdtemp(prefix="paik-bench-offline-"))
+
+    def measure(fn):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return round(time.perf_counter() - t0, 3), (torch.cuda.max_memory_allocated() if cuda else None)
+
+    opts = GenerateOptions(prompt=args.prompt, out=str(work / "take"), model=args.model, steps=args.steps,
+                           frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
+                           tokens=split_token_list(args.tokens) if args.tokens else [], quiet=True,
+                           step_buffers=args.step_buffers, overwrite=True)
+    try:
+        gen_s, gen_peak = measure(lambda: generate(opts, loaded=loaded))
+        s = json.loads((work / "take" / "manifest.json").read_text())["settings"]
+
+        def plain():
+            with torch.inference_mode():
+                out = pipe(prompt=args.prompt, height=s["height"], width=s["width"], num_frames=s["frames"],
+                           num_inference_steps=s["steps"], guidance_scale=s["guidance"],
+                           generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+            write_mp4(work / "plain.mp4", out.frames[0], s["fps"])
+
+        plain_s, plain_peak = measure(plain)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results.update(e_generate_s=gen_s, e_plain_pipeline_mp4_s=plain_s, e_ratio=gen_s / plain_s,
+                   e_step_buffers=args.step_buffers, e_settings=[s["steps"], s["frames"], s["height"], s["width"]])
+    if cuda:
+        results.update(e_generate_peak_gib=gen_peak / 1024**3, e_plain_peak_gib=plain_peak / 1024**3,
+                       e_extra_gib=(gen_peak - plain_peak) / 1024**3)
+
+
 def main(args) -> int:
     import torch
     from pythonosc.osc_message_builder import OscMessageBuilder
@@ -38,6 +147,7 @@ def main(args) -> int:
     from paik.capture.tokens import split_token_list
     from paik.instrument.control.osc import OscServer
     from paik.instrument.control.params import VIEWS, Params
+    from paik.instrument.control.live import Live
     from paik.instrument.control.takes import EngineLive
     from paik.instrument.render import colormaps
     from paik.instrument.render.headless import Offscreen, egl_context
@@ -46,20 +156,24 @@ def main(args) -> int:
 
     parts = set(args.parts.split(","))
     period = 1.0 / args.rate
-    loaded = load_pipeline(args.model, args.dtype)
-    pipe, info, device = loaded
+    engine = loaded = None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if parts & {"a", "b", "c", "e"}:
+        loaded = load_pipeline(args.model, args.dtype)
+        pipe, info, device = loaded
     tokens = split_token_list(args.tokens) if args.tokens else []
     opts = GenerateOptions(prompt=args.prompt, out="", model=args.model, steps=args.steps, frames=args.frames,
                            height=args.height, width=args.width, guidance=args.guidance, tokens=tokens, quiet=True)
     takes = tempfile.mkdtemp(prefix="paik-bench-live-")
-    engine = Engine(loaded, opts, takes)
+    if parts & {"a", "b", "c"}:
+        engine = Engine(loaded, opts, takes)
     src = ResidentSource(blank_take())
     p = Params().bind(1, 1, 1, 1, colormaps.available())
     p.smooth, p.prompt, p.guidance, p.steps = 0.0, args.prompt, args.guidance, args.steps or 0
     p.frames = args.frames or 0
     p.size = f"{args.width}x{args.height}" if args.width else ""
     p.tokens = args.tokens or ""
-    live = EngineLive(src, p, engine, TakeRequest)
+    live = EngineLive(src, p, engine, TakeRequest) if engine is not None else Live(src, p)
     osc = OscServer(live, "127.0.0.1", 0).start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dest = ("127.0.0.1", osc.port)
@@ -74,16 +188,15 @@ def main(args) -> int:
     gl = f"{ctx.info['GL_RENDERER']}"
     off = Offscreen(ctx, tuple(args.size))
     renderer = Renderer(ctx, live.src, asynchronous=True)
-    results: dict = {"model": info.id, "device": str(device), "gl": gl, "size": list(args.size), "rate": args.rate,
+    results: dict = {"model": info.id if loaded else None, "device": str(device), "gl": gl, "size": list(args.size), "rate": args.rate,
                      "gpu": torch.cuda.get_device_name() if str(device).startswith("cuda") else None}
 
     def frame(now):
         nonlocal renderer
         q = live.update(now)
         if renderer.src is not live.src:
-            if renderer.selector is not None:
-                renderer.selector.close()
-            renderer = Renderer(ctx, live.src, asynchronous=True)
+            old, renderer = renderer, Renderer(ctx, live.src, asynchronous=True)
+            old.release()  # its selector thread and GL objects: a 13 GiB capture's reducer goes with it
         off.use()
         renderer.draw(q, q.time, (0, 0, *args.size), gap=2.0)
         ctx.finish()
@@ -150,7 +263,9 @@ def main(args) -> int:
             results["c_plain_pipeline_s"] = round(time.perf_counter() - t0, 3)
             if results.get("c_take_in_live_s"):
                 results["c_ratio"] = results["c_take_in_live_s"] / results["c_plain_pipeline_s"]
-        if "d" in parts and isinstance(live.src, ResidentSource) and live.src.dims.n_steps > 1:
+        if "d" in parts:
+            live._pending_src, results["d_capture"] = _d_source(args, str(device))
+            frame(time.perf_counter())  # swapped in; its first selection computed
             d = live.src.dims
             n_words = len(live.src.words)
             sent: dict[int, float] = {}
@@ -181,8 +296,13 @@ def main(args) -> int:
             results["d_late_over_two_periods"] = int(sum(x > 2 * period for x in intervals))
             results["d_p99_osc_to_frame_ms"] = _pct(lat, 99) * 1e3
             results["d_steps_blocks"] = [d.n_steps, d.n_blocks]
+            live._pending_src = ResidentSource(blank_take())  # (e) needs the device memory back
+            frame(time.perf_counter())
+        if "e" in parts:
+            offline(args, loaded, results)
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         osc.stop()
         client.close()
         off.release()
@@ -198,9 +318,16 @@ def main(args) -> int:
         ("c  ratio", results.get("c_ratio"), "x"),
         ("d  worst frame interval, all parameters moving", results.get("d_worst_interval_ms"), "ms"),
         ("d  p99 OSC -> frame", results.get("d_p99_osc_to_frame_ms"), "ms"),
+        ("e  offline paik generate", results.get("e_generate_s"), "s"),
+        ("e  plain WanPipeline call + MP4", results.get("e_plain_pipeline_mp4_s"), "s"),
+        ("e  ratio", results.get("e_ratio"), "x"),
+        ("e  GPU peak, paik generate", results.get("e_generate_peak_gib"), "GiB"),
+        ("e  GPU peak, plain call", results.get("e_plain_peak_gib"), "GiB"),
+        ("e  extra GPU memory", results.get("e_extra_gib"), "GiB"),
     ]
     print(f"paik bench live: {results['model']} on {results['device']}, GL {gl}, "
-          f"{args.size[0]}x{args.size[1]} @ {args.rate:g} Hz")
+          f"{args.size[0]}x{args.size[1]} @ {args.rate:g} Hz" + (f"; (d) {results['d_capture']}"
+                                                                 if results.get("d_capture") else ""))
     for name, v, unit in rows:
         print(f"{name:<50} {'n/a' if v is None else f'{v:.4g}':>10} {unit}")
     if results.get("errors"):

@@ -99,6 +99,10 @@ class Live:
         self._load_lock = threading.Lock()
         self._load_next: tuple | None = None  # (path, source): the newest request waiting for the loader
         self._loading = False
+        # where loaded bundles are brought whole (resident.load_resident) when they fit; None: they stream
+        self.resident: str | None = None
+        self._resident_stop = threading.Event()
+        self.loading: tuple[str, int, int] | None = None  # (bundle, steps done, total) while one is brought over
         self._touched: set[str] = set()
         self.values: dict = {}
         self._publish(force=True)
@@ -241,6 +245,7 @@ class Live:
         wins), so a flood of loads costs one open at a time, not a thread and a bundle each."""
         with self._load_lock:
             self._load_next = (path, source)
+            self._resident_stop.set()  # a bundle still being brought onto the device gives way
             if self._loading:
                 return
             self._loading = True
@@ -265,7 +270,61 @@ class Live:
             except Exception as e:  # noqa: BLE001 - a broken bundle must not end the show
                 self.error(f"load {path}: {type(e).__name__}: {e}", kind="load", source=source)
                 continue
-            self._pending_src = src  # replaced whole: an unswapped older one is simply dropped
+            with self._load_lock:
+                self._pending_src = src  # replaced whole: an unswapped older one is simply dropped
+            if self.resident is not None:
+                self._bring_resident(src, source)  # streams meanwhile; a newer load stops it
+
+    def bring_resident(self, src, source: str = "") -> None:
+        """Bring ``src``'s whole capture onto :attr:`resident` on a thread (``paik play`` and
+        ``paik live`` with a starting bundle); the bundle streams from disk until then."""
+        if self.resident is not None:
+            threading.Thread(target=self._bring_resident, args=(src, source), name="paik-resident-load",
+                             daemon=True).start()
+
+    def _bring_resident(self, src, source: str = "") -> None:
+        """When the memory plan allows, read every step of ``src``'s bundle onto the device and
+        swap a :class:`ResidentSource` over it in between frames. A refusal or a failure is a
+        message; the bundle keeps streaming, as it did."""
+        import sys
+
+        from paik.instrument.render.resident import ResidentSource, fits_on, load_resident, resident_bytes
+
+        bundle = getattr(src, "bundle", None)
+        if isinstance(src, ResidentSource) or bundle is None:
+            return
+        stop = threading.Event()
+        with self._load_lock:
+            self._resident_stop.set()
+            self._resident_stop = stop
+        device, nbytes = self.resident, resident_bytes(bundle)
+        name = bundle.path.name
+        if not fits_on(device, nbytes):
+            print(f"paik: {name} ({nbytes / 1024**3:.2f} GiB of maps) does not fit on {device} beside what is "
+                  "there: playing it from disk", file=sys.stderr, flush=True)
+            return
+
+        def progress(done, total):
+            self.loading = (name, done, total)
+            if done == total or done % max(1, total // 10) == 0:
+                print(f"paik: bringing {name} onto {device}: {done}/{total} steps", file=sys.stderr, flush=True)
+
+        try:
+            take = load_resident(bundle, device, progress, stop)
+        except PaikError as e:
+            self.error(f"load {name}: {e}", kind="load", source=source)
+            return
+        except Exception as e:  # noqa: BLE001 - it plays from disk on
+            self.error(f"load {name} onto {device}: {type(e).__name__}: {e}; playing it from disk", kind="load",
+                       source=source)
+            return
+        finally:
+            self.loading = None
+        with self._load_lock:
+            if stop.is_set():
+                return  # a newer load came: this one is dropped, whole
+            if self._pending_src is src or (self._pending_src is None and self.src is src):
+                self._pending_src = ResidentSource(take)
 
     def _swap_source(self) -> None:
         src, self._pending_src = self._pending_src, None

@@ -210,13 +210,33 @@ def load_resident(bundle: Bundle, device: str, progress=None, stop: threading.Ev
     take = LiveTake(bundle.path, bundle.manifest, maps, {s: i for i, s in enumerate(steps)})
     for i, s in enumerate(steps):
         if stop is not None and stop.is_set():
-            break
+            return take  # partial, never finished: the caller drops it
         maps[i].copy_(torch.from_numpy(np.array(bundle.step_arrays(s)["maps"])))  # one step in host memory at a time
         take.add_step(s, bundle.preview(s))
         if progress is not None:
             progress(i + 1, len(steps))
     take.finish(bundle.video_path, bundle.status)
     return take
+
+
+def resident_bytes(bundle: Bundle) -> int:
+    """What :func:`load_resident` allocates for ``bundle``: its finished steps' maps."""
+    lay = bundle.layout
+    return len(bundle.step_indices) * len(lay.blocks) * lay.heads * len(lay.tokens) * lay.positions * 2
+
+
+def resident_device(choice: str, reduce_device: str = "auto") -> str | None:
+    """``--resident`` auto|on|off -> the device loaded bundles are brought to, or None (they
+    stream from disk). auto: the GPU when there is one, where it pays; on: the GPU, else host
+    memory (the same torch code on the CPU)."""
+    if choice == "off" or reduce_device == "cpu" and choice == "auto":
+        return None
+    import torch
+
+    cuda = torch.cuda.is_available() and reduce_device != "cpu"
+    if choice == "auto" and not cuda:
+        return None
+    return "cuda" if cuda else "cpu"
 
 
 def fits_on(device: str, nbytes: int, reserve: int = 2 * 1024**3) -> bool:

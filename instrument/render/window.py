@@ -191,7 +191,8 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
         if problems:
             overlay.draw("error", "\n".join(x for x in problems if x)[:2000], (fw, fh), "top-right",
                          color=(255, 90, 90, 255))
-        if live.snapshots:
+        # a snapshot shows what was asked: with the selection still computing it waits for a later frame
+        if live.snapshots and (renderer.selector is None or renderer.selector.settled):
             try:
                 live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
                                                     np.uint8).reshape(fh, fw, 3)[::-1].copy())
