@@ -106,6 +106,8 @@ def register(sub, bench) -> None:
     b.add_argument("--rate", type=float, default=60.0, help="frames (and parameter moves) per second")
     b.add_argument("--seconds", type=float, default=10.0, help="seconds of (d)")
     b.add_argument("--parts", default="a,b,c,d,e", help="which parts to run")
+    b.add_argument("--cold", action="store_true",
+                   help="(a): measure the very first take after loading, without the warm-up take paik live makes")
     b.add_argument("--bundle", default=None, help="(d): play this capture (brought onto the device when it fits)")
     b.add_argument("--synthetic", default="25x30x12x32", metavar="SxBxHxT",
                    help="(d) without --bundle: steps x blocks x heads x tokens of the synthetic capture (the paper's)")
