@@ -20,21 +20,30 @@ from paik.capture.layout import GiB, Layout
 
 
 class CaptureStore:
-    """Preallocated maps for one generation, on ``device`` (the GPU when there is one)."""
+    """Preallocated maps for one generation, on ``device`` (the GPU when there is one).
 
-    def __init__(self, layout: Layout, device: torch.device | str):
+    ``rank``: with a sharded layout (context parallelism, paik.capture.parallel) the store holds
+    only that rank's positions ``layout.shards[rank]``, flat: maps [step, block, head, token, n]."""
+
+    def __init__(self, layout: Layout, device: torch.device | str, rank: int | None = None):
         self.layout = layout
         self.device = torch.device(device)
         lay = layout
         s, b, h = len(lay.steps), len(lay.blocks), lay.heads
-        f, hh, ww = lay.latent
+        self.shard = None
+        if lay.shards:
+            if rank is None or not 0 <= rank < len(lay.shards):
+                raise ValueError(f"a sharded layout needs the rank (0..{len(lay.shards) - 1}), not {rank!r}")
+            self.shard = tuple(lay.shards[rank])
+        self.positions = lay.positions if self.shard is None else self.shard[1] - self.shard[0]
+        grid = tuple(lay.latent) if self.shard is None else (self.positions,)
         try:
-            self.maps = torch.zeros(s, b, h, len(lay.tokens), f, hh, ww, dtype=torch.float16, device=self.device)
-            self.padding = torch.zeros(s, b, h, f, hh, ww, dtype=torch.float16, device=self.device)
+            self.maps = torch.zeros(s, b, h, len(lay.tokens), *grid, dtype=torch.float16, device=self.device)
+            self.padding = torch.zeros(s, b, h, *grid, dtype=torch.float16, device=self.device)
             self.maps_uncond = self.padding_uncond = None
             if lay.uncond_tokens:
                 self.maps_uncond = torch.zeros(
-                    s, b, h, len(lay.uncond_tokens), f, hh, ww, dtype=torch.float16, device=self.device
+                    s, b, h, len(lay.uncond_tokens), *grid, dtype=torch.float16, device=self.device
                 )
                 self.padding_uncond = torch.zeros_like(self.padding)
         except torch.OutOfMemoryError:
@@ -109,7 +118,7 @@ class Recorder:
         if slot is None or b is None:
             return None
         lay = st.layout
-        n = lay.positions
+        n = st.positions  # this rank's positions under context parallelism: what attn2 sees
         if self.pass_name == "cond":
             maps, pad, index = st.maps, st.padding, self.token_index
         elif self.pass_name == "uncond" and self.capture_uncond:
