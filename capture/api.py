@@ -72,7 +72,7 @@ def capture_attention(model, tokens: str | Sequence[str] | None = None, *, steps
                       grid: tuple[int, int, int] | None = None, device=None, max_sequence_length: int = 512,
                       manifest: dict | None = None,
                       step_extras: Callable[["Capture", int], dict] | None = None,
-                      buffers: int | None = None) -> "Capture":
+                      buffers: int | None = None, shard: tuple[int, int] | None = None) -> "Capture":
     """Capture cross-attention maps while the ``with`` block runs the pipeline (see the module
     docstring). ``model``: a Wan pipeline (both experts of Wan2.2 A14B are captured) or a bare
     ``WanTransformer3DModel``. ``tokens``: words/phrases (``["kiss", "soccer ball", "eos"]`` or
@@ -80,12 +80,19 @@ def capture_attention(model, tokens: str | Sequence[str] | None = None, *, steps
     (default: what fits beside the model). ``manifest``: extra top-level manifest fields for the
     bundle; ``step_extras(cap, step)``: extra tensors written with each captured step.
     ``buffers``: with ``out``, keep only this many steps on the device (a ring reused once each
-    step is copied to the bundle; read the maps back with ``open_bundle``); None keeps them all."""
+    step is copied to the bundle; read the maps back with ``open_bundle``); None keeps them all.
+
+    ``shard=(rank, world)``: under diffusers' context parallelism (``transformer.enable_parallelism``,
+    torch.distributed initialized; see :mod:`paik.capture.parallel`) each rank's cross-attention sees
+    only its own positions: the capture stores just those, and with ``out`` every rank writes its
+    own step files into the one bundle, which readers open as one capture. Every rank must open the
+    capture (rank 0 prepares the folder; the others wait for it), and :meth:`Capture.select` is
+    then collective: every rank calls it and gets the whole map."""
     return Capture(model, tokens, steps=steps, blocks=blocks, heads=heads, uncond=uncond, out=out, max_gb=max_gb,
                    overwrite=overwrite, prompt=prompt, negative_prompt=negative_prompt, tokenizer=tokenizer,
                    n_tokens=n_tokens, num_steps=num_steps, grid=grid, device=device,
                    max_sequence_length=max_sequence_length, manifest=manifest, step_extras=step_extras,
-                   buffers=buffers)
+                   buffers=buffers, shard=shard)
 
 
 def _spec(value, name: str) -> str:
@@ -128,8 +135,11 @@ class Capture:
     def __init__(self, model, tokens=None, *, steps="all", blocks="all", heads="all", uncond=False, out=None,
                  max_gb=None, overwrite=False, prompt=None, negative_prompt=None, tokenizer=None, n_tokens=None,
                  num_steps=None, grid=None, device=None, max_sequence_length=512, manifest=None, step_extras=None,
-                 buffers=None):
+                 buffers=None, shard=None):
         compat.check()
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise PaikError(f"shard={shard!r}: expected (rank, world) with 0 <= rank < world")
         self.pipe, self._experts = _experts(model)
         self._check_free()
         if isinstance(tokens, str):
@@ -315,6 +325,15 @@ class Capture:
                                      heads=self._heads, n_steps=n_steps, n_layers=self._n_layers,
                                      n_heads=self._n_heads, latent=grid, seq_len=self._msl, neg_table=neg,
                                      uncond=self.uncond)
+        if self.shard is not None:
+            from paik.capture.layout import equal_shards
+
+            world = self.shard[1]
+            if layout.positions % world:
+                raise PaikError(f"context parallelism splits the {layout.positions:,} video positions "
+                                f"({' x '.join(map(str, grid))}) evenly: {world} processes do not divide them; "
+                                "choose another --parallel or video size")
+            layout.shards = equal_shards(layout.positions, world)
         device = torch.device(device)
         working = 0
         if device.type == "cuda" and self._max_gb is None:
@@ -325,7 +344,7 @@ class Capture:
                                              c.ffn_dim, h, w)
         self.plan = MemoryPlan(layout, memory_budget(device, self._max_gb, working), str(device), self._buffers)
         self.plan.check()
-        store = CaptureStore(layout, device, self._buffers)
+        store = CaptureStore(layout, device, self._buffers, None if self.shard is None else self.shard[0])
         self.layout, self.tokens, self.uncond_tokens, self.groups = layout, table, neg, groups
         self.store, self.recorder = store, Recorder(store, capture_uncond=self.uncond, n_real_uncond=len(neg) or None)
         for name, t in self._experts:
@@ -334,7 +353,11 @@ class Capture:
                 if hasattr(proc, "recorder"):
                     proc.recorder = self.recorder
         self.manifest = self._manifest(n_steps, device)
-        if self.path is not None:
+        if self.path is not None and self.shard is not None:
+            from paik.capture.parallel import open_rank_writer
+
+            self.writer = open_rank_writer(self.path, self.manifest, self.shard, self._overwrite)
+        elif self.path is not None:
             from paik.capture.writer import BundleWriter
 
             self.writer = BundleWriter(self.path, self.manifest, overwrite=self._overwrite)
@@ -529,8 +552,13 @@ class Capture:
         a = a.index_select(2, ix(heads))
         if not pad:  # sum the phrase's pieces in float32, as the bundle does
             a = a.index_select(3, ix(self.resolve(token, uncond))).float().sum(3)
-        a = a.float().reshape(-1, *lay.latent)
-        return (a.amax(0) if reduce == "max" else a.mean(0)).cpu().numpy()
+        a = a.float().reshape(-1, st.positions)
+        a = a.amax(0) if reduce == "max" else a.mean(0)
+        if st.shard is not None:  # mean and max are per position: reduce here, gather the positions
+            from paik.capture.parallel import gather_positions
+
+            a = gather_positions(a, self.shard[1])
+        return a.reshape(lay.latent).cpu().numpy()
 
 
 def _pick(name: str, value, available: list[int], total: int) -> list[int]:

@@ -34,7 +34,7 @@ import mmap
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -213,6 +213,38 @@ class StepInfo:
     sigma: float | None
     expert: str  # "transformer" or "transformer_2" (Wan2.2's low-noise expert)
     file: str
+    shards: tuple[str, ...] = ()  # a context-parallel capture: every rank's file, rank 0's first
+
+
+class ShardedArray:
+    """One tensor of a sharded step, [..., F', H', W'], over each rank's memory-mapped
+    [..., positions/N] part: indexing the leading axes reads only those parts of each file and
+    joins them on the position axis, so a selection costs what it does on a single-file step."""
+
+    def __init__(self, parts: list[np.ndarray], latent: tuple[int, int, int]):
+        self.parts, self.latent = parts, tuple(latent)
+        self.shape = (*parts[0].shape[:-1], *self.latent)
+        self.dtype, self.ndim = parts[0].dtype, len(self.shape)
+
+    def _join(self, pieces) -> np.ndarray:
+        a = np.concatenate(pieces, axis=-1)
+        return a.reshape(*a.shape[:-1], *self.latent)
+
+    def __getitem__(self, key):
+        lead = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis or k is None for k in lead) or len(lead) > self.ndim - 3:
+            return np.asarray(self)[key]  # reaches into the position axes: join first
+        return self._join([p[key] for p in self.parts])
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._join(self.parts)
+        return a if dtype is None else a.astype(dtype)
+
+    def astype(self, dtype):
+        return np.asarray(self).astype(dtype)
+
+    def __len__(self):
+        return self.shape[0]
 
 
 # -- what a manifest may hold ---------------------------------------------------------------------
@@ -289,6 +321,9 @@ def _check_manifest(m: dict) -> tuple[Layout, list[Token], list[Token], list[Ste
     _need(not bad, f"layout.uncond_tokens {bad[:3]} are not in the negative prompt's {len(uncond)} tokens")
     steps = _steps(m.get("steps"), lay)
     _settings(m)
+    if lay.shards:
+        _need(isinstance(m.get("shards"), dict) and m["shards"].get("count") == len(lay.shards),
+              f"shards must describe the {len(lay.shards)} ranks of layout.shards")
     for key, types, what in (("status", str, "a string"), ("prompt", str, "a string"),
                              ("negative_prompt", str, "a string"), ("model", dict, "an object"),
                              ("groups", list, "a list"), ("planned_steps", list, "a list"),
@@ -341,6 +376,9 @@ class Bundle:
         self._step_pos = {s.index: i for i, s in enumerate(self.steps)}
         self._token_pos = {t: i for i, t in enumerate(self.layout.tokens)}
         self._preview_shape: tuple[int, ...] | None = None
+        if self.layout.shards:
+            self.steps = self._join_ranks(self.steps)
+            self._step_pos = {s.index: i for i, s in enumerate(self.steps)}
         self.broken: dict[int, str] = {}
         for s in self.steps:
             try:
@@ -352,10 +390,40 @@ class Bundle:
             more = f" and {len(self.broken) - 1} more (see 'paik info {self.path}')" if len(self.broken) > 1 else ""
             raise BundleError(f"{first}{more}; the bundle is damaged, regenerate it")
 
+    # -- context-parallel shards (paik.capture.parallel) ----------------------------------------
+    def _join_ranks(self, steps: list[StepInfo]) -> list[StepInfo]:
+        """Steps every rank finished, each with every rank's file; rank r's listing is
+        manifest.rank{r}.json (rank 0's is this manifest)."""
+        lay = self.layout
+        files: dict[int, list[str]] = {s.index: [s.file] for s in steps}
+        for r in range(1, len(lay.shards)):
+            path = self.path / f"manifest.rank{r}.json"
+            try:
+                rm = _read_manifest(path)
+            except BundleError:
+                if self.status == "running":  # that rank had not started writing: nothing of it is complete
+                    rm = {"rank": r, "positions": lay.shards[r], "steps": []}
+                else:
+                    raise
+            try:
+                _need(isinstance(rm, dict) and rm.get("rank") == r and rm.get("positions") == lay.shards[r],
+                      f"it is not rank {r}'s listing for positions {lay.shards[r]}")
+                theirs = {s.index: s.file for s in _steps(rm.get("steps"), lay)}
+            except ValueError as e:
+                raise BundleError(f"{path}: damaged rank listing: {e}; regenerate the bundle") from None
+            for idx in list(files):
+                if idx in theirs:
+                    files[idx].append(theirs[idx])
+                else:
+                    del files[idx]  # not finished on rank r: not a step of the capture yet
+        return [replace(s, shards=tuple(files[s.index])) for s in steps if s.index in files]
+
     # -- step files ------------------------------------------------------------------------------
-    def _expected(self) -> dict[str, tuple[int, ...]]:
+    def _expected(self, sharded: bool = False) -> dict[str, tuple[int, ...]]:
         lay = self.layout
         b, h, lat = len(lay.blocks), lay.heads, tuple(lay.latent)
+        if sharded:
+            lat = (lay.rank_positions,)
         want = {"maps": (b, h, len(lay.tokens), *lat), "padding": (b, h, *lat)}
         if lay.uncond_tokens:
             want["maps_uncond"] = (b, h, len(lay.uncond_tokens), *lat)
@@ -366,7 +434,7 @@ class Bundle:
         f = self.layout.latent[0]
         if "maps" not in header:
             raise ValueError("it has no 'maps' tensor")
-        for name, shape in self._expected().items():
+        for name, shape in self._expected(bool(self.layout.shards)).items():
             t = header.get(name)
             if t is None:
                 continue
@@ -386,10 +454,14 @@ class Bundle:
             elif pv.shape != self._preview_shape:
                 raise ValueError(f"preview has shape {list(pv.shape)}, other steps {list(self._preview_shape)}")
 
-    def _step_header(self, info: StepInfo, fd_out: list | None = None):
-        """Open and check one step file's header. Returns (identity, size, header); with
-        ``fd_out`` the open descriptor is appended there (the caller closes it)."""
-        path = self.path / info.file
+    def _step_header(self, info: StepInfo, fd_out: list | None = None, file: str | None = None):
+        """Open and check one step file's header (``file``: one rank's, default: the step's).
+        Returns (identity, size, header); with ``fd_out`` the open descriptor is appended there
+        (the caller closes it). A sharded step checks every rank's file."""
+        if info.shards and file is None:
+            got = [self._step_header(info, fd_out, f) for f in info.shards]
+            return tuple(g[0] for g in got), [g[1] for g in got], [g[2] for g in got]
+        path = self.path / (file or info.file)
         try:
             fd, st = open_regular(path)
         except OSError as e:
@@ -448,8 +520,11 @@ class Bundle:
         cached = self._files.get(step)
         if cached is not None:
             try:
-                st = os.stat(path)
-                same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == cached[0]
+                idents = []
+                for f in info.shards or (info.file,):
+                    st = os.stat(self.path / f)
+                    idents.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                same = (tuple(idents) if info.shards else idents[0]) == cached[0]
             except OSError:
                 same = False
             if same:
@@ -459,8 +534,15 @@ class Bundle:
         try:
             ident, size, header = self._step_header(info, fds)
             try:
-                arrays = _map(fds[0], size, header)
-            except (OSError, ValueError) as e:
+                if info.shards:
+                    parts = [_map(fd, n, h) for fd, n, h in zip(fds, size, header)]
+                    arrays = {**parts[0]}
+                    for name in self._expected():
+                        if name in parts[0]:
+                            arrays[name] = ShardedArray([p[name] for p in parts], self.layout.latent)
+                else:
+                    arrays = _map(fds[0], size, header)
+            except (OSError, ValueError, KeyError) as e:
                 raise BundleError(f"{path}: step {step}'s file cannot be mapped ({e})") from None
         except BundleError as e:
             self.broken[step] = str(e)
@@ -555,7 +637,7 @@ class Bundle:
         size = 0
         for info in self.steps:
             try:
-                size += os.stat(self.path / info.file).st_size
+                size += sum(os.stat(self.path / f).st_size for f in info.shards or (info.file,))
             except OSError:
                 pass  # listed under "broken"
         status = {"running": "running, or stopped without closing"}.get(self.status, self.status)

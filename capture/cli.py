@@ -65,6 +65,12 @@ def register(sub, bench) -> None:
                    help="bends from a preset: a name in ~/.config/paik/bends or presets/bends, or a .toml file")
     g.add_argument("--replay", default=None, metavar="BUNDLE",
                    help="regenerate a take from its manifest, bends and all; flags given here replace its settings")
+    g.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="split the video's positions across N processes with diffusers' context parallelism (one "
+                        "GPU each; gloo processes on the CPU); each writes its own part of the bundle")
+    g.add_argument("--cp", default="ulysses", choices=["ulysses", "ring"],
+                   help="context parallelism: ulysses (heads all-to-all; needs N to divide the heads) or ring "
+                        "(CUDA only)")
     g.set_defaults(func=_generate, _parser=g)
 
     i = sub.add_parser("info", help="summarize a capture bundle and check its step files",
@@ -122,7 +128,7 @@ def _generate(args) -> int:
         max_capture_gb=args.max_capture_gb, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
         offload=args.offload, device=args.device, preview=args.preview, overwrite=args.overwrite, quiet=args.quiet,
         # parsed here, so a typo in a bend is reported before the model loads
-        bends=parse_bends(args.bend, args.bends),
+        bends=parse_bends(args.bend, args.bends), parallel=args.parallel, cp=args.cp,
     )
     if args.step_buffers < 1:
         raise PaikError(f"--step-buffers {args.step_buffers}: needs at least 1 (or --keep-on-device)")

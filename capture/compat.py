@@ -100,3 +100,29 @@ def attention(query, key, value, attn_mask, backend, parallel_config):
     """The fused attention kernel diffusers would run (whatever ``set_attention_backend`` chose)."""
     return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
                                  backend=backend, parallel_config=parallel_config)
+
+
+def enable_context_parallel(transformer, degree: int, kind: str = "ulysses") -> None:
+    """``transformer.enable_parallelism(ContextParallelConfig(...))``: diffusers' own context
+    parallelism, ``kind`` "ulysses" (all-to-all over heads) or "ring" (needs flash or cuDNN
+    attention: the native backend cannot return the logsumexp ring attention merges with).
+
+    diffusers 0.42 places each rank on ``rank % torch.accelerator.device_count()``, which is a
+    ZeroDivisionError on a CPU-only PyTorch (it counts no accelerator). Only there, and only while
+    ``enable_parallelism`` runs, the count reads 1, so that gloo processes on the CPU (the tests)
+    get the very code path the GPUs run; CUDA machines are not touched."""
+    import contextlib
+
+    import torch
+    from diffusers import ContextParallelConfig
+
+    config = ContextParallelConfig(ulysses_degree=degree) if kind == "ulysses" else ContextParallelConfig(
+        ring_degree=degree)
+    patch = contextlib.nullcontext()
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and torch._C._get_accelerator().type == "cpu" and acc.device_count() == 0:
+        from unittest import mock
+
+        patch = mock.patch.object(acc, "device_count", lambda: 1)
+    with patch:
+        transformer.enable_parallelism(config=config)

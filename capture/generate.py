@@ -55,6 +55,8 @@ class GenerateOptions:
     bend_presets: list[str] = field(default_factory=list)  # --bends: preset names or .toml files
     replay_bends: dict | None = None  # a replayed take's {"steps": N, "log": manifest["bend_log"]}
     step_buffers: int | None = None  # device step slots (a ring, paik generate's default 3); None: keep every step
+    parallel: int = 1  # processes of context parallelism (paik.capture.parallel)
+    cp: str = "ulysses"  # ulysses | ring
 
 
 def _log(opts, msg):
@@ -137,7 +139,8 @@ def _check_tokens(opts: GenerateOptions, info: ModelInfo) -> None:
     resolve_tokens(token_table(tokenizer, clean_prompt(opts.prompt), opts.max_sequence_length), opts.tokens)
 
 
-def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, stop=None) -> Path:
+def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, stop=None, shard=None,
+             cp: str | None = None) -> Path:
     """Generate one video with capture and write its bundle to ``opts.out``.
 
     ``loaded``: the ``(pipe, info, device)`` of :func:`paik.capture.models.load_pipeline`, to reuse a
@@ -147,7 +150,15 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     For the live engine (capture/engine.py): ``on_start(store, manifest)`` once the store exists,
     ``on_step(index, done, total, tensors)`` after each denoising step (``tensors``: what was queued
     for writing, empty for a step not captured), and ``stop`` (a threading.Event) raises
-    :class:`Cancelled` at the next step end, the bundle keeping its finished steps ("interrupted")."""
+    :class:`Cancelled` at the next step end, the bundle keeping its finished steps ("interrupted").
+
+    ``opts.parallel`` above 1 runs the generation on that many processes (paik.capture.parallel);
+    each of them calls this with ``shard=(rank, world)`` and a pipeline already made parallel."""
+    if opts.parallel > 1 and shard is None:
+        from paik.capture.parallel import generate_parallel
+
+        return generate_parallel(opts, opts.parallel, opts.cp)
+    lead = shard is None or shard[0] == 0  # the rank that writes the video and the previews
     t_start = time.perf_counter()
     out = Path(opts.out)
     check_options(opts)
@@ -173,6 +184,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         "capture_steps": opts.capture_steps, "capture_blocks": opts.capture_blocks, "heads": opts.heads,
         "tokens": opts.tokens, "preview": opts.preview,
     }
+    if shard is not None:
+        settings.update(parallel=shard[1], cp=cp or opts.cp)
     manifest = {"seed": opts.seed, "model": info.to_json(pipe), "settings": settings,
                 "paik_command": sys.argv if sys.argv and "paik" in Path(sys.argv[0]).name else None}
     # bends are resolved against the same token tables the capture plans with (paik.capture.tokens)
@@ -185,12 +198,12 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         manifest.update(bends=[b.line() for b in bends.specs()], bend_log=[])
     guidance = {"transformer": opts.guidance, "transformer_2": opts.guidance_2 if opts.guidance_2 is not None
                 else opts.guidance}
-    proj = rgb_projection(pipe, device) if opts.preview != "none" else None
+    proj = rgb_projection(pipe, device) if opts.preview != "none" and lead else None
 
     written: dict[int, dict] = {}  # step -> the tensors queued for it (for on_step)
 
     def previews(cap, step):
-        x0 = denoised_estimate(cap.recorder, guidance)
+        x0 = denoised_estimate(cap.recorder, guidance) if lead else None
         extra = {}
         if x0 is not None and proj is not None:
             if opts.preview == "decode":
@@ -209,6 +222,7 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         device=device, max_sequence_length=opts.max_sequence_length, manifest=manifest, step_extras=previews,
         # a caller handed the store or its steps (the live engine: the renderer reads them) needs every step kept
         buffers=opts.step_buffers if on_start is None and on_step is None else None,
+        shard=shard,
     )
     cap.recorder.bends = bends  # read by the processors (paik.capture.bend.bend_for); None: nothing runs
     _log(opts, "paik: " + cap.plan.describe())
@@ -247,7 +261,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )
                 progress.close()
-                write_mp4(out / "video.mp4", result.frames[0], opts.fps)
+                if lead:  # every rank decodes the same gathered latents; one writes them
+                    write_mp4(out / "video.mp4", result.frames[0], opts.fps)
                 cap.set_result(video={"file": "video.mp4", "fps": opts.fps, "frames": size.frames,
                                       "width": size.width, "height": size.height, "codec": "h264"})
             finally:

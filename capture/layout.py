@@ -25,14 +25,23 @@ class Layout:
     uncond_tokens: list[int] = field(default_factory=list)  # negative-prompt tokens, when uncond is captured
     n_real_uncond: int = 0
     dtype: str = "float16"
+    # context-parallel capture (paik.capture.parallel): [start, end) of the flat video positions
+    # each rank's files hold, in rank order, covering 0..positions; empty for one process
+    shards: list[list[int]] = field(default_factory=list)
 
     @property
     def positions(self) -> int:
         f, h, w = self.latent
         return f * h * w
 
+    @property
+    def rank_positions(self) -> int:
+        """Positions one store holds: all of them, or one rank's equal share when sharded."""
+        return self.positions // len(self.shards) if self.shards else self.positions
+
     def pass_bytes(self, n_tokens: int) -> int:
-        per_step = len(self.blocks) * self.heads * (n_tokens + 1) * self.positions * 2
+        # per rank when sharded: the memory plan is each GPU's
+        per_step = len(self.blocks) * self.heads * (n_tokens + 1) * self.rank_positions * 2
         return per_step * len(self.steps)
 
     @property
@@ -45,6 +54,8 @@ class Layout:
     def to_json(self) -> dict:
         d = asdict(self)
         d["latent"] = list(self.latent)
+        if not self.shards:
+            del d["shards"]  # one process: the manifest is exactly what it was before sharding
         d["axes"] = ["step", "block", "head", "token", "frame", "height", "width"]
         d["padding_axes"] = ["step", "block", "head", "frame", "height", "width"]
         return d
@@ -84,9 +95,10 @@ class Layout:
         dtype = d.get("dtype", "float16")
         if dtype != "float16":
             raise ValueError(f"layout.dtype {_short(dtype)} is not supported (maps are float16)")
+        shards = check_shards(d.get("shards", []), positions)
         return cls(steps=steps, blocks=blocks, heads=heads, head_mean=head_mean, n_heads=n_heads, tokens=tokens,
                    latent=latent, n_real=n_real, seq_len=seq_len, uncond_tokens=uncond, n_real_uncond=n_real_uncond,
-                   dtype=dtype)
+                   dtype=dtype, shards=shards)
 
 
 # Bounds on what a manifest may claim. Generous for every Wan model (Wan2.1-14B at 720p x 81
@@ -101,6 +113,36 @@ MAX_POSITIONS = 1 << 20  # F'*H'*W'; a reduced volume a view holds per cell
 MAX_TABLE = 1 << 29  # steps*blocks*positions: the per-token table reduce.py may build (2 GiB float32)
 
 _REQUIRED = ("steps", "blocks", "heads", "head_mean", "n_heads", "tokens", "latent", "n_real", "seq_len")
+
+
+MAX_SHARDS = 1024
+
+
+def equal_shards(positions: int, n: int) -> list[list[int]]:
+    """The ranges diffusers' context parallelism gives each of ``n`` ranks: it splits the
+    sequence with ``tensor.chunk`` after asserting that ``n`` divides it (EquipartitionSharder)."""
+    size = positions // n
+    return [[r * size, (r + 1) * size] for r in range(n)]
+
+
+def check_shards(v, positions: int) -> list[list[int]]:
+    """Shard ranges from a manifest: contiguous [start, end) pairs, in order, covering every position."""
+    if not isinstance(v, list):
+        raise ValueError(f"layout.shards must be a list of [start, end], not {_kind(v)} {_short(v)}")
+    if len(v) > MAX_SHARDS:
+        raise ValueError(f"layout.shards has {len(v):,} entries (at most {MAX_SHARDS})")
+    out, at = [], 0
+    for i, r in enumerate(v):
+        if not isinstance(r, list) or len(r) != 2:
+            raise ValueError(f"layout.shards[{i}] must be [start, end], not {_short(r)}")
+        a, b = (check_int(x, f"layout.shards[{i}]", 0, positions) for x in r)
+        if a != at or b <= a:
+            raise ValueError(f"layout.shards[{i}] {[a, b]} does not continue the previous shard (at {at})")
+        out.append([a, b])
+        at = b
+    if out and at != positions:
+        raise ValueError(f"layout.shards end at {at}, not at the {positions:,} positions")
+    return out
 
 
 def _kind(v) -> str:

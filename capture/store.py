@@ -31,9 +31,13 @@ class CaptureStore:
     step takes a free slot when it begins (:meth:`acquire`, waiting while all K are taken) and
     gives it back only once the bundle writer has copied it off (:meth:`release`, from the
     writer thread), so a slot is never overwritten while its copy is pending. ``step_slot``
-    then names only the steps that currently own a slot."""
+    then names only the steps that currently own a slot.
 
-    def __init__(self, layout: Layout, device: torch.device | str, buffers: int | None = None):
+    ``rank``: with a sharded layout (context parallelism, paik.capture.parallel) the store holds
+    only that rank's positions ``layout.shards[rank]``, flat: maps [step, block, head, token, n]."""
+
+    def __init__(self, layout: Layout, device: torch.device | str, buffers: int | None = None,
+                 rank: int | None = None):
         self.layout = layout
         self.device = torch.device(device)
         lay = layout
@@ -41,14 +45,20 @@ class CaptureStore:
         self.slots = n_steps if buffers is None else max(1, min(int(buffers), n_steps))
         self.ring = self.slots < n_steps
         s, b, h = self.slots, len(lay.blocks), lay.heads
-        f, hh, ww = lay.latent
+        self.shard = None
+        if lay.shards:
+            if rank is None or not 0 <= rank < len(lay.shards):
+                raise ValueError(f"a sharded layout needs the rank (0..{len(lay.shards) - 1}), not {rank!r}")
+            self.shard = tuple(lay.shards[rank])
+        self.positions = lay.positions if self.shard is None else self.shard[1] - self.shard[0]
+        grid = tuple(lay.latent) if self.shard is None else (self.positions,)
         try:
-            self.maps = torch.zeros(s, b, h, len(lay.tokens), f, hh, ww, dtype=torch.float16, device=self.device)
-            self.padding = torch.zeros(s, b, h, f, hh, ww, dtype=torch.float16, device=self.device)
+            self.maps = torch.zeros(s, b, h, len(lay.tokens), *grid, dtype=torch.float16, device=self.device)
+            self.padding = torch.zeros(s, b, h, *grid, dtype=torch.float16, device=self.device)
             self.maps_uncond = self.padding_uncond = None
             if lay.uncond_tokens:
                 self.maps_uncond = torch.zeros(
-                    s, b, h, len(lay.uncond_tokens), f, hh, ww, dtype=torch.float16, device=self.device
+                    s, b, h, len(lay.uncond_tokens), *grid, dtype=torch.float16, device=self.device
                 )
                 self.padding_uncond = torch.zeros_like(self.padding)
         except torch.OutOfMemoryError:
@@ -173,7 +183,7 @@ class Recorder:
         if slot is None or b is None:
             return None
         lay = st.layout
-        n = lay.positions
+        n = st.positions  # this rank's positions under context parallelism: what attn2 sees
         if self.pass_name == "cond":
             maps, pad, index = st.maps, st.padding, self.token_index
         elif self.pass_name == "uncond" and self.capture_uncond:

@@ -121,13 +121,18 @@ class BundleWriter:
     with :meth:`add_step`, and :meth:`close` records the final status."""
 
     def __init__(self, path: str | os.PathLike, manifest: dict, overwrite: bool = False, max_pending: int = 2,
-                 stall_s: float = 60.0):
+                 stall_s: float = 60.0, manifest_name: str = MANIFEST, step_file: str = STEP_FILE,
+                 prepare: bool = True):
+        # manifest_name, step_file, prepare: a context-parallel rank other than 0 writes its own
+        # listing and files into the folder rank 0 prepared (paik.capture.parallel)
         self.path = Path(path)
-        prepare_dir(self.path, overwrite)
+        self._manifest_name, self._step_file = manifest_name, step_file
+        if prepare:
+            prepare_dir(self.path, overwrite)
         self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", **manifest}
         self.manifest.setdefault("steps", [])
         try:
-            write_json_atomic(self.path / MANIFEST, self.manifest)
+            write_json_atomic(self.path / self._manifest_name, self.manifest)
         except OSError as e:
             raise PaikError(f"--out {self.path}: cannot write the manifest: {describe_write_error(e)}") from None
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds pinned host memory
@@ -236,7 +241,7 @@ class BundleWriter:
                     if self._error is not None:
                         info.setdefault("error", describe_write_error(self._error))
                     self.manifest.update(info)
-                    write_json_atomic(self.path / MANIFEST, self.manifest)
+                    write_json_atomic(self.path / self._manifest_name, self.manifest)
                 except BaseException as e:  # the last manifest on disk still lists the finished steps
                     self._error = self._error or e
                 return  # always: close() waits for this thread
@@ -262,7 +267,7 @@ class BundleWriter:
 
     def _write_step(self, info: dict, host: dict) -> None:
         t0 = time.perf_counter()
-        rel = STEP_FILE.format(info["index"])
+        rel = self._step_file.format(info["index"])
         target = self.path / rel
         tmp = target.with_name(f".{target.name}.tmp")
         write_safetensors(tmp, host, progress=self._tick)
@@ -275,7 +280,7 @@ class BundleWriter:
         timings["write_s"] = [*timings.get("write_s", []), round(time.perf_counter() - t0, 4)]
         new = {**self.manifest, "steps": [*self.manifest["steps"], {**info, "file": rel}], "timings": timings}
         try:
-            write_json_atomic(self.path / MANIFEST, new)
+            write_json_atomic(self.path / self._manifest_name, new)
         except BaseException:
             _unlink(target)  # not listed by the manifest on disk: remove it, keep the bundle consistent
             raise
