@@ -52,10 +52,12 @@ MODE_OPS = {
 }
 
 
-def modes_for(param: str) -> tuple[str, ...]:
-    """The modes a control may use to play parameter ``param``."""
+def modes_for(param: str, kind: str = "cc") -> tuple[str, ...]:
+    """The modes a control (``kind`` cc, cc14 or note) may use to play parameter ``param``. A note
+    is never an encoder: it has no relative mode."""
     spec = SPECS[param]
-    return tuple(m for m in MODES if any(spec.allows(op) for op in MODE_OPS[m]))
+    return tuple(m for m in MODES if any(spec.allows(op) for op in MODE_OPS[m])
+                 and not (kind == "note" and m == "relative"))
 
 
 def default_mode(kind: str, param: str) -> str:
@@ -63,8 +65,8 @@ def default_mode(kind: str, param: str) -> str:
     return "absolute" if kind != "note" else "toggle" if SPECS[param].kind == "bool" else "cycle"
 
 
-def check_mode(param: str, mode: str) -> None:
-    fits = modes_for(param)
+def check_mode(param: str, mode: str, kind: str = "cc") -> None:
+    fits = modes_for(param, kind)
     if mode not in fits:
         raise PaikError(f"mode {mode!r} does not fit {param} ({SPECS[param].kind}, which takes "
                         f"{', '.join(SPECS[param].ops)}); " +
@@ -198,7 +200,7 @@ def parse_map(data: dict, where: str = "map") -> MidiMap:
             raise PaikError(f"{at}: mode must be one of {', '.join(MODES)}, not {mode!r}")
         if param:
             try:
-                check_mode(param, mode)
+                check_mode(param, mode, kind)
             except PaikError as e:
                 raise PaikError(f"{at}: {e}") from None
         amount = d.get("amount", 0.0)
@@ -331,7 +333,8 @@ class Controller:
         if not on:
             return []
         if c.mode in ("cycle", "toggle", "trigger"):
-            op = next(o for o in MODE_OPS[c.mode] if SPECS[c.param].allows(o))
+            # a control built by hand, not by parse_map, may not fit: it sends what apply refuses
+            op = next((o for o in MODE_OPS[c.mode] if SPECS[c.param].allows(o)), MODE_OPS[c.mode][-1])
             return [Command(c.param, op, 1 if op == "cycle" else None, src)]
         return [Command(c.param, "norm", 1.0, src)]
 
@@ -553,8 +556,8 @@ class MidiHub:
         number = msg.control if kind == "cc" else msg.note
         if target in SPECS:
             mode = default_mode(kind, target)
-            if mode not in modes_for(target):  # a button for a float: press = the top of its range
-                mode = modes_for(target)[0]
+            if mode not in modes_for(target, kind):  # a button for a float: press = the top of its range
+                mode = modes_for(target, kind)[0]
             c = Control(kind, number, msg.channel, param=target, mode=mode)
         else:
             c = Control(kind, number, msg.channel, command=grammar.parse(target, "midi"), mode="trigger")
