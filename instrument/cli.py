@@ -14,7 +14,7 @@ from pathlib import Path
 from paik import indices
 from paik.errors import PaikError
 
-from paik.instrument.control.params import BACKGROUNDS, COMPOSITES, NORMS, REDUCES, VIEWS, Params
+from paik.instrument.control.params import SPECS, VIEWS, Params
 
 GRID_VIEWS = {"blocks": "grid-blocks", "steps": "grid-steps", "heads-steps": "grid-heads-steps", "grand": "grand"}
 
@@ -30,13 +30,52 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _clip(text: str) -> tuple[float, float]:
+    lo_spec, hi_spec = SPECS["clip_lo"], SPECS["clip_hi"]
     try:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected two percentiles LO,HI, like 1,99.5") from None
-    if not (0 <= lo < hi <= 100):
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LO < HI <= 100")
+    if not (lo_spec.lo <= lo < hi <= hi_spec.hi):
+        raise argparse.ArgumentTypeError(f"{text!r}: need {lo_spec.lo:g} <= LO < HI <= {hi_spec.hi:g}")
     return lo, hi
+
+
+# The look flags that are parameters of the bank: --NAME plays SPECS[NAME], and its type, choices,
+# range (checked in _check_look, before anything loads), help and default all come from the spec.
+# Only what the flags add is written here: the first look's own defaults (firstlook.py: frame
+# normalization; a composite chosen from the bundle) and what those defaults mean.
+LOOK_SHOW = ("head", "reduce")
+LOOK_STYLE = ("colormap", "norm", "gain", "gamma", "threshold", "composite", "background", "opacity")
+FIRST_LOOK = {"norm": "frame", "composite": None}
+LOOK_HELP = {
+    "colormap": "viridis, magma, inferno, plasma, turbo, grayscale, jet, or any presets/colormaps/NAME.json",
+    "norm": "frame (default: every latent frame of every map or cell fills the colormap), step (one range per "
+            "map or cell), global (one range for the whole view: cells and frames stay comparable, weak ones "
+            "go dark)",
+    "threshold": "the background shows, or real alpha in ProRes/NDI where there is none",
+    "composite": "default screen: the map lights up the video, which stays as it is where attention is low; "
+                 "heatmap, the map alone and opaque, for a bundle without a video",
+    "background": "video, per-step preview, or none (then the map is the alpha: ProRes 4444 and NDI carry it)",
+}
+
+
+def _look_flag(g, name: str) -> None:
+    spec = SPECS[name]
+    default = FIRST_LOOK.get(name, spec.default)
+    kw: dict = {"default": default}
+    if spec.numeric:
+        kw["type"] = int if spec.kind == "int" else float
+    elif spec.choices:
+        kw["choices"] = spec.choices
+    parts = [spec.help]
+    if spec.numeric:
+        parts.append(spec.range_text())
+    if name in LOOK_HELP:
+        parts.append(LOOK_HELP[name])
+    if name not in FIRST_LOOK:
+        parts.append(f"default {default:g}" if spec.numeric else f"default {default}")
+    kw["help"] = "; ".join(p for p in parts if p)
+    g.add_argument(f"--{name}", **kw)
 
 
 def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
@@ -48,30 +87,16 @@ def _look_flags(ap: argparse.ArgumentParser, positions: bool = True) -> None:
                        "last captured step, the finished picture)")
         g.add_argument("--block", help="transformer block (model index; fractions crossfade; default: the block "
                        "whose map agrees best with the mean over blocks)")
-    g.add_argument("--head", type=int, default=-1, help="attention head; -1 reduces over heads (default)")
-    g.add_argument("--reduce", choices=REDUCES, default="mean", help="how reduced axes combine (default mean)")
+    for name in LOOK_SHOW:
+        _look_flag(g, name)
     g = ap.add_argument_group("how it looks")
-    g.add_argument("--colormap", default="magma", help="viridis, magma, inferno, plasma, turbo, grayscale, jet, "
-                   "or any presets/colormaps/NAME.json (default magma)")
-    g.add_argument("--norm", choices=NORMS, default="frame",
-                   help="normalization range: frame (default: every latent frame of every map or cell fills the "
-                        "colormap), step (one range per map or cell), global (one range for the whole view: "
-                        "cells and frames stay comparable, weak ones go dark)")
-    g.add_argument("--clip", type=_clip, default=(0.0, 100.0), metavar="LO,HI",
-                   help="percentiles mapped to the colormap's ends (default 0,100 = min,max)")
-    g.add_argument("--gain", type=float, default=1.0)
-    g.add_argument("--gamma", type=float, default=1.0)
-    g.add_argument("--threshold", type=float, default=0.0,
-                   help="normalized values below are transparent (the background shows, or real alpha in "
-                        "ProRes/NDI where there is none)")
-    g.add_argument("--composite", choices=COMPOSITES,
-                   help="how maps meet the background (default screen: the map lights up the video, which stays "
-                        "as it is where attention is low; heatmap, the map alone and opaque, for a bundle "
-                        "without a video)")
-    g.add_argument("--background", choices=BACKGROUNDS, default="video",
-                   help="video, per-step preview, or none (then the map is the alpha: ProRes 4444 and NDI "
-                        "carry it)")
-    g.add_argument("--opacity", type=float, default=0.7, help="map opacity for overlay/multiply/screen")
+    for name in LOOK_STYLE:
+        _look_flag(g, name)
+        if name == "norm":  # --clip LO,HI sets the pair clip_lo, clip_hi
+            lo, hi = SPECS["clip_lo"], SPECS["clip_hi"]
+            g.add_argument("--clip", type=_clip, default=(lo.default, hi.default), metavar="LO,HI",
+                           help=f"percentiles mapped to the colormap's ends, {lo.lo:g} <= LO < HI <= {hi.hi:g} "
+                                f"(default {lo.default:g},{hi.default:g} = min,max)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="where maps are reduced (auto: CUDA when torch sees one)")
 
@@ -91,12 +116,15 @@ def _check_look(args) -> None:
     names = colormaps.available()
     if args.colormap not in names:
         raise PaikError(f"unknown colormap {args.colormap!r}; available: {', '.join(names)}")
-    if args.head < -1:
-        raise PaikError(f"--head {args.head}: expected a head index, or -1 for all")
-    for name, value, lo, hi in (("gain", args.gain, 0, 16), ("gamma", args.gamma, 0.05, 8),
-                                ("threshold", args.threshold, 0, 1), ("opacity", args.opacity, 0, 1)):
-        if not lo <= value <= hi:
-            raise PaikError(f"--{name} {value} is out of range ({lo}..{hi})")
+    for name in LOOK_SHOW + LOOK_STYLE:
+        spec, value = SPECS[name], getattr(args, name)
+        if not spec.numeric:
+            continue  # choices: argparse refused the others
+        if not math.isfinite(value):
+            raise PaikError(f"--{name} {value}: expected a finite number")
+        if spec.out_of_range(value):
+            bounds = f"{spec.lo:g}..{spec.hi:g}" if spec.hi is not None else f"at least {spec.lo:g}"
+            raise PaikError(f"--{name} {value} is out of range ({bounds})")
     for axis in ("step", "block"):
         value = getattr(args, axis, None)
         if value is not None:

@@ -6,6 +6,7 @@ from OSC (``/paik/cmd "step nudge 0.5"``, and every address ``/paik/a/b x`` is t
 
     step 12.5            set (out of range is refused, not clamped)
     step nudge -0.1      add, clamped to the range
+                         (which operations a parameter takes: params.KIND_OPS, by its kind)
     step norm 0.5        a 0..1 position along the range (faders)
     colormap next        cycle forward (prev: backward; cycle N: N places)
     playing toggle       flip an on/off parameter (a bare "playing" does the same)
@@ -33,7 +34,7 @@ import shlex
 from paik.errors import PaikError
 
 from paik.instrument.control.files import file_name
-from paik.instrument.control.params import OPS, SPECS, Command
+from paik.instrument.control.params import OPS, SPECS, Command, check_op
 
 # actions: names that are not parameters, with the operations they take
 ACTIONS = {
@@ -83,8 +84,10 @@ def parse(line: str, source: str = "console") -> Command:
         raise PaikError(f"{name} needs a value, e.g. '{name} {SPECS[name].default}'")
     op = rest[0].lower()
     if op in ("next", "prev"):
+        check_op(name, "cycle")
         return Command(name, "cycle", 1 if op == "next" else -1, source)
     if op in OPS and op != "pickup":
+        check_op(name, op)  # refused when the line is parsed (a MIDI map: when it loads), not later
         arg = " ".join(rest[1:]) if len(rest) > 1 else None
         if op in ("nudge", "norm", "set") and arg is None:
             raise PaikError(f"'{name} {op}' needs a value")

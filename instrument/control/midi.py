@@ -38,6 +38,40 @@ log = logging.getLogger("paik.midi")
 
 SHIPPED = resources.presets("midi")
 MODES = ("absolute", "relative", "toggle", "momentary", "trigger", "cycle")
+# What a control in each mode sends to its parameter, first choice first; a mode fits a parameter
+# whose kind takes one of them (params.KIND_OPS), so a map that could only fail mid-show is refused
+# when it loads. (A button in absolute or relative mode sends norm 1.0: every kind taking nudge
+# takes norm.)
+MODE_OPS = {
+    "absolute": ("norm",),  # faders and knobs; soft takeover's "pickup" resolves to norm
+    "relative": ("nudge",),  # endless encoders
+    "toggle": ("toggle", "cycle"),  # flips an on/off parameter, else steps through
+    "momentary": ("toggle",),  # held = on, released = off (sent as set on/off): on/off parameters only
+    "trigger": ("cycle",),
+    "cycle": ("cycle",),
+}
+
+
+def modes_for(param: str, kind: str = "cc") -> tuple[str, ...]:
+    """The modes a control (``kind`` cc, cc14 or note) may use to play parameter ``param``. A note
+    is never an encoder: it has no relative mode."""
+    spec = SPECS[param]
+    return tuple(m for m in MODES if any(spec.allows(op) for op in MODE_OPS[m])
+                 and not (kind == "note" and m == "relative"))
+
+
+def default_mode(kind: str, param: str) -> str:
+    """A fader or knob covers the range; a button (a note) flips an on/off parameter or steps."""
+    return "absolute" if kind != "note" else "toggle" if SPECS[param].kind == "bool" else "cycle"
+
+
+def check_mode(param: str, mode: str, kind: str = "cc") -> None:
+    fits = modes_for(param, kind)
+    if mode not in fits:
+        raise PaikError(f"mode {mode!r} does not fit {param} ({SPECS[param].kind}, which takes "
+                        f"{', '.join(SPECS[param].ops)}); " +
+                        (f"modes that fit: {', '.join(fits)}" if fits else
+                         f"no control mode fits it: use command = \"{param} ...\" instead"))
 CLOCK_WINDOW = 24  # ticks averaged (one beat at 24 PPQN)
 
 
@@ -161,15 +195,14 @@ def parse_map(data: dict, where: str = "map") -> MidiMap:
                 release = grammar.parse(d["release"], source="midi")
         except PaikError as e:
             raise PaikError(f"{at}: {e}") from None
-        if param:
-            kind_p = SPECS[param].kind
-            default = ("absolute" if kind != "note" else
-                       "toggle" if kind_p == "bool" else "cycle")
-        else:
-            default = "trigger"
-        mode = d.get("mode", default)
+        mode = d.get("mode", default_mode(kind, param) if param else "trigger")
         if mode not in MODES:
             raise PaikError(f"{at}: mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if param:
+            try:
+                check_mode(param, mode, kind)
+            except PaikError as e:
+                raise PaikError(f"{at}: {e}") from None
         amount = d.get("amount", 0.0)
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not abs(amount) < 1e6:
             raise PaikError(f"{at}: amount must be a number (change per encoder tick), not {amount!r}")
@@ -299,10 +332,10 @@ class Controller:
             return [Command(c.param, "set", on, src)]
         if not on:
             return []
-        if c.mode == "toggle" and SPECS[c.param].kind == "bool":
-            return [Command(c.param, "toggle", None, src)]
         if c.mode in ("cycle", "toggle", "trigger"):
-            return [Command(c.param, "cycle", 1, src)]
+            # a control built by hand, not by parse_map, may not fit: it sends what apply refuses
+            op = next((o for o in MODE_OPS[c.mode] if SPECS[c.param].allows(o)), MODE_OPS[c.mode][-1])
+            return [Command(c.param, op, 1 if op == "cycle" else None, src)]
         return [Command(c.param, "norm", 1.0, src)]
 
     def _clock(self, now: float) -> list[Command]:
@@ -500,6 +533,9 @@ class MidiHub:
             target = str(cmd.value).strip()
             if target not in SPECS:
                 grammar.parse(target, "midi")  # refused now, not when the control moves
+            elif not modes_for(target):
+                raise PaikError(f"learn {target}: no MIDI control can play {target} ({SPECS[target].kind}); "
+                                f"learn a command line instead, like 'learn {target} reset'")
             self.armed = target
             log.warning("MIDI learn: move a control to play %r", self.armed)
         elif cmd.op == "cancel":
@@ -519,8 +555,10 @@ class MidiHub:
         kind = "cc" if msg.type == "control_change" else "note"
         number = msg.control if kind == "cc" else msg.note
         if target in SPECS:
-            c = Control(kind, number, msg.channel, param=target,
-                        mode="absolute" if kind == "cc" else ("toggle" if SPECS[target].kind == "bool" else "cycle"))
+            mode = default_mode(kind, target)
+            if mode not in modes_for(target, kind):  # a button for a float: press = the top of its range
+                mode = modes_for(target, kind)[0]
+            c = Control(kind, number, msg.channel, param=target, mode=mode)
         else:
             c = Control(kind, number, msg.channel, command=grammar.parse(target, "midi"), mode="trigger")
         port.controller.map.put(c)  # plays at once

@@ -74,28 +74,39 @@ def _kind_types(spec) -> tuple[str, ...]:
     return {"float": ("f", "i"), "int": ("i", "f"), "bool": ("i", "T", "f", ""), "enum": ("s", "i"), "text": ("s",)}[spec.kind]
 
 
+# what each operation's address /paik/NAME/OP takes (set is /paik/NAME itself, typed by kind)
+_OP_TYPES = {"norm": ("f", "i"), "nudge": ("f", "i"), "cycle": ("", "i"), "toggle": ("",), "reset": ("",)}
+
+
+def _op_help(name: str, spec, op: str) -> str:
+    return {"norm": f"{name} as 0..1 (faders, CHOPs)", "nudge": f"add to {name} (clamped)",
+            "cycle": f"next {name} (or N places; wraps)", "toggle": f"flip {name}",
+            "reset": f"{name} back to {spec.default!r}"}[op]
+
+
 def address_space(p: Params) -> list[Address]:
-    """Every address the instrument understands, with the types it accepts (first = canonical)."""
+    """Every address the instrument understands, with the types it accepts (first = canonical).
+    A parameter has /paik/NAME (set) and /paik/NAME/OP for every other operation its kind takes
+    (:data:`~paik.instrument.control.params.KIND_OPS`)."""
     out = []
     for name, spec in SPECS.items():
-        lo, hi = p.bounds(name) if spec.kind in ("float", "int") else (None, None)
-        rng = tuple(p.choices(name)) if spec.kind == "enum" else ((lo, hi) if spec.kind != "bool" else (0, 1))
+        if spec.kind == "enum":
+            rng = tuple(p.choices(name))
+        elif spec.kind == "bool":
+            rng = (0, 1)
+        elif spec.numeric:
+            rng = p.bounds(name)
+        else:
+            rng = ()
         types = ("i", "s", "f") if name == "token" else _kind_types(spec)
         what = {"token": "word of the prompt (s) or its index (i)", "head": "head index, -1 = reduce over heads"}.get(
             name, spec.help or name)
-        if spec.kind == "text":
-            out.append(Address(f"{PREFIX}/{name}", types, what, name, ()))
-            out.append(Address(f"{PREFIX}/{name}/reset", ("",), f"{name} back to {spec.default!r}", None, ()))
-            continue
-        out.append(Address(f"{PREFIX}/{name}", types, what, name, rng))
-        out.append(Address(f"{PREFIX}/{name}/norm", ("f", "i"), f"{name} as 0..1 (faders, CHOPs)", name, (0.0, 1.0)))
-        if spec.kind in ("float", "int"):
-            out.append(Address(f"{PREFIX}/{name}/nudge", ("f", "i"), f"add to {name} (clamped)", None, ()))
-        if spec.kind in ("enum", "int"):
-            out.append(Address(f"{PREFIX}/{name}/cycle", ("", "i"), f"next {name} (or N places; wraps)", None, ()))
-        if spec.kind == "bool":
-            out.append(Address(f"{PREFIX}/{name}/toggle", ("",), f"flip {name}", None, ()))
-        out.append(Address(f"{PREFIX}/{name}/reset", ("",), f"{name} back to {spec.default!r}", None, ()))
+        for op in spec.ops:
+            if op == "set":
+                out.append(Address(f"{PREFIX}/{name}", types, what, name, rng))
+            else:
+                out.append(Address(f"{PREFIX}/{name}/{op}", _OP_TYPES[op], _op_help(name, spec, op),
+                                   name if op == "norm" else None, (0.0, 1.0) if op == "norm" else ()))
     for op, text in (("recall", "recall a scene (number or name)"), ("save", "save every parameter as a scene"),
                      ("delete", "delete a saved scene")):
         out.append(Address(f"{PREFIX}/scene/{op}", ("i", "s", "f"), text))
@@ -123,7 +134,7 @@ def feedback_addresses() -> list[tuple[str, str, str]]:
     for name, spec in SPECS.items():
         t = {"float": "f", "int": "i", "bool": "i", "enum": "s", "text": "s"}[spec.kind]
         out.append((f"{PREFIX}/{name}", t, f"{name} changed"))
-        if spec.kind != "text":
+        if "norm" in spec.ops:
             out.append((f"{PREFIX}/{name}/norm", "f", f"{name} as 0..1"))
     out += [(f"{PREFIX}/token/word", "s", "the selected word"), (f"{PREFIX}/words", "s...", "the bundle's words, in order"),
             (f"{PREFIX}/counts", "iiii", "tokens, steps, blocks, heads of the bundle"),
@@ -176,6 +187,9 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
     if name in SPECS and len(parts) <= 2:
         spec = SPECS[name]
         op = parts[1] if len(parts) == 2 else "set"
+        if op not in spec.ops:  # exactly the addresses address_space lists
+            others = ", ".join(f"/{o}" for o in spec.ops if o != "set")
+            raise PaikError(f"unknown address {address!r}; {PREFIX}/{name} also takes {others}")
         if op == "set":
             if spec.kind == "bool":
                 if tag == "":
@@ -208,19 +222,19 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
             if tag not in ("f", "i"):
                 raise PaikError(f"{address} expects f in 0..1, not {tag or 'nothing'}")
             return Command(name, "norm", float(arg), source)
-        if op == "nudge" and spec.kind in ("float", "int"):
+        if op == "nudge":
             if tag not in ("f", "i"):
                 raise PaikError(f"{address} expects a number, not {tag or 'nothing'}")
             return Command(name, "nudge", float(arg), source)
-        if op == "cycle" and spec.kind in ("enum", "int"):
+        if op == "cycle":
             if tag not in ("", "i", "f"):
                 raise PaikError(f"{address} expects nothing or i, not {tag}")
             return Command(name, "cycle", 1 if arg is None else _integral(arg, address), source)
-        if op == "toggle" and spec.kind == "bool":
+        if op == "toggle":
             return Command(name, "toggle", None, source)
-        if op == "reset" and tag == "":
-            return Command(name, "reset", None, source)
-        raise PaikError(f"unknown address {address!r}")
+        if tag != "":
+            raise PaikError(f"{address} takes nothing, not {tag}")
+        return Command(name, "reset", None, source)
     if name == "scene" and len(parts) == 2 and parts[1] in ("recall", "save", "delete"):
         if tag not in ("i", "s", "f"):
             raise PaikError(f"{address} expects a scene number (i) or name (s), not {tag or 'nothing'}")
@@ -274,7 +288,7 @@ def state_messages(values: dict, names, live_params: Params) -> list[bytes]:
             elif kind == "int":
                 v = int(v)
             out.append(_message(f"{PREFIX}/{name}", v))
-            if SPECS[name].kind == "text":
+            if "norm" not in SPECS[name].ops:
                 continue
             try:
                 out.append(_message(f"{PREFIX}/{name}/norm", float(normalized(live_params, name, v))))
@@ -566,15 +580,13 @@ def reference() -> str:
             rng = "0 / 1"
         elif spec.kind == "text":
             rng = "text (one line)"
-        elif spec.hi is None:
-            rng = f"{spec.lo:g} .. count - 1 (the bundle's)"
         else:
-            rng = f"{spec.lo:g} .. {spec.hi:g}"
+            rng = spec.range_text()
         takes = {"token": "i (index) or s (word)", "head": "i (-1 = mean of heads)"}.get(
             name, {"float": "f (or i)", "int": "i (or a whole f)", "bool": "i 0/1, T/F, or nothing (toggle)",
                    "enum": "s (or i: index)", "text": "s"}[spec.kind])
-        also = " ".join(f"`{op}`" for op in ("norm", "nudge", "cycle", "toggle", "reset")
-                        if f"{PREFIX}/{name}/{op}" in paths)
+        also = " ".join(f"`{op}`" for op in spec.ops if op != "set")
+        assert all(f"{PREFIX}/{name}/{op}" in paths for op in spec.ops if op != "set")
         rows.append(f"| `{name}` | {takes} | {rng} | {spec.default!r} | {also} |")
         assert a.types
     rows += ["", "`/norm f` takes 0..1 across the range (choices in equal bands), for faders and CHOPs; "

@@ -47,6 +47,40 @@ class Spec:
     choices: tuple[str, ...] = ()
     help: str = ""
 
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """The operations this parameter takes (:data:`KIND_OPS`; "pickup" wherever "norm" is)."""
+        return KIND_OPS[self.kind]
+
+    def allows(self, op: str) -> bool:
+        return op in self.ops or (op == "pickup" and "norm" in self.ops)
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("float", "int")
+
+    def out_of_range(self, x: float) -> bool:
+        """Outside the bounds known without a bundle (a ``hi`` of None comes from the bundle)."""
+        return (self.lo is not None and x < self.lo - 1e-9) or (self.hi is not None and x > self.hi + 1e-9)
+
+    def range_text(self) -> str:
+        """The bounds known without a bundle, as messages and docs write them."""
+        if self.hi is None:
+            return f"{self.lo:g} .. count - 1 (the bundle's)"
+        return f"{self.lo:g} .. {self.hi:g}"
+
+
+# Which operations each kind of parameter takes: the one definition that the grammar, OSC (its
+# addresses, OSCQuery, the docs tables), MIDI (the modes a control may use) and apply consult.
+# Order is the order of the OSC addresses /paik/NAME, /norm, /nudge, /cycle, /toggle, /reset.
+KIND_OPS: dict[str, tuple[str, ...]] = {
+    "float": ("set", "norm", "nudge", "reset"),
+    "int": ("set", "norm", "nudge", "cycle", "reset"),  # cycle wraps through the range (head, token)
+    "bool": ("set", "norm", "toggle", "reset"),
+    "enum": ("set", "norm", "cycle", "reset"),
+    "text": ("set", "reset"),  # no fader, no steps: a line of text
+}
+
 
 SPECS: dict[str, Spec] = {
     "token": Spec("int", 0, 0, None, help="index into the bundle's captured words"),
@@ -59,12 +93,12 @@ SPECS: dict[str, Spec] = {
     "norm": Spec("enum", "global", choices=NORMS, help="range used to normalize the maps"),
     "clip_lo": Spec("float", 0.0, 0.0, 100.0, help="lower percentile clipped to black"),
     "clip_hi": Spec("float", 100.0, 0.0, 100.0, help="upper percentile clipped to white"),
-    "gain": Spec("float", 1.0, 0.0, 16.0),
-    "gamma": Spec("float", 1.0, 0.05, 8.0),
+    "gain": Spec("float", 1.0, 0.0, 16.0, help="multiplies the normalized map (then clamped to 1)"),
+    "gamma": Spec("float", 1.0, 0.05, 8.0, help="exponent on the map after gain (below 1 brightens weak attention)"),
     "threshold": Spec("float", 0.0, 0.0, 1.0, help="normalized values below are transparent"),
     "composite": Spec("enum", "heatmap", choices=COMPOSITES),
     "background": Spec("enum", "video", choices=BACKGROUNDS, help="what the maps are composited over"),
-    "opacity": Spec("float", 0.7, 0.0, 1.0, help="heatmap opacity in overlay mode"),
+    "opacity": Spec("float", 0.7, 0.0, 1.0, help="map opacity in the overlay, multiply and screen composites"),
     "time": Spec("float", 0.0, 0.0, 1.0, help="position in the video, 0..1"),
     "speed": Spec("float", 1.0, -8.0, 8.0, help="playback rate (1 = the video's fps)"),
     "playing": Spec("bool", True),
@@ -174,6 +208,23 @@ class Command:
 
 
 OPS = ("set", "nudge", "toggle", "cycle", "norm", "reset", "pickup")
+OP_HELP = {"set": "set (out of range is refused)", "norm": "a 0..1 position along the range or the choices",
+           "nudge": "add, clamped", "cycle": "step through, wrapping", "toggle": "flip on/off",
+           "reset": "back to the default"}
+
+
+def check_op(name: str, op: str) -> None:
+    """Refuse an operation that parameter ``name`` does not take (PaikError saying which it does)."""
+    spec = SPECS.get(name)
+    if spec is None:
+        raise PaikError(f"unknown parameter {name!r}; parameters: {', '.join(SPECS)}")
+    if op not in OPS:
+        raise PaikError(f"unknown operation {op!r} ({', '.join(OPS[:-1])})")
+    if not spec.allows(op):
+        raise PaikError(f"{name} ({_KIND_WORDS[spec.kind]}) takes {', '.join(spec.ops)}; not {op}")
+
+
+_KIND_WORDS = {"float": "a number", "int": "a whole number", "bool": "on/off", "enum": "a choice", "text": "text"}
 
 
 def normalized(p: Params, name: str, value=None) -> float:
@@ -252,6 +303,7 @@ def apply(p: Params, cmd: Command) -> None:
     spec = SPECS.get(cmd.name)
     if spec is None:
         raise PaikError(f"unknown parameter {cmd.name!r}; parameters: {', '.join(SPECS)}")
+    check_op(cmd.name, cmd.op)
     cur = getattr(p, cmd.name)
     strict = False
     if cmd.op == "set":
@@ -261,25 +313,18 @@ def apply(p: Params, cmd: Command) -> None:
     elif cmd.op == "reset":
         new = spec.default
     elif cmd.op == "toggle":
-        if spec.kind != "bool":
-            raise PaikError(f"{cmd.name} is not on/off")
         new = not cur
     elif cmd.op == "nudge":
-        if spec.kind not in ("float", "int"):
-            raise PaikError(f"{cmd.name} is not a number")
         new = cur + float(cmd.value)
+    elif cmd.op == "cycle" and spec.kind == "enum":
+        choices = p.choices(cmd.name)
+        new = choices[(choices.index(cur) + int(cmd.value or 1)) % len(choices)]
     elif cmd.op == "cycle":
-        if spec.kind == "enum":
-            choices = p.choices(cmd.name)
-            new = choices[(choices.index(cur) + int(cmd.value or 1)) % len(choices)]
-        elif spec.kind == "int":
-            lo, hi = p.bounds(cmd.name)
-            span = int(hi - lo + 1)
-            new = lo + (int(cur - lo) + int(cmd.value or 1)) % span
-        else:
-            raise PaikError(f"{cmd.name} cannot be cycled")
-    else:
-        raise PaikError(f"unknown operation {cmd.op!r} ({', '.join(OPS[:-1])})")
+        lo, hi = p.bounds(cmd.name)
+        span = int(hi - lo + 1)
+        new = lo + (int(cur - lo) + int(cmd.value or 1)) % span
+    else:  # pickup: resolved to norm by paik.instrument.control.live.Live before it gets here
+        raise PaikError(f"{cmd.op} is resolved by the render loop, not applied to the bank")
     value = _coerce(p, cmd.name, new, strict)
     if cmd.name in ("clip_lo", "clip_hi"):  # as the command line's --clip LO,HI: LO < HI
         lo, hi = (value, p.clip_hi) if cmd.name == "clip_lo" else (p.clip_lo, value)
