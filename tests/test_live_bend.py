@@ -171,3 +171,29 @@ def test_paik_live_bend_over_udp(tmp_path):
     for s in b.step_indices:
         m = np.asarray(b.step_arrays(s)["maps"][:, :, word], dtype=np.float32)
         assert (m.max() == 0) == (s >= first), (s, first, m.max())
+
+
+@pytest.mark.parametrize("name, generate, next_seed, amount", [
+    ("generic", ("note_on", 56), ("note_on", 57), 12),
+    ("korg-nanokontrol2", ("control_change", 46), ("control_change", 60), 21),
+])
+def test_shipped_midi_maps_bind_generate_next_seed_and_a_bend_amount(name, generate, next_seed, amount):
+    import mido
+
+    from paik.instrument.control import midi
+    from paik.instrument.control.params import Params, apply
+
+    ctl = midi.Controller(midi.load_map(name), "x")
+
+    def press(kind, number):
+        field = {"note_on": "note", "control_change": "control"}[kind]
+        extra = {"velocity": 100} if kind == "note_on" else {"value": 127}
+        return ctl.handle(mido.Message(kind, **{field: number}, **extra))
+
+    assert [(c.name, c.op) for c in press(*generate)] == [("generate", "start")]
+    p = Params()
+    (seed,) = press(*next_seed)
+    apply(p, seed)
+    assert p.seed == 1
+    (knob,) = ctl.handle(mido.Message("control_change", control=amount, value=32))
+    assert knob.name == "bend1_amount" and knob.op == "pickup" and knob.value[0] == pytest.approx(32 / 127)
