@@ -58,6 +58,7 @@ import math
 import os
 import re
 import shlex
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -717,10 +718,13 @@ def schedule_from_log(log: list[dict], specs_lines: list[str], n_steps: int, rec
 
 
 def bends_for_take(lines: Iterable, presets: Iterable[str], replay: dict | None, table, negative_table,
-                   n_blocks: int, n_heads: int, n_steps: int, latent) -> BendSet | None:
+                   n_blocks: int, n_heads: int, n_steps: int, latent) -> "BendSet | LiveTakeBends | None":
     """What ``paik generate`` calls: the take's bends from ``--bends`` presets and ``--bend`` lines,
     or, for a replay, from the recorded take's per-step log (``{"steps": N, "log": [...]}``),
-    resolved; None when there are none, so nothing extra runs."""
+    resolved; None when there are none, so nothing extra runs. ``lines`` may be a
+    :class:`LiveBends` (``paik live``): then the take follows its slots step by step."""
+    if isinstance(lines, LiveBends):
+        return lines.bind(table, negative_table, n_blocks, n_heads, n_steps, latent)
     if replay is not None:
         specs, schedule = schedule_from_log(replay["log"], [], n_steps, max(1, int(replay["steps"])))
         if not specs:
@@ -730,3 +734,143 @@ def bends_for_take(lines: Iterable, presets: Iterable[str], replay: dict | None,
     if not specs:
         return None
     return resolve_bends(specs, table, negative_table, n_blocks, n_heads, n_steps, latent)
+
+
+# -- live: bend slots played while a take denoises ------------------------------------------------
+
+# an op's argument when a slot leaves it empty, so a button cycling the operation always plays
+# something (swap and inject need a word or a take: they have none)
+DEFAULT_ARGS = {"gain": "2", "mute": "", "shift": "0.25 0", "rotate": "90", "flip": "h", "zoom": "2",
+                "blur": "2", "sharpen": "1", "mask": "circle"}
+
+
+def slot_spec(op: str, word: str, arg: str = "", amount: float = 1.0, blocks: str = "",
+              steps: str = "") -> BendSpec | None:
+    """A live bend slot's fields -> its bend, or None when the slot is off (op ``off`` or no word).
+    ``arg`` holds the op's arguments as text; words beyond what the op takes are ignored (a slot
+    keeps its argument while a button cycles the operation). A mistake is a one-line PaikError."""
+    op, word = str(op).strip().lower(), str(word).strip()
+    if op in ("", "off") or not word:
+        return None
+    if op not in OPS:
+        raise PaikError(f"bend: unknown operation {op!r}; operations: off, {', '.join(OPS)}")
+    try:
+        given = shlex.split(str(arg))
+    except ValueError as e:
+        raise PaikError(f"bend {op} {word}: argument {arg!r}: {e}") from None
+    need = len(OPS[op])
+    if len(given) < need:
+        default = shlex.split(DEFAULT_ARGS.get(op, ""))
+        if len(default) < need:
+            usage = " ".join(n.upper() for n, _ in OPS[op])
+            raise PaikError(f"bend {op} {word}: {op} needs {usage} (the slot's arg)")
+        given = default
+    parts = [op, shlex.quote(word), *(shlex.quote(a) for a in given[:need])]
+    parts += ["strength", _num(min(1.0, max(0.0, float(amount))))]
+    for key, text in (("blocks", blocks), ("steps", steps)):
+        if str(text).strip():
+            parts += [key, shlex.quote(str(text).strip())]
+    return parse_bend(" ".join(parts))
+
+
+class LiveBends:
+    """The bend slots of ``paik live``, shared by the instrument (which sets them, from its render
+    thread) and the engine's worker (which reads them at every step start).
+
+    :meth:`set` replaces the slots; a take bound with :meth:`bind` re-resolves them at once
+    against its prompt and model, so a bad word is refused where it was played, and the running
+    take picks the new set up at its next step start. Bends that cannot be resolved for a take
+    are left out of it and reported (``set``'s return value, or ``on_error`` for a new take)."""
+
+    def __init__(self, on_error=None):
+        self._lock = threading.Lock()
+        self._specs: tuple[BendSpec, ...] = ()
+        self._take: LiveTakeBends | None = None
+        self.on_error = on_error  # (message) for bends a new take cannot use
+
+    def specs(self) -> tuple[BendSpec, ...]:
+        with self._lock:
+            return self._specs
+
+    def set(self, specs: Iterable[BendSpec]) -> list[str]:
+        """Any thread. The slots' bends (None entries are off); returns one line per bend the
+        running take cannot use."""
+        specs = tuple(s for s in specs if s is not None)
+        with self._lock:
+            self._specs = specs
+            take = self._take
+        return take.update(specs) if take is not None else []
+
+    def unbind(self) -> None:
+        """The worker, at a take's end: changes wait for the next take."""
+        with self._lock:
+            self._take = None
+
+    def bind(self, table, negative_table, n_blocks: int, n_heads: int, n_steps: int, latent) -> "LiveTakeBends":
+        """The worker, at a take's start: the take's view of the slots."""
+        take = LiveTakeBends((table, negative_table, n_blocks, n_heads, n_steps, tuple(latent)))
+        with self._lock:
+            self._take = take
+            specs = self._specs
+        for message in take.update(specs):
+            if self.on_error is not None:
+                self.on_error(message)
+        return take
+
+
+class LiveTakeBends:
+    """One take's bends under live control: the interface of :class:`BendSet`, with the set
+    pinned at each step's start (the first block that asks), so every block and pass of a step
+    uses the same bends and ``lines_at`` records exactly what the step used."""
+
+    def __init__(self, context: tuple):
+        self.context = context  # (table, negative_table, n_blocks, n_heads, n_steps, latent)
+        self._lock = threading.Lock()
+        self._current = BendSet([], context[5], {"cond": 0, "uncond": 0})
+        self._step: int | None = None
+        self._pinned = self._current
+        self._used: dict[int, list[str]] = {}  # step -> lines; bounded by the take's steps
+        self._resolved: dict[BendSpec, _Bend] = {}
+
+    def update(self, specs: Iterable[BendSpec]) -> list[str]:
+        table, negative_table, n_blocks, n_heads, n_steps, latent = self.context
+        good, errors = [], []
+        for spec in specs:
+            bend = self._resolved.get(spec)  # a fader moving one slot re-resolves nothing else
+            if bend is None:
+                try:
+                    bend = resolve_bends([spec], table, negative_table, n_blocks, n_heads, n_steps, latent).bends[0]
+                except PaikError as e:
+                    errors.append(str(e))
+                    continue
+                if len(self._resolved) >= 256:  # a fader sweeping amounts: bounded
+                    self._resolved.clear()
+                self._resolved[spec] = bend
+            good.append(bend)
+        n_real = {"cond": len(table), "uncond": len(negative_table) if negative_table is not None else 0}
+        with self._lock:
+            self._current = BendSet(good, latent, n_real)
+        return errors
+
+    def __bool__(self) -> bool:  # always: every step's record is kept, empty or not
+        return True
+
+    def specs(self) -> list[BendSpec]:
+        with self._lock:
+            return self._current.specs()
+
+    def _at(self, step: int) -> BendSet:
+        if step != self._step:  # a new step starts: it plays the slots as they are now
+            with self._lock:
+                self._pinned = self._current
+            self._step = step
+            self._used[step] = self._pinned.lines_at(step)
+        return self._pinned
+
+    def lines_at(self, step: int) -> list[str]:
+        return list(self._used.get(step, ()))  # nothing: no block asked, so nothing was bent
+
+    def active(self, step: int | None, pass_name: str | None, block: int) -> "BlockBends | None":
+        if step is None:
+            return None
+        return self._at(step).active(step, pass_name, block)

@@ -12,7 +12,11 @@ What the instrument sees is a stream of events, drained once per frame with :met
 - :class:`StepDone` (index, done, total, that step's preview, and a CUDA event that completes
   when the step's maps are in the store),
 - :class:`TakeDone` (bundle path, video path),
-- :class:`TakeFailed` (one line: what was wrong and what to do), also for a cancelled take.
+- :class:`TakeFailed` (one line: what was wrong and what to do), also for a cancelled take,
+- :class:`BendRefused` (a bend slot the new take's prompt or model cannot use).
+
+Bends are the engine's :attr:`Engine.bends` (a :class:`~paik.capture.bend.LiveBends`): every take
+follows its slots, and a change reaches the running take at its next step start.
 
 Requests are bounded: one take runs, at most one waits, and a newer request replaces the
 waiting one (a flood of ``generate`` queues no work). No GL and no instrument imports here.
@@ -86,6 +90,12 @@ class TakeDone:
 
 
 @dataclass
+class BendRefused:
+    take: int
+    message: str  # one line: a bend slot this take cannot use (the take goes on without it)
+
+
+@dataclass
 class TakeFailed:
     take: int
     name: str
@@ -121,6 +131,9 @@ class Engine:
         self._count = 0
         self.running: int | None = None  # the take being generated
         self.replaced = 0  # pending requests a newer one replaced (tests, the bench)
+        from paik.capture.bend import LiveBends
+
+        self.bends = LiveBends(on_error=lambda m: self._events.append(BendRefused(self.running or 0, one_line(m))))
         self._thread = threading.Thread(target=self._run, name="paik-engine", daemon=True)
         self._thread.start()
 
@@ -144,6 +157,11 @@ class Engine:
             if self.running is not None:
                 self._cancel.set()
         return had
+
+    def set_bends(self, specs) -> list[str]:
+        """The bend slots (BendSpecs, None for off), from any thread; the running take plays them
+        from its next step. Returns one line per bend the running take cannot use."""
+        return [one_line(m) for m in self.bends.set(specs)]
 
     def poll(self) -> list:
         """Every event since the last call, oldest first."""
@@ -187,6 +205,7 @@ class Engine:
                 log.exception("take %d", take)
                 self._events.append(TakeFailed(take, f"take_{take:04d}", f"{type(e).__name__}: {e}"))
             finally:
+                self.bends.unbind()
                 with self._lock:
                     self.running = None
 
@@ -198,7 +217,7 @@ class Engine:
         }.items() if v is not None}
         if req.tokens is not None:
             given["tokens"] = list(req.tokens)
-        return replace(d, out=str(out), **given)
+        return replace(d, out=str(out), bends=self.bends, bend_presets=[], **given)
 
     def _name(self, take: int) -> Path:
         n = take

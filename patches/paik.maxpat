@@ -13,7 +13,7 @@
    60,
    80,
    1300,
-   700
+   900
   ],
   "boxes": [
    {
@@ -893,6 +893,488 @@
      ],
      "text": "scene"
     }
+   },
+   {
+    "box": {
+     "id": "obj-59",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      640,
+      660,
+      22
+     ],
+     "text": "paik live: edit the prompt message and click it, then generate; seed; bend slot 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-60",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      670,
+      200,
+      22
+     ],
+     "text": "/paik/prompt \"a red kiss\""
+    }
+   },
+   {
+    "box": {
+     "id": "obj-61",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      230,
+      670,
+      110,
+      22
+     ],
+     "text": "/paik/generate"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-62",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      350,
+      670,
+      150,
+      22
+     ],
+     "text": "/paik/generate/cancel"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-63",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      510,
+      670,
+      120,
+      22
+     ],
+     "text": "/paik/seed/cycle"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-64",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      710,
+      60,
+      22
+     ],
+     "text": "seed"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-65",
+     "maxclass": "number",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      80,
+      710,
+      70,
+      22
+     ],
+     "minimum": 0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-66",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      160,
+      710,
+      120,
+      22
+     ],
+     "text": "prepend /paik/seed"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-67",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      300,
+      710,
+      140,
+      22
+     ],
+     "text": "bend 1 amount 0..1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-68",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      440,
+      710,
+      60,
+      22
+     ],
+     "format": 6,
+     "minimum": 0.0,
+     "maximum": 1.0
+    }
+   },
+   {
+    "box": {
+     "id": "obj-69",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      510,
+      710,
+      200,
+      22
+     ],
+     "text": "prepend /paik/bend1_amount/norm"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-70",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      750,
+      260,
+      22
+     ],
+     "text": "/paik/bend 1 \"gain kiss 2 blocks 10-20\""
+    }
+   },
+   {
+    "box": {
+     "id": "obj-71",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      290,
+      750,
+      120,
+      22
+     ],
+     "text": "/paik/bend/off 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-72",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      420,
+      750,
+      140,
+      22
+     ],
+     "text": "/paik/bend1_op mute"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-73",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      570,
+      750,
+      140,
+      22
+     ],
+     "text": "/paik/bend1_op gain"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-74",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      784,
+      160,
+      22
+     ],
+     "text": "/paik/bend1_word kiss"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-75",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      190,
+      784,
+      130,
+      22
+     ],
+     "text": "/paik/bend1_arg dog"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-76",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      330,
+      784,
+      170,
+      22
+     ],
+     "text": "/paik/bend1_blocks 10-20"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-77",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      510,
+      784,
+      160,
+      22
+     ],
+     "text": "/paik/bend1_steps 0-12"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-78",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      720,
+      420,
+      400,
+      22
+     ],
+     "text": "route /paik/progress /paik/take /paik/error /paik/bend1_amount"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-79",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      720,
+      460,
+      80,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-80",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      820,
+      460,
+      240,
+      22
+     ],
+     "text": ""
+    }
+   },
+   {
+    "box": {
+     "id": "obj-81",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1070,
+      460,
+      150,
+      22
+     ],
+     "text": "progress (done total)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-82",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      720,
+      494,
+      80,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-83",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      820,
+      494,
+      240,
+      22
+     ],
+     "text": ""
+    }
+   },
+   {
+    "box": {
+     "id": "obj-84",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1070,
+      494,
+      150,
+      22
+     ],
+     "text": "take"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-85",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      720,
+      528,
+      80,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-86",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      820,
+      528,
+      240,
+      22
+     ],
+     "text": ""
+    }
+   },
+   {
+    "box": {
+     "id": "obj-87",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1070,
+      528,
+      150,
+      22
+     ],
+     "text": "error"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-88",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      720,
+      562,
+      80,
+      22
+     ],
+     "text": "prepend set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-89",
+     "maxclass": "message",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      820,
+      562,
+      240,
+      22
+     ],
+     "text": ""
+    }
+   },
+   {
+    "box": {
+     "id": "obj-90",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1070,
+      562,
+      150,
+      22
+     ],
+     "text": "bend 1 amount"
+    }
    }
   ],
   "lines": [
@@ -1372,6 +1854,306 @@
      ],
      "destination": [
       "obj-56",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-60",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-62",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-65",
+      0
+     ],
+     "destination": [
+      "obj-66",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-66",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-68",
+      0
+     ],
+     "destination": [
+      "obj-69",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-69",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-70",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-71",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-73",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-75",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-76",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-77",
+      0
+     ],
+     "destination": [
+      "obj-1",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-35",
+      0
+     ],
+     "destination": [
+      "obj-78",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-78",
+      0
+     ],
+     "destination": [
+      "obj-79",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
+      0
+     ],
+     "destination": [
+      "obj-80",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-78",
+      1
+     ],
+     "destination": [
+      "obj-82",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-83",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-78",
+      2
+     ],
+     "destination": [
+      "obj-85",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-85",
+      0
+     ],
+     "destination": [
+      "obj-86",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-78",
+      3
+     ],
+     "destination": [
+      "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      0
+     ],
+     "destination": [
+      "obj-89",
       0
      ]
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from paik.instrument.render import colormaps
-from paik.instrument.control.osc import address_space, translate
+from paik.instrument.control.osc import address_space, feedback_addresses, translate
 from paik.instrument.control.params import Params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +30,12 @@ def _sample(tag: str, literal=None):
     return {"f": 0.5, "i": 1, "s": "kiss", "": None}[tag]
 
 
+def _samples(tags: str) -> list:
+    if tags == "is":  # /paik/bend: a slot and a bend line
+        return [1, "mute kiss"]
+    return [] if tags == "" else [_sample(tags)]
+
+
 def check(sends: list[tuple[str, str, list]]):
     """(address, type tags, literal args or []) -> every one exists and is accepted."""
     known = space()
@@ -39,10 +45,10 @@ def check(sends: list[tuple[str, str, list]]):
         assert tags in known[address].types, f"{address} does not take {tags!r} (takes {known[address].types})"
         if address.split("/")[-1] in ("subscribe", "unsubscribe", "state"):
             continue  # answered by the server itself (see test_control_osc)
-        args = literals or ([] if tags == "" else [_sample(tags)])
+        args = literals or _samples(tags)
         if address.endswith("/norm") and args:
             args = [min(1.0, float(args[0]))]
-        if address in ("/paik/step", "/paik/block", "/paik/token", "/paik/head") and tags in "if":
+        if address in ("/paik/step", "/paik/block", "/paik/token", "/paik/head", "/paik/seed") and tags in "if":
             args = [type(args[0])(1)]
         translate(address, args)  # raises if the instrument would refuse it
 
@@ -125,12 +131,27 @@ def td_sends(path: Path):
     tree = ast.parse(path.read_text())
     sends = next(ast.literal_eval(n.value) for n in tree.body
                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SENDS")
+    shows = next((ast.literal_eval(n.value) for n in tree.body
+                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHOWS"), {})
+    feedback = {a: t for a, t, _ in feedback_addresses()}
+    for address, tags in shows.items():  # what it reads back is what the instrument sends
+        assert feedback.get(address) == tags, f"{address} {tags} is not feedback the instrument sends"
     used = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
             and n.value.startswith("/paik/")}
-    faders = [f"/paik/{n}/norm" for n in ("step", "block", "gain", "gamma", "threshold", "opacity", "time")]
-    assert used - set(sends) <= {"/paik/"}, f"addresses sent but not declared: {used - set(sends)}"
+    faders = [f"/paik/{n}/norm" for n in ("step", "block", "gain", "gamma", "threshold", "opacity", "time",
+                                          "bend1_amount")]
+    assert used - set(sends) - set(shows) <= {"/paik/"}, f"addresses sent but not declared: {used - set(sends)}"
     assert set(faders) <= set(sends)
     return [(a, t, []) for a, t in sends.items()]
+
+
+# paik live: a prompt field, a generate button, a seed control and a bend slot's controls
+LIVE = {"/paik/prompt", "/paik/generate", "/paik/generate/cancel", "/paik/seed", "/paik/seed/cycle",
+        "/paik/bend1_op", "/paik/bend1_word", "/paik/bend1_amount/norm"}
+
+
+def _shows_progress(routes: list[str], word: str) -> None:
+    assert any(word in r.split() for r in routes), "the patch does not show /paik/progress"
 
 
 def test_pure_data_patch():
@@ -139,8 +160,10 @@ def test_pure_data_patch():
     assert {"/paik/token", "/paik/block", "/paik/head", "/paik/step", "/paik/colormap", "/paik/scene/recall",
             "/paik/subscribe"} <= addresses
     check(sends)
+    assert LIVE <= addresses, LIVE - addresses
     text = (PATCHES / "paik.pd").read_text()
     assert "netreceive -u -b 9001" in text and "oscparse" in text  # shows the feedback
+    _shows_progress([line for line in text.split(";\n") if " route " in line], "progress")
 
 
 def test_max_patch():
@@ -149,12 +172,18 @@ def test_max_patch():
     assert {"/paik/token", "/paik/block", "/paik/head", "/paik/step", "/paik/colormap", "/paik/scene/recall",
             "/paik/subscribe"} <= addresses
     check(sends)
+    assert LIVE <= addresses and "/paik/bend" in addresses, LIVE - addresses
+    assert ("/paik/bend", "is", [1, "gain kiss 2 blocks 10-20"]) in sends
     assert "udpreceive 9001" in (PATCHES / "paik.maxpat").read_text()
+    patcher = json.loads((PATCHES / "paik.maxpat").read_text())["patcher"]
+    _shows_progress([b["box"].get("text", "") for b in patcher["boxes"] if b["box"].get("text", "").startswith("route")],
+                    "/paik/progress")
 
 
 def test_touchdesigner_script():
     sends = td_sends(PATCHES / "touchdesigner" / "paik_osc.py")
     check(sends)
+    assert LIVE | {"/paik/bend"} <= {a for a, _, _ in sends}
     assert (PATCHES / "touchdesigner" / "README.md").is_file()
 
 

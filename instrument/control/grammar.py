@@ -20,6 +20,10 @@ from OSC (``/paik/cmd "step nudge 0.5"``, and every address ``/paik/a/b x`` is t
     prompt a red kiss    text parameters take the rest of the line (paik live: prompt, negative, size, tokens)
     generate             paik live: a new take from prompt, seed, steps, ... ("generate a cat" sets the
                          prompt too; "generate cancel" stops the running take); "seed next" adds one
+    bend 1 gain kiss 2 blocks 10-20
+                         paik live: bend slot 1 from one bend line (capture/bend.py's grammar; strength
+                         sets its amount); "bend 1 off" clears it; bend1_amount 0.5 and the other
+                         bendN_ fields play one part of a slot
 
 Values are checked here, when a line is parsed (a MIDI map's lines when the map is loaded), as
 far as they can be without the bundle: a number where a number goes, a known choice, a word
@@ -34,7 +38,7 @@ import shlex
 from paik.errors import PaikError
 
 from paik.instrument.control.files import file_name
-from paik.instrument.control.params import OPS, SPECS, Command, check_op
+from paik.instrument.control.params import BEND_SLOTS, OPS, SPECS, Command, check_op
 
 # actions: names that are not parameters, with the operations they take
 ACTIONS = {
@@ -44,6 +48,7 @@ ACTIONS = {
     "snapshot": ("set",),
     "state": ("get",),
     "generate": ("start", "cancel"),  # paik live: a take from prompt, seed, ... ("generate cancel" stops it)
+    "bend": ("set", "off"),  # paik live: a whole bend slot from one bend line ("bend 1 off" clears it)
 }
 SCENE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -156,6 +161,8 @@ def _action(name: str, rest: list[str], source: str) -> Command:
         if rest and rest[0] == "start":
             rest = rest[1:]
         return Command("generate", "start", {"prompt": " ".join(rest)} if rest else {}, source)
+    if name == "bend":
+        return bend_command(rest, source)
     if name == "learn":
         if not rest:
             raise PaikError("learn: expected a parameter or a command line to arm, or cancel / save NAME / clear")
@@ -170,11 +177,43 @@ def _action(name: str, rest: list[str], source: str) -> Command:
     return Command(name, "get", None, source)
 
 
+def bend_slot(value) -> int:
+    """A bend slot number, 1..BEND_SLOTS, from a word or an OSC int."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= BEND_SLOTS:
+        raise PaikError(f"bend: slot {value!r} does not exist; slots are 1 to {BEND_SLOTS} (bend 1 mute cat)")
+    return n
+
+
+def bend_command(rest: list[str], source: str) -> Command:
+    """``bend N LINE`` / ``bend N off`` -> Command("bend", "set", (N, canonical line)) or
+    Command("bend", "off", N). The line is checked now; its word, when the slot reaches a take."""
+    if not rest:
+        raise PaikError("bend: expected 'bend N OP WORD ...' (like bend 1 gain kiss 2 blocks 10-20) or 'bend N off'")
+    n = bend_slot(rest[0])
+    if rest[1:] in ([], ["off"]):
+        if not rest[1:]:
+            raise PaikError(f"bend {n}: expected a bend after the slot (bend {n} mute cat) or off")
+        return Command("bend", "off", n, source)
+    from paik.capture.bend import parse_bend  # torch: only once a bend is played
+
+    spec = parse_bend(shlex.join(rest[1:]))
+    if spec.heads is not None or spec.pass_ != "cond":
+        raise PaikError(f"bend {n}: a live slot bends every head of the conditional pass; leave out heads and "
+                        "pass (or use paik generate --bend)")
+    return Command("bend", "set", (n, spec.line()), source)
+
+
 def format(cmd: Command) -> str:
     """The line that :func:`parse` turns back into ``cmd`` (for maps and logs)."""
     value = "" if cmd.value is None else str(cmd.value)
     if " " in value:
         value = shlex.quote(value)
+    if cmd.name == "bend":
+        return f"bend {cmd.value} off" if cmd.op == "off" else f"bend {cmd.value[0]} {cmd.value[1]}"
     if cmd.name in ACTIONS:
         if cmd.op in ("set", "get"):
             return f"{cmd.name} {value}".strip()

@@ -236,8 +236,8 @@ class Live:
             print("  ".join(f"{k}={v}" for k, v in self.values.items() if k in SPECS), flush=True)
         elif cmd.name == "learn":
             raise PaikError("MIDI learn needs MIDI: start paik play with --midi")
-        elif cmd.name == "generate":
-            raise PaikError("generate needs a model: start the instrument with 'paik live' instead of 'paik play'")
+        elif cmd.name in ("generate", "bend"):
+            raise PaikError(f"{cmd.name} needs a model: start the instrument with 'paik live' instead of 'paik play'")
 
     # -- bundle load: opened on a thread, swapped in between frames --------------------------------
     def _load(self, path: Path, source: str = "") -> None:

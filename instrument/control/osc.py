@@ -121,6 +121,9 @@ def address_space(p: Params) -> list[Address]:
         Address(f"{PREFIX}/generate", ("", "s", "i", "si"),
                 "paik live: start a take from prompt, seed, ... (optional prompt s and seed i set them first)"),
         Address(f"{PREFIX}/generate/cancel", ("",), "paik live: stop the running take (its finished steps stay)"),
+        Address(f"{PREFIX}/bend", ("is",), "paik live: bend slot i from one bend line s, like 1 'gain kiss 2 blocks "
+                "10-20' (the bendN_ addresses play one part of a slot)"),
+        Address(f"{PREFIX}/bend/off", ("i",), "paik live: clear bend slot i"),
         Address(f"{PREFIX}/subscribe", ("", "i", "f"), "send state to me now and on every change (optional reply port)"),
         Address(f"{PREFIX}/unsubscribe", ("", "i", "f"), "stop sending state to me"),
         Address(f"{PREFIX}/state", ("", "i", "f"), "send the whole state to me once (optional reply port)"),
@@ -179,6 +182,16 @@ def translate(address: str, args: list, source: str = "osc") -> Command:
         given = {"prompt": a for a in args if isinstance(a, str)}
         given.update({"seed": _integral(a, address) for a in args if typetag(a) == "i"})
         return Command("generate", "start", given, source)
+    if parts[0] == "bend":  # a whole slot: number i and a bend line s
+        if parts == ["bend"] and tags == "is":
+            try:
+                words = grammar.shlex.split(args[1])
+            except ValueError as e:
+                raise PaikError(f"{address} {args[1]!r}: {e} (close the quote around a phrase)") from None
+            return grammar.bend_command([str(_integral(args[0], address)), *words], source)
+        if parts == ["bend", "off"] and tags in ("i", "f"):
+            return Command("bend", "off", grammar.bend_slot(_integral(args[0], address)), source)
+        raise PaikError(f"{address}: expected /paik/bend i s (slot, bend line) or /paik/bend/off i, not {tags or 'nothing'}")
     if len(args) > 1:
         raise PaikError(f"{address} takes at most one argument, got {len(args)} ({tags})")
     arg = args[0] if args else None

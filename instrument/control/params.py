@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from typing import Any
 
 from paik.errors import PaikError
@@ -119,13 +119,34 @@ SPECS: dict[str, Spec] = {
     "guidance": Spec("float", 5.0, 1.0, 20.0, help="classifier-free guidance of the next take (1 = off)"),
     "tokens": Spec("text", "", help='words to capture in the next take, like kiss,"soccer ball" (empty: all)'),
 }
+# paik live's bend slots: bend1_op, bend1_word, ... (see paik.capture.bend; "bend 1 LINE" sets a
+# whole slot). The operations are capture/bend.py's OPS, written here so the bank needs no torch.
+BEND_SLOTS = 4
+BEND_OPS = ("off", "gain", "mute", "swap", "shift", "rotate", "flip", "zoom", "blur", "sharpen", "mask", "inject")
+BEND_FIELDS = {
+    "op": Spec("enum", "off", choices=BEND_OPS, help="bend slot N's operation (off: the slot does nothing)"),
+    "word": Spec("text", "", help="bend slot N's word or phrase of the prompt"),
+    "arg": Spec("text", "", help="bend slot N's operation arguments, like 2 (gain), dog (swap), 0.2 0 (shift); "
+                "empty: the op's default"),
+    "amount": Spec("float", 1.0, 0.0, 1.0, help="bend slot N's strength, 0..1"),
+    "blocks": Spec("text", "", help="bend slot N's blocks, like 10-20 (empty: all)"),
+    "steps": Spec("text", "", help="bend slot N's steps, like 0-12 (empty: all)"),
+}
+for _n in range(1, BEND_SLOTS + 1):
+    SPECS.update({f"bend{_n}_{k}": replace(v, help=v.help.replace("slot N", f"slot {_n}")) for k, v in BEND_FIELDS.items()})
 TEXT_MAX = 2000  # characters of a text parameter (a prompt)
 # continuous parameters glide (see instrument/live.py); time is the playhead and never glides
 SMOOTHED = ("step", "block", "clip_lo", "clip_hi", "gain", "gamma", "threshold", "opacity", "speed")
 
 
+# the bend slots' fields of Params, one per SPECS entry above
+_BendSlots = make_dataclass("_BendSlots", [
+    (f"bend{n}_{k}", {"enum": str, "text": str, "float": float}[v.kind], field(default=v.default))
+    for n in range(1, BEND_SLOTS + 1) for k, v in BEND_FIELDS.items()])
+
+
 @dataclass
-class Params:
+class Params(_BendSlots):
     """The live values. Bounds that depend on the bundle (token, step, block, head counts) are
     set once with :meth:`bind`."""
 

@@ -13,6 +13,12 @@ worker does the work. Once per frame, before the commands, the engine's events a
   or refused command ``error``: published like the parameters, so OSC subscribers get
   ``/paik/take s``, ``/paik/progress ii`` and ``/paik/error s``.
 
+Bends: the bank's bend slots (``bend1_op``, ``bend1_word``, ... ``bend4_steps``; the action
+``bend N LINE`` sets a whole slot) are handed to the engine whenever one changes, once per frame
+after the commands; the running take plays them from its next step start, and its manifest
+records per step what was active (``bend_log``). A slot that cannot be played (an unknown word,
+op or range) is an ``error`` and stays out of the take; the other slots play on.
+
 A step whose maps are not yet complete on the GPU (its CUDA event has not passed) waits for a
 later frame: the render thread never blocks on the generation.
 """
@@ -20,11 +26,12 @@ later frame: the render thread never blocks on the generation.
 from __future__ import annotations
 
 import logging
+import shlex
 
 from paik.errors import PaikError
 
 from paik.instrument.control.live import Live
-from paik.instrument.control.params import Command
+from paik.instrument.control.params import BEND_FIELDS, BEND_SLOTS, Command
 
 log = logging.getLogger("paik.live")
 
@@ -50,6 +57,8 @@ class EngineLive(Live):
         self.engine = engine
         self.request_type = request_type
         self.actions["generate"] = self._generate
+        self.actions["bend"] = self._bend
+        self._bend_key = None  # the slot fields last handed to the engine
         self.take_name = ""
         self.progress: tuple[int, int] | None = None
         self._error = (0, "")
@@ -71,6 +80,40 @@ class EngineLive(Live):
         self.engine.submit(request_from(self.target, self.request_type))
         log.info("generate: %r seed %d", self.target.prompt, self.target.seed)
 
+    def _bend(self, cmd: Command) -> None:
+        """``bend N LINE`` (value (N, line)) fills slot N's fields; ``bend N off`` turns it off."""
+        if cmd.op == "off":
+            self._apply(Command(f"bend{cmd.value}_op", "set", "off", cmd.source))
+            return
+        from paik.capture.bend import OPS, _num, parse_bend
+
+        n, line = cmd.value
+        spec = parse_bend(line)
+        args = " ".join(_num(v) if kind == "float" else shlex.quote(str(v)) for (_, kind), v in zip(OPS[spec.op], spec.args))
+        for key, value in (("op", spec.op), ("word", spec.word), ("arg", args), ("amount", spec.strength),
+                           ("blocks", spec.blocks or ""), ("steps", spec.steps or "")):
+            self._apply(Command(f"bend{n}_{key}", "set", value, cmd.source))
+
+    def _sync_bends(self) -> None:
+        """Hand the slots to the engine when one changed (render thread, after the commands)."""
+        t = self.target
+        key = tuple(tuple(getattr(t, f"bend{n}_{k}") for k in BEND_FIELDS) for n in range(1, BEND_SLOTS + 1))
+        if key == self._bend_key:
+            return
+        self._bend_key = key
+        from paik.capture.bend import slot_spec
+
+        specs = []
+        for n, fields in enumerate(key, 1):
+            try:
+                specs.append(slot_spec(*fields))
+            except PaikError as e:
+                specs.append(None)
+                self.error(f"bend slot {n}: {e}", kind="bend")
+        if hasattr(self.engine, "set_bends"):
+            for message in self.engine.set_bends(specs):
+                self.error(message, kind="bend")
+
     def error(self, message: str, kind: str = "command", source: str = "") -> None:
         super().error(message, kind, source)
         self._error = (self._error[0] + 1, f"{kind}: {message}")
@@ -87,7 +130,13 @@ class EngineLive(Live):
         except Exception as e:  # a fault here must not end the show
             log.debug("engine events", exc_info=True)
             self.error(f"{type(e).__name__}: {e}", kind="engine")
-        return super().update(now)
+        shown = super().update(now)
+        try:
+            self._sync_bends()
+        except Exception as e:  # a fault in a bend must not end the show
+            log.debug("bends", exc_info=True)
+            self.error(f"bend: {type(e).__name__}: {e}", kind="bend")
+        return shown
 
     def _drain(self) -> None:
         from paik.instrument.render.resident import LiveTake, ResidentSource
@@ -127,6 +176,8 @@ class EngineLive(Live):
                     elif f[2] is self.src:
                         self._grow(f[2])
                 log.info("take %s complete: %s", ev.name, ev.path)
+            elif kind == "BendRefused":
+                self.error(ev.message, kind="bend")
             elif kind == "TakeFailed":
                 self.error(f"{ev.name}: {ev.message}", kind="generate")
 

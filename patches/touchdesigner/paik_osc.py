@@ -32,9 +32,26 @@ SENDS = {
     "/paik/scene/save": "i",
     "/paik/subscribe": "i",
     "/paik/playing/toggle": "",
+    # paik live: the next take, and bend slot 1
+    "/paik/prompt": "s",
+    "/paik/generate": "",
+    "/paik/generate/cancel": "",
+    "/paik/seed": "i",
+    "/paik/seed/cycle": "",
+    "/paik/bend": "is",
+    "/paik/bend/off": "i",
+    "/paik/bend1_op": "s",
+    "/paik/bend1_word": "s",
+    "/paik/bend1_arg": "s",
+    "/paik/bend1_amount/norm": "f",
+    "/paik/bend1_blocks": "s",
+    "/paik/bend1_steps": "s",
 }
+# feedback this script reads from the state table (Paik sends it to subscribers)
+SHOWS = {"/paik/progress": "ii", "/paik/take": "s", "/paik/error": "s"}
 # CHOP channels forwarded as faders: channel name -> address
-FADERS = {name: f"/paik/{name}/norm" for name in ("step", "block", "gain", "gamma", "threshold", "opacity", "time")}
+FADERS = {name: f"/paik/{name}/norm" for name in ("step", "block", "gain", "gamma", "threshold", "opacity", "time",
+                                                  "bend1_amount")}
 
 
 def send(address, *args):
@@ -65,6 +82,42 @@ def colormap(name):
 
 def scene(number, save=False):
     send("/paik/scene/save" if save else "/paik/scene/recall", int(number))
+
+
+# -- paik live ------------------------------------------------------------------------------------
+def generate(prompt=None, seed=None):
+    """A new take; a prompt and a seed, when given, are set first."""
+    if prompt is not None:
+        send("/paik/prompt", prompt)
+    if seed is not None:
+        send("/paik/seed", int(seed))
+    send("/paik/generate")
+
+
+def cancel():
+    send("/paik/generate/cancel")
+
+
+def next_seed():
+    send("/paik/seed/cycle")
+
+
+def bend(slot, line):
+    """A whole bend slot (1-4) from one line, like bend(1, 'gain kiss 2 blocks 10-20')."""
+    send("/paik/bend", int(slot), line)
+
+
+def bend_off(slot):
+    send("/paik/bend/off", int(slot))
+
+
+def progress():
+    """(steps done, total) of the take, from the feedback table, or None."""
+    row = op(STATE)["/paik/progress", 1]  # noqa: F821 (filled by onReceiveOSC)
+    if row is None or len(row.val.split()) != 2:
+        return None
+    done, total = row.val.split()
+    return int(done), int(total)
 
 
 # -- CHOP Execute DAT callbacks (set its CHOPs parameter to your fader CHOP) ------------------------
