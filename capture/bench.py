@@ -48,6 +48,32 @@ def build_transformer(name: str, device, dtype):
     return model, text_dim
 
 
+def synthetic_inputs(model, text_dim: int, frames: int, height: int, width: int, n_real: int, dev, dtype,
+                     seq: int = 512):
+    """Latents of a video of that size and cond/uncond text embeddings (``n_real`` real tokens, 40
+    for the negative prompt, zero padding to ``seq``), seeded: (latents, ctx, nctx, grid)."""
+    lf, lh, lw = (frames - 1) // 4 + 1, height // 8, width // 8
+    grid = (lf, lh // 2, lw // 2)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    latents = torch.randn(1, 16, lf, lh, lw, generator=gen).to(dev, dtype)
+    ctx = torch.zeros(1, seq, text_dim)
+    ctx[:, :n_real] = torch.randn(1, n_real, text_dim, generator=gen)
+    nctx = torch.zeros(1, seq, text_dim)
+    nctx[:, :40] = torch.randn(1, 40, text_dim, generator=gen)
+    return latents, ctx.to(dev, dtype), nctx.to(dev, dtype), grid
+
+
+def denoise(model, latents, ctx, nctx, n_steps: int, dev) -> None:
+    """What WanPipeline does per step: a cond and an uncond forward, each in its cache_context."""
+    for i in range(n_steps):
+        t = torch.tensor([1000.0 * (1 - i / max(n_steps, 1))], device=dev)
+        kw = dict(step_index=i, sigma=float(t) / 1000, num_inference_steps=n_steps)
+        with model.cache_context("cond", **kw):
+            model(latents, t, ctx, return_dict=False)
+        with model.cache_context("uncond", **kw):
+            model(latents, t, nctx, return_dict=False)
+
+
 def run_bench(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise PaikError("paik bench capture needs a CUDA GPU (use --device cpu with --config tiny to try it here)")
@@ -56,17 +82,10 @@ def run_bench(args) -> int:
     dtype = torch.bfloat16 if cuda else torch.float32
     model, text_dim = build_transformer(args.config, dev, dtype)
     c = model.config
-    lf, lh, lw = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
-    grid = (lf, lh // 2, lw // 2)
-    positions = grid[0] * grid[1] * grid[2]
     n_real, seq = args.tokens, 512
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    latents = torch.randn(1, 16, lf, lh, lw, generator=gen).to(dev, dtype)
-    ctx = torch.zeros(1, seq, text_dim)
-    ctx[:, :n_real] = torch.randn(1, n_real, text_dim, generator=gen)
-    nctx = torch.zeros(1, seq, text_dim)
-    nctx[:, :40] = torch.randn(1, 40, text_dim, generator=gen)
-    ctx, nctx = ctx.to(dev, dtype), nctx.to(dev, dtype)
+    latents, ctx, nctx, grid = synthetic_inputs(model, text_dim, args.frames, args.height, args.width, n_real, dev,
+                                                dtype, seq)
+    positions = grid[0] * grid[1] * grid[2]
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     print(f"paik bench capture: {name}, {args.config} ({c.num_layers} blocks x {c.num_attention_heads} heads), "
           f"{args.height}x{args.width}x{args.frames} -> {grid[0]}x{grid[1]}x{grid[2]} = {positions} video tokens, "
@@ -80,14 +99,8 @@ def run_bench(args) -> int:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def denoise(n_steps: int):
-        for i in range(n_steps):
-            t = torch.tensor([1000.0 * (1 - i / max(n_steps, 1))], device=dev)
-            kw = dict(step_index=i, sigma=float(t) / 1000, num_inference_steps=n_steps)
-            with model.cache_context("cond", **kw):
-                model(latents, t, ctx, return_dict=False)
-            with model.cache_context("uncond", **kw):
-                model(latents, t, nctx, return_dict=False)
+    def run(n_steps: int):
+        denoise(model, latents, ctx, nctx, n_steps, dev)
 
     def capture(n_steps: int, out=None):
         return capture_attention(model, n_tokens=n_real, num_steps=n_steps, grid=grid, device=dev,
@@ -103,10 +116,10 @@ def run_bench(args) -> int:
         cap = tmp = None
         with torch.inference_mode():
             if variant == "none":
-                denoise(1)  # warm-up outside the timed region
+                run(1)  # warm-up outside the timed region
             else:
                 with capture(1):  # one step through the capture path, not timed (kernels, allocator)
-                    denoise(1)
+                    run(1)
                 if variant == "capture+write":
                     tmp = tempfile.mkdtemp(prefix="paik-bench-", dir=args.write)
                 gc.collect()  # the warm-up's one-step store (a capture holds reference cycles) is gone
@@ -117,10 +130,10 @@ def run_bench(args) -> int:
             sync()
             t0 = time.perf_counter()
             if cap is None:
-                denoise(args.steps)
+                run(args.steps)
             else:
                 with cap:  # leaving it writes the last step and closes the bundle: timed, as a run pays it
-                    denoise(args.steps)
+                    run(args.steps)
             sync()
             seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(dev) / GiB if cuda else float("nan")

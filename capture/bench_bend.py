@@ -16,7 +16,7 @@ import time
 import torch
 
 from paik.capture.api import capture_attention
-from paik.capture.bench import build_transformer
+from paik.capture.bench import build_transformer, denoise, synthetic_inputs
 from paik.capture.bend import parse_bend, resolve_bends
 from paik.capture.tokens import Token
 from paik.errors import PaikError
@@ -43,16 +43,9 @@ def run(args) -> int:
     dtype = torch.bfloat16 if cuda else torch.float32
     model, text_dim = build_transformer(args.config, dev, dtype)
     c = model.config
-    lf, lh, lw = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
-    grid = (lf, lh // 2, lw // 2)
     n_real, seq = args.tokens, 512
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    latents = torch.randn(1, 16, lf, lh, lw, generator=gen).to(dev, dtype)
-    ctx = torch.zeros(1, seq, text_dim)
-    ctx[:, :n_real] = torch.randn(1, n_real, text_dim, generator=gen)
-    nctx = torch.zeros(1, seq, text_dim)
-    nctx[:, :40] = torch.randn(1, 40, text_dim, generator=gen)
-    ctx, nctx = ctx.to(dev, dtype), nctx.to(dev, dtype)
+    latents, ctx, nctx, grid = synthetic_inputs(model, text_dim, args.frames, args.height, args.width, n_real, dev,
+                                                dtype, seq)
     # a prompt of n_real pieces; word "w" has two pieces (1, 2), word "v" one (3)
     words = ["a", "w", "w", "v"] + [f"x{i}" for i in range(n_real - 4)]
     wi = {"a": 0, "w": 1, "v": 2}
@@ -66,14 +59,8 @@ def run(args) -> int:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def denoise(n_steps: int):
-        for i in range(n_steps):
-            t = torch.tensor([1000.0 * (1 - i / max(n_steps, 1))], device=dev)
-            kw = dict(step_index=i, sigma=float(t) / 1000, num_inference_steps=n_steps)
-            with model.cache_context("cond", **kw):
-                model(latents, t, ctx, return_dict=False)
-            with model.cache_context("uncond", **kw):
-                model(latents, t, nctx, return_dict=False)
+    def run(n_steps: int):
+        denoise(model, latents, ctx, nctx, n_steps, dev)
 
     def bends(line: str | None, n_steps: int):
         if line is None:
@@ -89,7 +76,7 @@ def run(args) -> int:
                                      max_sequence_length=seq, max_gb=float("inf"))
             with warm:  # kernels and allocator outside the clock
                 warm.recorder.bends = bends(line if variant != "inactive" else None, 1)
-                denoise(1)
+                run(1)
             del warm
             cap = capture_attention(model, n_tokens=n_real, num_steps=n_total, grid=grid, device=dev,
                                     max_sequence_length=seq, max_gb=float("inf"))
@@ -97,7 +84,7 @@ def run(args) -> int:
             sync()
             t0 = time.perf_counter()
             with cap:
-                denoise(args.steps)
+                run(args.steps)
             sync()
             seconds = time.perf_counter() - t0
         del cap
