@@ -74,17 +74,24 @@ def denoise(model, latents, ctx, nctx, n_steps: int, dev) -> None:
             model(latents, t, nctx, return_dict=False)
 
 
-def run_bench(args) -> int:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise PaikError("paik bench capture needs a CUDA GPU (use --device cpu with --config tiny to try it here)")
+def setup(args):
+    """The full-size transformer (random weights, bf16 on CUDA) and its seeded inputs at the size
+    ``args`` names: (device, cuda, dtype, model, latents, ctx, nctx, grid)."""
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     model, text_dim = build_transformer(args.config, dev, dtype)
+    latents, ctx, nctx, grid = synthetic_inputs(model, text_dim, args.frames, args.height, args.width, args.tokens,
+                                                dev, dtype)
+    return dev, cuda, dtype, model, latents, ctx, nctx, grid
+
+
+def run_bench(args) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise PaikError("paik bench capture needs a CUDA GPU (use --device cpu with --config tiny to try it here)")
+    dev, cuda, dtype, model, latents, ctx, nctx, grid = setup(args)
     c = model.config
     n_real, seq = args.tokens, 512
-    latents, ctx, nctx, grid = synthetic_inputs(model, text_dim, args.frames, args.height, args.width, n_real, dev,
-                                                dtype, seq)
     positions = grid[0] * grid[1] * grid[2]
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     print(f"paik bench capture: {name}, {args.config} ({c.num_layers} blocks x {c.num_attention_heads} heads), "

@@ -16,7 +16,7 @@ import time
 import torch
 
 from paik.capture.api import capture_attention
-from paik.capture.bench import build_transformer, denoise, synthetic_inputs
+from paik.capture.bench import denoise, setup
 from paik.capture.bend import parse_bend, resolve_bends
 from paik.capture.tokens import Token
 from paik.errors import PaikError
@@ -38,14 +38,9 @@ def run(args) -> int:
         raise PaikError(f"--ops: unknown {', '.join(bad)}; operations: {', '.join(OPS)}")
     if args.steps < 1 or args.repeats < 1 or args.tokens < 4:
         raise PaikError("--steps and --repeats must be at least 1, --tokens at least 4")
-    dev = torch.device(args.device)
-    cuda = dev.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model, text_dim = build_transformer(args.config, dev, dtype)
+    dev, cuda, dtype, model, latents, ctx, nctx, grid = setup(args)
     c = model.config
     n_real, seq = args.tokens, 512
-    latents, ctx, nctx, grid = synthetic_inputs(model, text_dim, args.frames, args.height, args.width, n_real, dev,
-                                                dtype, seq)
     # a prompt of n_real pieces; word "w" has two pieces (1, 2), word "v" one (3)
     words = ["a", "w", "w", "v"] + [f"x{i}" for i in range(n_real - 4)]
     wi = {"a": 0, "w": 1, "v": 2}

@@ -7,6 +7,45 @@ import argparse
 from paik.capture.models import ALIASES, DEFAULT_MODEL, TINY
 
 
+def add_take_flags(ap: argparse.ArgumentParser) -> None:
+    """The settings of one generation, shared by ``paik generate`` (its flags) and ``paik live``
+    (the defaults of every take, which the bank then changes live): one definition of each."""
+    ap.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))}")
+    ap.add_argument("--negative", default=None, help="negative prompt")
+    ap.add_argument("--seed", type=int, default=0)
+    # defaults: the model folder's paik.json ("defaults"), else its family's (paik.capture.models)
+    ap.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model's own, from its paik.json; else 50; 4 for tiny models)")
+    ap.add_argument("--frames", type=int, default=None,
+                   help="frames, 4k+1 (default: the model's own; else 81, 121 for TI2V-5B, 9 for tiny models)")
+    ap.add_argument("--height", type=int, default=None,
+                   help="a multiple of the model's VAE factor x patch (16 for Wan2.1, 32 for TI2V-5B, 8 for "
+                        "paik-shapes); default: the model's own, else 480 (704 TI2V-5B, 64 tiny)")
+    ap.add_argument("--width", type=int, default=None,
+                   help="as --height; default: the model's own, else 832 (1280 TI2V-5B, 64 tiny)")
+    ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
+    ap.add_argument("--guidance-2", type=float, default=None,
+                   help="guidance of Wan2.2 A14B's low-noise expert (default: --guidance)")
+    ap.add_argument("--flow-shift", type=float, default=None, help="scheduler flow shift (default: the model's)")
+    ap.add_argument("--fps", type=float, default=16.0, help="frame rate of the written video")
+    ap.add_argument("--tokens", default=None,
+                   help='words or phrases to capture, e.g. kiss,"soccer ball",eos (default: every real token)')
+    ap.add_argument("--capture-steps", default="all", metavar="SPEC",
+                   help="steps to capture: all, every:N, a list 0,12,24 or a range 0-9")
+    ap.add_argument("--blocks", default="all", metavar="SPEC", help="blocks to capture: all, a list or a range")
+    ap.add_argument("--heads", default="all", choices=["all", "mean"], help="keep every head, or their mean")
+    ap.add_argument("--capture-uncond", action="store_true",
+                   help="also capture the unconditional (negative prompt) pass")
+    ap.add_argument("--max-capture-gb", type=float, default=None,
+                   help="refuse captures larger than this (default: what fits beside the model)")
+    ap.add_argument("--max-sequence-length", type=int, default=512, help="text length the prompt is padded to")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    ap.add_argument("--offload", default=None, choices=["model", "sequential"], help="CPU offload for small GPUs")
+    ap.add_argument("--preview", default="latent", choices=["latent", "decode", "none"],
+                   help="per-step previews of the denoised estimate: cheap latent projection, full VAE decode, none")
+
+
 def register(sub, bench) -> None:
     g = sub.add_parser(
         "generate", help="generate a video while capturing cross-attention maps into a bundle",
@@ -16,46 +55,13 @@ def register(sub, bench) -> None:
     )
     g.add_argument("prompt", nargs="?", default=None, help="the text prompt (with --replay: replaces the take's)")
     g.add_argument("--out", "-o", required=True, help="bundle directory to write")
-    g.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))}")
-    g.add_argument("--negative", default=None, help="negative prompt")
-    g.add_argument("--seed", type=int, default=0)
-    # defaults: the model folder's paik.json ("defaults"), else its family's (paik.capture.models)
-    g.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: the model's own, from its paik.json; else 50; 4 for tiny models)")
-    g.add_argument("--frames", type=int, default=None,
-                   help="frames, 4k+1 (default: the model's own; else 81, 121 for TI2V-5B, 9 for tiny models)")
-    g.add_argument("--height", type=int, default=None,
-                   help="a multiple of the model's VAE factor x patch (16 for Wan2.1, 32 for TI2V-5B, 8 for "
-                        "paik-shapes); default: the model's own, else 480 (704 TI2V-5B, 64 tiny)")
-    g.add_argument("--width", type=int, default=None,
-                   help="as --height; default: the model's own, else 832 (1280 TI2V-5B, 64 tiny)")
-    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
-    g.add_argument("--guidance-2", type=float, default=None,
-                   help="guidance of Wan2.2 A14B's low-noise expert (default: --guidance)")
-    g.add_argument("--flow-shift", type=float, default=None, help="scheduler flow shift (default: the model's)")
-    g.add_argument("--fps", type=float, default=16.0, help="frame rate of the written video")
-    g.add_argument("--tokens", default=None,
-                   help='words or phrases to capture, e.g. kiss,"soccer ball",eos (default: every real token)')
-    g.add_argument("--capture-steps", default="all", metavar="SPEC",
-                   help="steps to capture: all, every:N, a list 0,12,24 or a range 0-9")
-    g.add_argument("--blocks", default="all", metavar="SPEC", help="blocks to capture: all, a list or a range")
-    g.add_argument("--heads", default="all", choices=["all", "mean"], help="keep every head, or their mean")
-    g.add_argument("--capture-uncond", action="store_true",
-                   help="also capture the unconditional (negative prompt) pass")
-    g.add_argument("--max-capture-gb", type=float, default=None,
-                   help="refuse captures larger than this (default: what fits beside the model)")
+    add_take_flags(g)
     g.add_argument("--step-buffers", type=int, default=3, metavar="K",
                    help="steps of maps held on the device at once, each reused once the bundle writer has copied "
                         "its step off (default 3)")
     g.add_argument("--keep-on-device", action="store_true",
                    help="keep every captured step on the device until the end (as paik live does)")
-    g.add_argument("--max-sequence-length", type=int, default=512, help="text length the prompt is padded to")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    g.add_argument("--offload", default=None, choices=["model", "sequential"], help="CPU offload for small GPUs")
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
-    g.add_argument("--preview", default="latent", choices=["latent", "decode", "none"],
-                   help="per-step previews of the denoised estimate: cheap latent projection, full VAE decode, none")
     g.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     g.add_argument("--bend", action="append", default=[], metavar="BEND",

@@ -20,34 +20,11 @@ DEFAULT_PROMPT = "a red circle and a blue square"
 def add_generation_flags(ap: argparse.ArgumentParser) -> None:
     """``paik generate``'s settings, here the defaults of every take (the bank's prompt, seed,
     steps, frames, size, guidance and tokens then change them live)."""
-    from paik.capture.models import ALIASES, DEFAULT_MODEL, TINY
+    from paik.capture.cli import add_take_flags
 
     g = ap.add_argument_group("generation (defaults of every take; /paik/prompt, /paik/seed ... change them live)")
-    g.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"hub id, local diffusers folder, or one of: {', '.join(list(TINY) + list(ALIASES))} "
-                        f"(default {DEFAULT_MODEL})")
     g.add_argument("--prompt", default=None, help=f"the first take's prompt (default {DEFAULT_PROMPT!r})")
-    g.add_argument("--negative", default=None, help="negative prompt")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    g.add_argument("--frames", type=int, default=None, help="frames of a take, 4k+1 (default: the model's)")
-    g.add_argument("--height", type=int, default=None, help="take height (default: the model's)")
-    g.add_argument("--width", type=int, default=None, help="take width (default: the model's)")
-    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (1 = off)")
-    g.add_argument("--guidance-2", type=float, default=None, help="guidance of Wan2.2 A14B's low-noise expert")
-    g.add_argument("--flow-shift", type=float, default=None, help="scheduler flow shift (default: the model's)")
-    g.add_argument("--fps", type=float, default=16.0, help="frame rate of each take's video")
-    g.add_argument("--tokens", default=None, help='words to capture, e.g. kiss,"soccer ball",eos (default: all)')
-    g.add_argument("--capture-steps", default="all", metavar="SPEC", help="steps to capture: all, every:N, 0,12,24")
-    g.add_argument("--blocks", default="all", metavar="SPEC", help="blocks to capture: all, a list or a range")
-    g.add_argument("--heads", default="all", choices=["all", "mean"], help="keep every head, or their mean")
-    g.add_argument("--capture-uncond", action="store_true", help="also capture the unconditional pass")
-    g.add_argument("--max-capture-gb", type=float, default=None, help="refuse takes whose capture is larger")
-    g.add_argument("--max-sequence-length", type=int, default=512)
-    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    g.add_argument("--offload", default=None, choices=["model", "sequential"], help="CPU offload for small GPUs")
-    g.add_argument("--preview", default="latent", choices=["latent", "decode", "none"],
-                   help="per-step previews of the denoised estimate (the background while a take forms)")
+    add_take_flags(g)
     g.add_argument("--takes", metavar="DIR",
                    help="write every take as a bundle here (default: a temporary folder, deleted at exit)")
 
