@@ -265,9 +265,12 @@ def model_defaults(loaded) -> dict:
 
 
 def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | None = None, mode: str = "known",
-                 threshold: float = 0.5, guidance: float | None = None, start: int = 0, log=None) -> dict:
+                 threshold: float = 0.5, guidance: float | None = None, start: int = 0, log=None,
+                 on_clip=None) -> dict:
     """Run the benchmark; returns {"known": {word: Tally.summary()} for each of :data:`WORDS`,
-    "generated": ..., "detected": ..., "settings": ...}."""
+    "generated": ..., "detected": ..., "settings": ...}. ``on_clip(scene, maps, table, masks)``, if
+    given, sees each known clip's maps as they are scored (a second score of the same maps, such
+    as a control, costs no second generation)."""
     d = model_defaults(loaded)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
@@ -281,6 +284,8 @@ def faithfulness(loaded, split: str = "heldout", clips: int = 8, steps: int | No
         t0 = time.time()
         if "known" in tallies:
             maps, table, masks = known_clip_maps(loaded, scene, steps, size, seed=scene.seed)
+            if on_clip is not None:
+                on_clip(scene, maps, table, masks)
             for k, obj in enumerate(scene.objects):
                 for w, toks in object_tokens(table, obj).items():
                     names, cands = candidates(maps, toks)
@@ -359,13 +364,14 @@ def format_report(result: dict, tables: tuple[str, ...] = ("object",)) -> str:
 
 
 def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | None = None,
-               guidance: float | None = None, start: int = 0, log=None, objects: int | None = None) -> dict:
+               guidance: float | None = None, start: int = 0, log=None, objects: int | None = None,
+               reconstruct: bool = True) -> dict:
     """Generate each held-out caption and detect its objects: rates of named colours present,
     named (colour, shape) correct, and clips with every object correct, overall and per shape,
     per size and per number of objects in the clip (``objects``: only clips with that many; by
     default the split's mix of one to three). For scale, the same detection on the model's VAE
     reconstruction of each rendered clip (what a transformer that made the true latents would
-    score): ``reconstructed_colour_and_shape``."""
+    score): ``reconstructed_colour_and_shape`` (None with ``reconstruct=False``, which skips it)."""
     d = model_defaults(loaded)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
@@ -375,7 +381,7 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
     for i in range(clips):
         scene = shapes.sample_scene(split, start + i, d["frames"], n_objects=objects, **world)
         _, frames = generate_clip(loaded, scene, steps, d["height"], guidance, Path("."), capture=False)
-        rec = vae_reconstruction(loaded, scene, d["height"])
+        rec = vae_reconstruction(loaded, scene, d["height"]) if reconstruct else None
         ok_all = True
         kinds = []
         for obj in scene.objects:
@@ -390,14 +396,15 @@ def shape_rate(loaded, split: str = "heldout", clips: int = 16, steps: int | Non
                 tally = per[key].setdefault(value, [0, 0])
                 tally[0] += det["correct"]
                 tally[1] += 1
-            rec_ok += shapes.detect(rec, obj.colour, obj.shape)["correct"]
+            if rec is not None:
+                rec_ok += shapes.detect(rec, obj.colour, obj.shape)["correct"]
         clip_ok += ok_all
         if log:
             log(f"clip {i + 1}/{clips}: {scene.caption} -> " + ", ".join(kinds))
     return {"device": device_name(loaded[2]), "split": split, "clips": clips, "steps": steps, "guidance": guidance,
             "world": world_name(world), "objects": n_obj,
             "colour_present": present / max(n_obj, 1), "colour_and_shape": correct / max(n_obj, 1),
-            "clips_all_correct": clip_ok / max(clips, 1), "reconstructed_colour_and_shape": rec_ok / max(n_obj, 1),
+            "clips_all_correct": clip_ok / max(clips, 1), "reconstructed_colour_and_shape": rec_ok / max(n_obj, 1) if reconstruct else None,
             **{f"per_{key}": {k: v[0] / v[1] for k, v in sorted(t.items())} for key, t in per.items()},
             "per_count": {key: {k: v[1] for k, v in sorted(t.items())} for key, t in per.items()}}
 

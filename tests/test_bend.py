@@ -6,8 +6,6 @@ replays to the same take."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import av
 import numpy as np
@@ -26,6 +24,7 @@ from paik.capture.store import CaptureStore, Recorder
 from paik.capture.tokens import token_table
 from paik.capture.writer import BundleWriter
 from paik.errors import PaikError
+from procs import run_paik
 
 PROMPT = "a red circle and a kissing cat"
 LATENT = (3, 8, 10)  # F', H', W': non-square, so rotations and shifts cannot hide a transposed axis
@@ -458,31 +457,27 @@ def test_replay_reproduces_a_bent_take(takes):
 
 
 def test_cli_bend_errors_are_one_line_and_replay_runs(tmp_path):
-    env_cmd = [sys.executable, "-m", "paik.cli"]
-    r = subprocess.run([*env_cmd, "generate", PROMPT, "-m", "tiny", "-o", str(tmp_path / "x"), "--bend", "mut cat"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == ["paik: error: bend 'mut cat': unknown operation 'mut'; operations: "
-                                             + ", ".join(OPS)]
+    """Real ``paik generate`` processes (forked from one driver: tests/procs.py), in order."""
+    a, b, c, x = (str(tmp_path / n) for n in "abcx")
+    r = run_paik([
+        ["generate", PROMPT, "-m", "tiny", "-o", x, "--bend", "mut cat"],
+        ["generate", PROMPT, "-m", "tiny", "-o", x, "-q", "--bend", "gain dog 2"],
+        ["generate", PROMPT, "-m", "tiny", "-o", a, "-q", "--steps", "2", "--bend", "mute cat", "--bends", "kiss-drift"],
+        ["generate", "a kiss and a cat", "-m", "tiny", "-o", a, "-q", "--steps", "2", "--bend", "mute cat",
+         "--bends", "kiss-drift"],
+        ["generate", "--replay", a, "-o", b, "-q", "--seed", "3"],
+        ["generate", "--replay", a, "-o", c, "--bend", "mute kiss"],
+    ], cwd=tmp_path, timeout=300)
+    assert all("Traceback" not in p.stderr for p in r), [p.stderr for p in r]
+    assert r[0].returncode == 2 and r[0].stderr.strip().splitlines() == [
+        "paik: error: bend 'mut cat': unknown operation 'mut'; operations: " + ", ".join(OPS)]
+    assert r[1].returncode == 2
+    assert r[1].stderr.strip().splitlines()[-1].startswith("paik: error: bend 'gain dog 2': token 'dog' is not in the prompt")
     assert not (tmp_path / "x").exists()
-    r = subprocess.run([*env_cmd, "generate", PROMPT, "-m", "tiny", "-o", str(tmp_path / "x"), "-q",
-                        "--bend", "gain dog 2"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("paik: error: bend 'gain dog 2': token 'dog' is not in the prompt")
-    assert not (tmp_path / "x").exists()
-    r = subprocess.run([*env_cmd, "generate", PROMPT, "-m", "tiny", "-o", str(tmp_path / "a"), "-q", "--steps", "2",
-                        "--bend", "mute cat", "--bends", "kiss-drift"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "token 'kiss' is not in the prompt" in r.stderr  # the preset's word
-    r = subprocess.run([*env_cmd, "generate", "a kiss and a cat", "-m", "tiny", "-o", str(tmp_path / "a"), "-q",
-                        "--steps", "2", "--bend", "mute cat", "--bends", "kiss-drift"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([*env_cmd, "generate", "--replay", str(tmp_path / "a"), "-o", str(tmp_path / "b"), "-q",
-                        "--seed", "3"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    assert r[2].returncode == 2 and "token 'kiss' is not in the prompt" in r[2].stderr  # the preset's word
+    assert r[3].returncode == 0, r[3].stderr
+    assert r[4].returncode == 0, r[4].stderr
     a, b = open_bundle(tmp_path / "a"), open_bundle(tmp_path / "b")
     assert b.manifest["seed"] == 3 and b.manifest["bend_log"] == a.manifest["bend_log"]
     assert a.manifest["bends"] == ["shift kiss 0.25 0", "rotate kiss 15 strength 0.5", "mute cat"]
-    r = subprocess.run([*env_cmd, "generate", "--replay", str(tmp_path / "a"), "-o", str(tmp_path / "c"),
-                        "--bend", "mute kiss"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "--replay plays the take's own bends" in r.stderr
+    assert r[5].returncode == 2 and "--replay plays the take's own bends" in r[5].stderr

@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +23,8 @@ from instrument_fixtures import make_bundle
 from paik.capture.bundle import open_bundle
 from paik.cli import main as paik
 from paik.errors import BundleError
+from procs import run_paik
 
-ROOT = Path(__file__).parent.parent
 STEPS = 3
 
 
@@ -255,19 +253,31 @@ def test_info_lists_broken_step_files_and_never_says_complete(corpus, capsys):
     assert "1 of 3 step files are damaged" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("case", ["FIFO as a step file", "step-file symlink loop", "folder symlink loop",
-                                  "device as a step file", "truncated step file", "10^9 frames",
-                                  "header length 99 MB", "model a string"])
-def test_real_processes_refuse_in_bounded_time(corpus, case, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for argv in (["info", str(corpus[case])],
-                 ["render", str(corpus[case]), "--out", str(tmp_path / "r.mp4"), "--quiet"],
-                 ["play", str(corpus[case]), "--headless", "--seconds", "1", "--osc-port", "0"]):
-        # bounded: a hang (a FIFO opened for reading) fails here; a loaded machine is not a hang
-        r = subprocess.run([sys.executable, "-m", "paik", *argv], env=env, cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
+REAL = ["FIFO as a step file", "step-file symlink loop", "folder symlink loop", "device as a step file",
+        "truncated step file", "10^9 frames", "header length 99 MB", "model a string"]
+
+
+@pytest.fixture(scope="module")
+def real_runs(corpus, tmp_path_factory):
+    """info, render and play on each REAL case, each a real process (forked from one driver that
+    imported Paik once: tests/procs.py), bounded: a hang (a FIFO opened for reading, a thread that
+    keeps the process alive) is killed at the deadline and fails; a loaded machine is not a hang."""
+    out = tmp_path_factory.mktemp("real")
+    argvs = []
+    for case in REAL:
+        argvs += [["info", str(corpus[case])],
+                  ["render", str(corpus[case]), "--out", str(out / "r.mp4"), "--quiet"],
+                  ["play", str(corpus[case]), "--headless", "--seconds", "1", "--osc-port", "0"]]
+    runs = run_paik(argvs, cwd=out, timeout=120)
+    assert not (out / "r.mp4").exists()
+    return {case: runs[3 * i:3 * i + 3] for i, case in enumerate(REAL)}
+
+
+@pytest.mark.parametrize("case", REAL)
+def test_real_processes_refuse_in_bounded_time(real_runs, case):
+    for r in real_runs[case]:
         err = r.stderr.strip()
-        assert r.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("paik: error: "), (argv, err)
+        assert r.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("paik: error: "), (r.argv, err)
 
 
 # -- opening stays lazy ----------------------------------------------------------------------

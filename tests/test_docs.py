@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from procs import run_paik
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -173,14 +175,21 @@ def tour(tmp_path_factory):
 
 def test_readme_tour_runs_as_written(tour):
     """Each runnable shell line of the tour, verbatim, except that the headless instrument gets
-    `--osc-port 0 --no-zeroconf`: tests send nothing beyond loopback and take no fixed port."""
-    ran = []
+    `--osc-port 0 --no-zeroconf`: tests send nothing beyond loopback and take no fixed port. A line
+    that is one plain `paik` command runs as the argv a shell would give it (shlex), in a real
+    process forked from one driver (tests/procs.py); a line with a pipe runs in a shell."""
+    ran, simple = [], []
     for lang, text in code_blocks(README)[2:]:
         if lang != "sh":
             continue
         for line in shell_lines(text):
             cmds = paik_commands(line)
             if not cmds or not all(_runnable(c) for c in cmds):
+                continue
+            words = shlex.split(line, comments=True)
+            if len(cmds) == 1 and words[0] == "paik" and len(words) == len(cmds[0]) + 1:
+                argv = cmds[0] + (["--osc-port", "0", "--no-zeroconf"] if cmds[0][0] == "play" else [])
+                simple.append((line, argv))
                 continue
             if any(c[0] == "play" for c in cmds):
                 line = re.sub(r"(\bpaik play\b[^|]*?)(\s+#.*)?$", r"\1 --osc-port 0 --no-zeroconf", line)
@@ -189,6 +198,12 @@ def test_readme_tour_runs_as_written(tour):
             assert r.returncode == 0, f"README: `{line}` failed:\n{r.stderr[-2000:]}"
             assert "Traceback" not in r.stderr and "paik: error" not in r.stderr, f"`{line}`:\n{r.stderr[-2000:]}"
             ran.append(cmds[0][0])
+    env = _env(tour)
+    for (line, argv), r in zip(simple, run_paik([a for _, a in simple], cwd=tour,
+                                                 env={"HOME": env["HOME"], "PATH": env["PATH"]}, timeout=600)):
+        assert r.returncode == 0, f"README: `{line}` failed:\n{r.stderr[-2000:]}"
+        assert "Traceback" not in r.stderr and "paik: error" not in r.stderr, f"`{line}`:\n{r.stderr[-2000:]}"
+        ran.append(argv[0])
     assert {"generate", "render", "grid", "play"} <= set(ran), ran
     assert (tour / "circle.mp4").stat().st_size > 0 and len(list((tour / "figs").glob("*.png"))) == 3
     assert (tour / "out" / "triangle" / "manifest.json").is_file()

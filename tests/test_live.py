@@ -253,7 +253,8 @@ class Client:
         """Read what arrives for up to ``seconds`` (feedback streams every frame: never read until quiet)."""
         end = time.monotonic() + seconds
         try:
-            while time.monotonic() < end:
+            while (left := end - time.monotonic()) > 0:
+                self.sock.settimeout(min(left, 0.2))  # never outlasts the window asked for
                 for m in OscPacket(self.sock.recvfrom(65536)[0]).messages:
                     self.log.append((m.message.address, list(m.message.params)))
                     self.state[m.message.address] = list(m.message.params)

@@ -107,11 +107,13 @@ class Show:
         except OSError:
             pass  # ECONNREFUSED left over from an ICMP: UDP is best effort
 
-    def drain(self, seconds: float) -> list[tuple[str, list]]:
-        """Every message that arrives within ``seconds`` (state and errors recorded)."""
+    def drain(self, seconds: float, until=None) -> list[tuple[str, list]]:
+        """Every message that arrives within ``seconds`` (state and errors recorded), or until
+        ``until()`` holds after a packet."""
         got = []
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while (left := end - time.monotonic()) > 0 and not (until and until()):
+            self.sock.settimeout(min(left, 0.25))  # a wait never outlasts the window asked for
             try:
                 data = self.sock.recvfrom(65536)[0]
             except (socket.timeout, ConnectionRefusedError):
@@ -130,7 +132,7 @@ class Show:
         while not pred():
             self.check_alive()
             assert time.monotonic() < deadline, f"timed out waiting for {what}; errors: {self.errors[-5:]}"
-            self.drain(0.05)
+            self.drain(0.05, until=pred)
 
     def error_after(self, n: int, timeout: float = 10.0) -> str:
         """The first /paik/error after the first ``n``."""
