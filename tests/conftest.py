@@ -9,6 +9,16 @@ import pytest
 # huggingface_hub reads this at import: set it before anything imports it
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist every core already runs a worker: one compute thread each (and in the
+# processes they start) instead of workers x threads fighting over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Files whose tests take the longest start first, so that parallel workers do not end waiting
+# on one of them; the order inside a file is kept.
+SLOW_FIRST = ("test_shapes.py", "test_docs.py", "test_show_safe.py", "test_parallel.py", "test_live.py",
+              "test_live_resident.py", "test_outputs_cli.py", "test_instrument_window.py", "test_bend.py")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
@@ -27,6 +37,9 @@ def _private_cache(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
     try:
         import torch
 

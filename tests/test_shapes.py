@@ -6,6 +6,7 @@ alignment or the [F', H', W'] reshape fails the build)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -262,7 +263,7 @@ def shipped():
     """The shipped model, loaded once for the floors below (loading is not what they test)."""
     from paik.capture.models import load_pipeline
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # 1 a worker under pytest-xdist
     return load_pipeline("paik-shapes", "float32", "cpu")
 
 
