@@ -112,6 +112,10 @@ def register(sub, bench) -> None:
 
     register_bend_bench(bench)
 
+    from paik.capture.bench_project import register as register_parallel_plan
+
+    register_parallel_plan(bench)
+
 
 
 def _generate(args) -> int:
