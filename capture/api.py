@@ -473,7 +473,15 @@ class Capture:
         if step not in st.step_slot or step in self.steps:
             return
         t = self._timestep.pop(step, None)
-        info = {"index": step, "timestep": float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else
+        if isinstance(t, torch.Tensor) and t.is_cuda and self.writer is not None:
+            # float() here would synchronize, draining the GPU queue every step: the writer reads
+            # this pinned copy once the step's event has passed (paik.capture.writer)
+            host = torch.empty((), dtype=t.dtype, pin_memory=True)
+            host.copy_(t.reshape(-1)[0], non_blocking=True)
+            t = host
+        elif isinstance(t, torch.Tensor):
+            t = float(t.reshape(-1)[0])
+        info = {"index": step, "timestep": t if isinstance(t, torch.Tensor) else
                 (float(t) if t is not None else None), "sigma": self.recorder.sigma,
                 "expert": self.recorder.experts.get(step, "transformer")}
         bends = getattr(self.recorder, "bends", None)

@@ -6,12 +6,20 @@ on the model's device. That store stays resident after the take (it is what the 
 renderer reads, see instrument/render/resident.py); the bundle is written behind it into the
 takes folder, step by step, so a cancelled, failed or killed take keeps its finished steps.
 
+The bundle is written *behind* the take (:meth:`paik.capture.writer.BundleWriter.write_behind`):
+the denoiser never waits for the disk, and a take is done (:class:`TakeDone`, with its frames in
+memory) as soon as the pipeline has decoded the video; the MP4 and the remaining step files follow,
+and :class:`TakeWritten` says when the bundle is complete on disk. The next take may start while
+the previous one still writes, but at most one take writes behind: a take that finishes generating
+first waits for the older one's bundle. :meth:`Engine.close` waits for unfinished writes.
+
 What the instrument sees is a stream of events, drained once per frame with :meth:`Engine.poll`:
 
 - :class:`TakeStarted` (the store, its layout and token table, the bundle path),
 - :class:`StepDone` (index, done, total, that step's preview, and a CUDA event that completes
   when the step's maps are in the store),
-- :class:`TakeDone` (bundle path, video path),
+- :class:`TakeDone` (bundle path, the decoded frames; the bundle may still be writing),
+- :class:`TakeWritten` (the bundle complete on disk, or the write's one-line error),
 - :class:`TakeFailed` (one line: what was wrong and what to do), also for a cancelled take,
 - :class:`BendRefused` (a bend slot the new take's prompt or model cannot use).
 
@@ -85,8 +93,20 @@ class TakeDone:
     take: int
     name: str
     path: Path
-    video: Path | None
-    seconds: float
+    video: Path | None  # where the MP4 is (or will be, once TakeWritten comes)
+    seconds: float  # the request picked up -> the video decoded
+    frames: object = None  # [F, H, W, 4] uint8 RGBA of the decoded video (numpy), or None
+    written: bool = False  # the bundle was already complete on disk
+
+
+@dataclass
+class TakeWritten:
+    take: int
+    name: str
+    path: Path
+    seconds: float | None  # the request picked up -> the bundle complete on disk
+    status: str  # the bundle's status: complete, interrupted or failed
+    error: str | None = None  # one line when the write failed (the bundle keeps its finished steps)
 
 
 @dataclass
@@ -131,6 +151,7 @@ class Engine:
         self._count = 0
         self.running: int | None = None  # the take being generated
         self.replaced = 0  # pending requests a newer one replaced (tests, the bench)
+        self._writing: list = []  # (name, BundleWriter) of takes whose bundles are still being written
         from paik.capture.bend import LiveBends
 
         self.bends = LiveBends(on_error=lambda m: self._events.append(BendRefused(self.running or 0, one_line(m))))
@@ -176,14 +197,41 @@ class Engine:
     def busy(self) -> bool:
         return self.running is not None or self._pending is not None
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Cancel and wait for the worker (the running take closes its bundle)."""
+    def close(self, timeout: float = 30.0, write_timeout: float | None = 600.0) -> list[str]:
+        """Cancel and wait for the worker (the running take closes its bundle), then for the
+        bundles still written behind (at most ``write_timeout`` s). Returns one line per bundle
+        that is not complete on disk (still writing, or its write failed)."""
         with self._lock:
             self._closing = True
             self._pending = None
             self._cancel.set()
         self._wake.set()
         self._thread.join(timeout)
+        return self.wait_written(write_timeout)
+
+    @property
+    def writing(self) -> list[str]:
+        """Names of the takes whose bundles are still being written."""
+        return [name for name, w in list(self._writing) if not w.done]
+
+    def wait_written(self, timeout: float | None = None, keep=None, failed: bool = True) -> list[str]:
+        """Wait for the bundles written behind (all but ``keep``, a writer); one line per one that
+        did not complete (``failed``: also those whose write failed, which TakeWritten reported)."""
+        problems = []
+        end = None if timeout is None else time.monotonic() + timeout
+        for name, w in list(self._writing):
+            if w is keep:
+                continue
+            try:
+                w.finish(None if end is None else max(0.0, end - time.monotonic()))
+            except TimeoutError:
+                problems.append(f"{name}: still writing {w.path} after {timeout:g} s; its finished steps are on disk")
+                continue
+            except PaikError as e:
+                if failed or w._thread.is_alive():
+                    problems.append(f"{name}: {one_line(e)}")
+            self._writing = [x for x in self._writing if x[1] is not w]
+        return problems
 
     # -- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -238,10 +286,35 @@ class Engine:
         t0 = time.perf_counter()
         cuda = str(self.loaded[2]).startswith("cuda")
         started = [False]
+        writer = [None]
+
+        def written(manifest, error):  # the writer thread: the bundle is complete on disk (or failed)
+            seconds = manifest.get("timings", {}).get("bundle_complete_s")
+            message = None
+            if error is not None:
+                from paik.capture.writer import describe_write_error
+
+                message = (f"writing the bundle {out} failed: {describe_write_error(error)}; it keeps its "
+                           f"{len(manifest.get('steps', []))} finished steps")
+            self._events.append(TakeWritten(take, name, out, seconds, manifest.get("status", "failed"), message))
+
+        def behind(w):
+            writer[0] = w
+            w.write_behind(t0, written)
+            self._writing.append((name, w))
 
         def on_start(store, manifest):
             started[0] = True
             self._events.append(TakeStarted(take, name, out, store, dict(manifest), req))
+
+        def on_decoded(frames):
+            # the instrument shows these at once; the MP4 is encoded behind (RGBA: what the GL
+            # background takes, made here, not on the render thread)
+            f = np.asarray(frames)
+            rgb = (np.clip(f, 0, 1) * 255).round().astype(np.uint8) if f.dtype != np.uint8 else f
+            rgba = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255, np.uint8)], -1)
+            self._events.append(TakeDone(take, name, out, out / "video.mp4", round(time.perf_counter() - t0, 3),
+                                         rgba))
 
         def on_step(index, done, total, tensors):
             preview = tensors.get("preview")
@@ -256,7 +329,13 @@ class Engine:
             self._events.append(StepDone(take, index, done, total, "maps" in tensors, preview, ready))
 
         try:
-            path = generate(opts, self.loaded, on_start=on_start, on_step=on_step, stop=self._cancel)
+            try:
+                path = generate(opts, self.loaded, on_start=on_start, on_step=on_step, stop=self._cancel,
+                                behind=behind, on_decoded=on_decoded)
+            finally:
+                # at most one take writes behind: this one, once the older ones are on disk
+                for problem in self.wait_written(keep=writer[0], failed=False):
+                    self._events.append(TakeFailed(take, name, problem))
         except Cancelled:
             self._events.append(TakeFailed(take, name, "take cancelled; its finished steps stay in " + str(out),
                                            cancelled=True, path=out if started[0] else None))
@@ -273,9 +352,10 @@ class Engine:
             self._events.append(TakeFailed(take, name, one_line(f"{type(e).__name__}: {e}"),
                                            path=out if started[0] else None))
             return
-        video = path / "video.mp4"
-        self._events.append(TakeDone(take, name, path, video if video.is_file() else None,
-                                     round(time.perf_counter() - t0, 3)))
+        if writer[0] is None:  # a generate without a writer behind (not this engine's): done and written
+            video = path / "video.mp4"
+            self._events.append(TakeDone(take, name, path, video if video.is_file() else None,
+                                         round(time.perf_counter() - t0, 3), written=True))
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -140,7 +140,7 @@ def _check_tokens(opts: GenerateOptions, info: ModelInfo) -> None:
 
 
 def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, stop=None, shard=None,
-             cp: str | None = None) -> Path:
+             cp: str | None = None, behind=None, on_decoded=None) -> Path:
     """Generate one video with capture and write its bundle to ``opts.out``.
 
     ``loaded``: the ``(pipe, info, device)`` of :func:`paik.capture.models.load_pipeline`, to reuse a
@@ -151,6 +151,10 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     ``on_step(index, done, total, tensors)`` after each denoising step (``tensors``: what was queued
     for writing, empty for a step not captured), and ``stop`` (a threading.Event) raises
     :class:`Cancelled` at the next step end, the bundle keeping its finished steps ("interrupted").
+    ``behind(writer)`` once the bundle writer exists: a caller that calls ``writer.write_behind(...)``
+    there gets the bundle written behind the generation (the MP4 too), and this returns once the
+    video is decoded, the writer still finishing; ``on_decoded(frames)`` gets the pipeline's frames
+    ([F, H, W, 3] float in [0, 1]) as soon as it returns them.
 
     ``opts.parallel`` above 1 runs the generation on that many processes (paik.capture.parallel);
     each of them calls this with ``shard=(rank, world)`` and a pipeline already made parallel."""
@@ -198,7 +202,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         manifest.update(bends=[b.line() for b in bends.specs()], bend_log=[])
     guidance = {"transformer": opts.guidance, "transformer_2": opts.guidance_2 if opts.guidance_2 is not None
                 else opts.guidance}
-    proj = rgb_projection(pipe, device) if opts.preview != "none" and lead else None
+    # on the device once: a host tensor moved there at every step would synchronize every step
+    proj = rgb_projection(pipe, device).to(device) if opts.preview != "none" and lead else None
 
     written: dict[int, dict] = {}  # step -> the tensors queued for it (for on_step)
 
@@ -227,9 +232,13 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     cap.recorder.bends = bends  # read by the processors (paik.capture.bend.bend_for); None: nothing runs
     _log(opts, "paik: " + cap.plan.describe())
     _log(opts, f"paik: writing {out}")
+    if behind is not None:
+        behind(cap.writer)
+    behind_writer = getattr(cap.writer, "_behind", False)
     if on_start is not None:
         on_start(cap.store, cap.writer.manifest)
     step_times: list[float] = []
+    t_decoded = None  # the call -> the video decoded (the bundle may still be writing behind)
     t_step = [time.perf_counter()]
     progress = _progress(size.steps, opts.quiet)
 
@@ -261,14 +270,21 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )
                 progress.close()
-                if lead:  # every rank decodes the same gathered latents; one writes them
+                t_decoded = round(time.perf_counter() - t_start, 3)
+                if on_decoded is not None:
+                    on_decoded(result.frames[0])
+                if lead and behind_writer:  # in order after the steps; a failure is the writer's
+                    frames = result.frames[0]
+                    cap.writer.call(lambda: write_mp4(out / "video.mp4", frames, opts.fps))
+                elif lead:  # every rank decodes the same gathered latents; one writes them
                     write_mp4(out / "video.mp4", result.frames[0], opts.fps)
                 cap.set_result(video={"file": "video.mp4", "fps": opts.fps, "frames": size.frames,
                                       "width": size.width, "height": size.height, "codec": "h264"})
             finally:
                 progress.close()
                 cap.set_result(timings={**cap.writer.manifest.get("timings", {}), "step_s": step_times,
-                                        "total_s": round(time.perf_counter() - t_start, 3)})
+                                        "total_s": round(time.perf_counter() - t_start, 3),
+                                        **({"generate_s": t_decoded} if t_decoded is not None else {})})
     except torch.OutOfMemoryError:
         raise PaikError("out of GPU memory during generation; the bundle keeps the finished steps. Try --offload "
                         "model, fewer frames, or capture less (--heads mean, --steps every:N)") from None

@@ -10,6 +10,14 @@ thread records the error, removes its temporary file, drains what is queued with
 and always finishes on close; the generation thread sees a one-line :class:`PaikError` at its
 next call. A disk that stops answering altogether is reported after ``stall_s`` seconds
 without progress.
+
+Written behind (:meth:`BundleWriter.write_behind`, the live engine): the step tensors are slices of
+an all-resident store that is never overwritten, so the generation thread only records a CUDA event
+and queues references (no copy, no waiting: the denoiser feels no backpressure from the disk). The
+writer thread waits for each event, copies the step through one reusable pinned buffer per tensor
+(the host holds at most one step) on a low-priority stream, and writes it. :meth:`close` then only
+queues the final manifest; :meth:`finish` waits for it, and ``on_done`` is called from the writer
+thread once the bundle is complete on disk (or has failed).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], progress: Ca
     for k, a in arrays.items():
         header[k] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = _compact(header).encode()
     raw += b" " * (-len(raw) % 8)
     try:
         with open(path, "wb") as f:
@@ -62,11 +70,18 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], progress: Ca
         raise
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def _compact(data) -> str:
+    # json's C encoder runs only without indent: the indented one is pure Python and holds the GIL
+    # for the whole manifest at every step, time the render thread waits for
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
+    text = _compact(data) if indent is None else json.dumps(data, indent=indent, ensure_ascii=False)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -141,8 +156,47 @@ class BundleWriter:
         self._stall_s = stall_s
         self._beat = time.monotonic()  # the writer thread's last sign of progress
         self._closed = False
+        self._behind = False
+        self._t0: float | None = None
+        self._on_done: Callable[[dict, BaseException | None], None] | None = None
+        self._host: dict[str, torch.Tensor] = {}  # behind: the reusable pinned buffers, one step's worth
         self._thread = threading.Thread(target=self._run, name="paik-bundle-writer", daemon=True)
         self._thread.start()
+
+    def write_behind(self, t0: float | None = None,
+                     on_done: Callable[[dict, BaseException | None], None] | None = None) -> None:
+        """Write behind the generation (call before the first step): :meth:`add_step` never waits
+        and copies nothing (its tensors must be never-overwritten store slices), :meth:`close`
+        returns at once. ``t0`` (a ``time.perf_counter()``): the final manifest's
+        ``timings.bundle_complete_s`` counts from it. ``on_done(manifest, error)`` is called on the
+        writer thread when the bundle is complete or has failed."""
+        self._behind, self._t0, self._on_done = True, t0, on_done
+        self._queue.maxsize = 0  # bounded by the take's steps: it holds references, not copies
+
+    @property
+    def done(self) -> bool:
+        """The final manifest is written (or the writer has given up)."""
+        return self._closed and not self._thread.is_alive()
+
+    def finish(self, timeout: float | None = None) -> dict:
+        """Wait (at most ``timeout`` s) for a bundle written behind to be complete; raises the
+        write's PaikError, or TimeoutError if it is still writing."""
+        if not self._closed:
+            self.close()
+        since = time.monotonic()
+        while self._thread.is_alive():
+            if timeout is not None and time.monotonic() - since >= timeout:
+                raise TimeoutError(f"{self.path}: still writing")
+            self._thread.join(0.1 if timeout is None else min(0.1, max(0.0, timeout - (time.monotonic() - since))))
+            self._check_stall(since)  # a disk that stopped answering: PaikError, not an endless wait
+        self._raise_if_failed()
+        return self.manifest
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the writer thread, in order with the steps (the MP4 written behind); an
+        exception it raises is a write failure, like a step's."""
+        self._raise_if_failed()
+        self._put(("call", fn, None, None))
 
     def add_step(self, info: dict, tensors: dict[str, torch.Tensor], release: Callable[[], None] | None = None) -> None:
         """Queue one finished step. ``tensors`` may live on the GPU and must not be modified
@@ -159,6 +213,12 @@ class BundleWriter:
         event = None
         host = {}
         cuda = [t for t in tensors.values() if t.is_cuda]
+        if self._behind:
+            if cuda:  # the writer thread copies once this has passed: the generation waits on nothing
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(cuda[0].device))
+            self._put(("step", info, dict(tensors), (event, release)))
+            return
         if cuda:
             dev = cuda[0].device
             if self._stream is None:
@@ -189,6 +249,8 @@ class BundleWriter:
         if not self._closed:
             self._closed = True
             self._put(("close", {"status": status, **fields}, None, None), closing=True)
+            if self._behind:
+                return self.manifest  # finish() waits; on_done tells
             since = time.monotonic()
             while self._thread.is_alive():
                 self._thread.join(0.1)
@@ -240,17 +302,42 @@ class BundleWriter:
                 try:
                     if self._error is not None:
                         info.setdefault("error", describe_write_error(self._error))
+                    # the generation's timings, with the writer's own (its steps may be written after)
+                    timings = {**info.pop("timings", {}), **{k: v for k, v in self.manifest.get("timings", {}).items()
+                                                           if k == "write_s"}}
+                    if self._t0 is not None:
+                        timings["bundle_complete_s"] = round(time.perf_counter() - self._t0, 3)
                     self.manifest.update(info)
-                    write_json_atomic(self.path / self._manifest_name, self.manifest)
+                    if timings:
+                        self.manifest["timings"] = timings
+                    write_json_atomic(self.path / self._manifest_name, self.manifest, indent=1)
                 except BaseException as e:  # the last manifest on disk still lists the finished steps
                     self._error = self._error or e
+                self._host = {}
+                if self._on_done is not None:
+                    try:
+                        self._on_done(self.manifest, self._error)
+                    except Exception:  # noqa: BLE001 - a listener's fault is not the bundle's
+                        pass
                 return  # always: close() waits for this thread
             if kind == "update":
                 self.manifest.update(info)
                 continue
+            if kind == "call":
+                try:
+                    if self._error is None:
+                        info()
+                except BaseException as e:
+                    self._error = e
+                self._tick()
+                continue
             event, release = event
             try:
-                if event is not None:
+                if self._behind:
+                    if event is not None:
+                        event.synchronize()  # the step's maps are in the store
+                    host = self._stage(host)
+                elif event is not None:
                     event.synchronize()  # the device -> pinned host copy is complete
                     if release is not None:  # the slot may be reused while the disk works
                         release, give_back = None, release
@@ -265,8 +352,35 @@ class BundleWriter:
                     release()
                 self._tick()
 
+    def _stage(self, tensors: dict) -> dict:
+        """Behind: device tensors copied into the reusable pinned buffers (CPU ones are written as
+        they are: the store's own slices)."""
+        out = {}
+        for k, t in tensors.items():
+            if not t.is_cuda:
+                out[k] = t
+                continue
+            buf = self._host.get(k)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = self._host[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            if self._stream is None:  # lowest priority: the copies yield to the denoiser and the renderer
+                self._stream = torch.cuda.Stream(t.device, priority=max(torch.cuda.Stream.priority_range()))
+            with torch.cuda.stream(self._stream):
+                buf.copy_(t, non_blocking=True)
+            out[k] = buf
+        if self._stream is not None:
+            self._stream.synchronize()  # this thread only: the generation's queue is not drained
+        return out
+
     def _write_step(self, info: dict, host: dict) -> None:
         t0 = time.perf_counter()
+        delay = os.environ.get("PAIK_TEST_WRITE_DELAY_S")
+        if delay:  # tests of ordering only: a slow disk, made on purpose
+            time.sleep(float(delay))
+        # values the generation thread left on the device (or pinned) so as not to synchronize for them
+        for k, v in list(info.items()):  # in place: the capture's own step list sees the numbers too
+            if isinstance(v, torch.Tensor):
+                info[k] = float(v.reshape(-1)[0])
         rel = self._step_file.format(info["index"])
         target = self.path / rel
         tmp = target.with_name(f".{target.name}.tmp")

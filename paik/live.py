@@ -27,6 +27,14 @@ def add_generation_flags(ap: argparse.ArgumentParser) -> None:
     add_take_flags(g)
     g.add_argument("--takes", metavar="DIR",
                    help="write every take as a bundle here (default: a temporary folder, deleted at exit)")
+    c = ap.add_argument_group("continuous mode (/paik/continuous 1, or 'continuous on' on the console)")
+    c.add_argument("--continuous", action="store_true",
+                   help="start in continuous mode: keep generating draft takes, each shown at the loop point of the "
+                        "one playing (the next seed each time, or the next line of --prompts)")
+    c.add_argument("--continuous-size", default="416x240", metavar="WxH", help="draft takes' size (default 416x240)")
+    c.add_argument("--continuous-steps", type=int, default=10, help="draft takes' steps (default 10)")
+    c.add_argument("--continuous-frames", type=int, default=33, help="draft takes' frames, 4k+1 (default 33)")
+    c.add_argument("--prompts", metavar="FILE", help="continuous mode cycles these prompts (one a line)")
 
 
 def register(sub, bench) -> None:
@@ -124,6 +132,18 @@ def _check_bank_values(args) -> None:
         raise PaikError("--height and --width go together (or leave both out for the model's size)")
 
 
+def continuous_settings(args):
+    """``--continuous-*`` and ``--prompts`` -> :class:`paik.instrument.control.takes.Continuous`."""
+    from paik.capture.engine import parse_size
+    from paik.instrument.control.takes import Continuous, read_prompts
+
+    for name in ("continuous_steps", "continuous_frames"):
+        if getattr(args, name) < 1:
+            raise PaikError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    return Continuous(size=parse_size(args.continuous_size), steps=args.continuous_steps,
+                      frames=args.continuous_frames, prompts=read_prompts(args.prompts) if args.prompts else [])
+
+
 def cmd_live(args) -> int:
     import signal
 
@@ -139,6 +159,7 @@ def cmd_live(args) -> int:
 
     outputs = from_args(args, args.size)  # flag errors before any model or GL
     _check_bank_values(args)
+    continuous = continuous_settings(args)
     defaults = generate_options(args)
     src = Source.open(args.bundle, args.device) if args.bundle else ResidentSource(blank_take())
     if not args.bundle:
@@ -149,6 +170,7 @@ def cmd_live(args) -> int:
     p.steps, p.frames, p.guidance = defaults.steps or 0, defaults.frames or 0, defaults.guidance
     p.size = f"{args.width}x{args.height}" if args.width else ""
     p.tokens = args.tokens or ""
+    p.continuous = args.continuous
     print(f"paik: loading {args.model} ...", file=sys.stderr, flush=True)
     loaded = load_pipeline(args.model, args.dtype, defaults.device, args.offload)
     temporary = args.takes is None
@@ -165,9 +187,10 @@ def cmd_live(args) -> int:
     # render and selection threads in within a fraction of a frame (default 5 ms)
     sys.setswitchinterval(0.0005)
     try:
-        with Control.from_args(args, src, p, lambda s, q, sc, **kw: EngineLive(s, q, engine, TakeRequest, sc, **kw)) as ctl:
+        with Control.from_args(args, src, p, lambda s, q, sc, **kw: EngineLive(s, q, engine, TakeRequest, sc, continuous,
+                                                                        **kw)) as ctl:
             ctl.live.resident = resident_device(args.resident, args.device)
-            if not args.bundle:
+            if not args.bundle and not args.continuous:  # continuous mode starts its own
                 ctl.live.put(Command("generate", "start", {}, "live"))
             else:
                 ctl.live.bring_resident(src)
@@ -183,7 +206,11 @@ def cmd_live(args) -> int:
                           vsync=not args.no_vsync, max_frames=args.max_frames, screenshot=args.screenshot,
                           outputs=outputs)
     finally:
-        engine.close()  # a take still running stops at its step end; its bundle keeps the finished steps
+        # a take still running stops at its step end; bundles still written behind are waited for
+        if engine.writing:
+            print(f"paik: finishing the bundles of {', '.join(engine.writing)} ...", file=sys.stderr, flush=True)
+        for problem in engine.close():
+            print(f"paik: {problem}", file=sys.stderr, flush=True)
         if temporary:
             shutil.rmtree(takes, ignore_errors=True)
     return report(outputs) or rc

@@ -110,6 +110,8 @@ SPECS: dict[str, Spec] = {
                    "after the first gets _2, _3 ...)"),
     # the next take of `paik live` (the live engine); `generate` starts it
     "follow": Spec("bool", True, help="live takes: show the newest finished step as it arrives"),
+    "continuous": Spec("bool", False, help="live: keep generating draft takes (paik live --continuous-*), each "
+                       "shown at the loop point of the one playing"),
     "prompt": Spec("text", "", help="prompt of the next take"),
     "negative": Spec("text", "", help="negative prompt of the next take (empty: none)"),
     "seed": Spec("int", 0, 0, 2**31 - 1, help="seed of the next take ('seed next' adds one)"),
@@ -175,6 +177,7 @@ class Params(_BendSlots):
     help: bool = False
     record: bool = False
     follow: bool = True
+    continuous: bool = False
     prompt: str = ""
     negative: str = ""
     seed: int = 0

@@ -21,12 +21,22 @@ op or range) is an ``error`` and stays out of the take; the other slots play on.
 
 A step whose maps are not yet complete on the GPU (its CUDA event has not passed) waits for a
 later frame: the render thread never blocks on the generation.
+
+A take is done (its video shown, from the decoded frames in memory) before its bundle is complete
+on disk: the engine writes the bundle behind it, and a failed write is an ``error`` too.
+
+Continuous mode (the ``continuous`` parameter, with :class:`Continuous` settings from ``paik live
+--continuous-size/-steps/-frames/--prompts``): whenever the engine is idle and no finished take is
+waiting to be shown, the next draft take is submitted (the next prompt of the list, else the next
+seed); a take forming in continuous mode is not followed, and a finished one replaces the take on
+screen at its loop point (the playhead wrapping), so the visuals never wait for a take.
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
+from dataclasses import dataclass, field, replace
 
 from paik.errors import PaikError
 
@@ -51,9 +61,39 @@ def request_from(p, request_type):
     )
 
 
+@dataclass
+class Continuous:
+    """Continuous mode's draft settings (None: the bank's); ``prompts`` cycled, else the seed steps."""
+
+    size: tuple[int, int] | None = (416, 240)  # width, height
+    steps: int | None = 10
+    frames: int | None = 33
+    prompts: list[str] = field(default_factory=list)
+
+
+def read_prompts(path) -> list[str]:
+    """One prompt a line; blank lines and lines starting with # are skipped."""
+    from pathlib import Path
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PaikError(f"--prompts {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise PaikError(f"--prompts {path}: no prompts in it (one a line; # starts a comment)")
+    return prompts
+
+
 class EngineLive(Live):
-    def __init__(self, src, params, engine, request_type, scenes=None, **folders):
+    def __init__(self, src, params, engine, request_type, scenes=None, continuous: Continuous | None = None,
+                 **folders):
         super().__init__(src, params, scenes, **folders)  # out_dir, load_from
+        self.continuous = continuous or Continuous()
+        self._switch = None  # continuous: a finished take's source, shown at the loop point
+        self._next_prompt = 0
+        self.takes_shown = 0  # continuous: takes switched to (tests, the bench)
+        self.takes_written = 0
         self.engine = engine
         self.request_type = request_type
         self.actions["generate"] = self._generate
@@ -130,7 +170,13 @@ class EngineLive(Live):
         except Exception as e:  # a fault here must not end the show
             log.debug("engine events", exc_info=True)
             self.error(f"{type(e).__name__}: {e}", kind="engine")
+        before = self.target.time
         shown = super().update(now)
+        try:
+            self._continue(wrapped=self.target.time < before)
+        except Exception as e:  # a fault in continuous mode must not end the show
+            log.debug("continuous", exc_info=True)
+            self.error(f"continuous: {type(e).__name__}: {e}", kind="generate")
         try:
             self._sync_bends()
         except Exception as e:  # a fault in a bend must not end the show
@@ -158,10 +204,10 @@ class EngineLive(Live):
                 f = self._forming
                 if f is None or f[0] != ev.take or not ev.captured:
                     continue
-                f[1].add_step(ev.index, None if ev.preview is None else ev.preview.numpy())
+                f[1].add_step(ev.index, None if ev.preview is None else ev.preview.numpy(), ev.ready)
                 if f[2] is None:
                     f[2] = ResidentSource(f[1])
-                    if self.target.follow:
+                    if self.target.follow and not self.target.continuous:
                         self._show(f[2])
                 elif f[2] is self.src or f[2] is self._pending_src:
                     self._grow(f[2])
@@ -169,17 +215,53 @@ class EngineLive(Live):
                 self.takes_done += 1
                 f = self._forming
                 if f is not None and f[0] == ev.take:
-                    f[1].finish(ev.video, "complete")
+                    f[1].finish(ev.video, "complete", getattr(ev, "frames", None))
                     f[1].path = ev.path
-                    if f[2] is not None and f[2] is not self.src and f[2] is not self._pending_src:
+                    if f[2] is not None and self.target.continuous and f[2] is not self.src:
+                        self._switch = f[2]  # at the loop point of the take playing (see update)
+                    elif f[2] is not None and f[2] is not self.src and f[2] is not self._pending_src:
                         self._show(f[2])  # follow off: the finished take replaces the one playing
                     elif f[2] is self.src:
                         self._grow(f[2])
                 log.info("take %s complete: %s", ev.name, ev.path)
+            elif kind == "TakeWritten":
+                self.takes_written += 1
+                if ev.error:
+                    self.error(f"{ev.name}: {ev.error}", kind="generate")
+                else:
+                    log.info("take %s written: %s", ev.name, ev.path)
             elif kind == "BendRefused":
                 self.error(ev.message, kind="bend")
             elif kind == "TakeFailed":
                 self.error(f"{ev.name}: {ev.message}", kind="generate")
+
+    def _continue(self, wrapped: bool) -> None:
+        """Continuous mode, once per frame: switch to a finished take at the loop point (at once
+        when nothing finished is playing), and keep one take generating ahead."""
+        t = self.target
+        if self._switch is not None:
+            playing = getattr(self.src.bundle, "status", "") == "complete" and self.src is not self._switch
+            if wrapped or not playing or not t.continuous:
+                src, self._switch = self._switch, None
+                self._show(src)
+                self.takes_shown += 1
+        if not t.continuous or self._switch is not None or self.engine.busy:
+            return
+        if not t.prompt.strip() and not self.continuous.prompts:
+            return
+        c = self.continuous
+        if c.prompts:
+            t.prompt = c.prompts[self._next_prompt % len(c.prompts)]
+            self._next_prompt += 1
+            self._touched.add("prompt")
+        req = request_from(t, self.request_type)
+        given = {"steps": c.steps, "frames": c.frames}
+        if c.size is not None:
+            given.update(width=c.size[0], height=c.size[1])
+        self.engine.submit(replace(req, **{k: v for k, v in given.items() if v is not None}))
+        if not c.prompts:  # the next take, the next seed
+            t.seed = (int(t.seed) + 1) % 2**31
+            self._touched.add("seed")
 
     def _show(self, src) -> None:
         self._pending_src = src  # swapped in by Live.update between frames

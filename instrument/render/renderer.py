@@ -212,7 +212,11 @@ class Renderer:
         tiles, nearest = None, False
         if mode == "video" and self.src.bundle.video_path is None and getattr(self.src, "asynchronous", False):
             mode = "preview"  # a take still forming: its per-step previews until the video replaces them
-        if mode == "video":
+        frames = getattr(self.src.bundle, "video_frames", None)  # a live take's video, decoded in memory
+        if mode == "video" and frames is not None:
+            k = max(1, -(-max(frames.shape[1:3]) // self.max3d))  # a 3D texture's side limits it
+            tiles, nearest = frames[:self.max3d, ::k, ::k][None], True
+        elif mode == "video":
             path = self.src.bundle.video_path
             if path is None:
                 log.warning("%s has no video; compositing over black", self.src.bundle.path)

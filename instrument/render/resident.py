@@ -8,8 +8,11 @@
   when the memory plan says it fits), with progress; the same :class:`LiveTake` then serves it.
 - :class:`TorchReducer`: the :class:`~paik.instrument.render.reduce.Reducer` interface
   (``volumes(selection)``, ``latent``, ``device``) computed in torch where the maps live; only
-  the reduced [cells, F', H', W'] volume reaches the host. On CUDA it runs on a high-priority
-  side stream, so it does not queue behind the generation's kernels.
+  the reduced [cells, F', H', W'] volume reaches the host. On CUDA it runs on a side stream of
+  the highest priority the device offers (``PAIK_REDUCE_STREAM=high``, the default), so it does
+  not queue behind the generation's kernels; ``PAIK_REDUCE_STREAM=default`` runs it on the
+  current stream instead (to measure the difference, ``paik bench live --reduce-stream``). On the
+  CPU both are the same code path.
 - :class:`ResidentSource`: a :class:`~paik.instrument.render.source.Source` over a LiveTake.
 - :class:`AsyncSelector`: the renderer's selections on a worker thread with one pending slot;
   the render thread waits at most ``budget`` seconds for a new selection and otherwise keeps
@@ -21,6 +24,7 @@ Without CUDA the same code runs on the CPU (torch tensors in host memory).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -56,6 +60,8 @@ class LiveTake:
         self._steps: list[int] = []
         self._previews: dict[int, np.ndarray] = {}
         self.video: Path | None = None
+        self.video_frames = None  # [F, H, W, 4] uint8 RGBA decoded in memory (shown before the MP4 exists)
+        self._ready: dict[int, object] = {}  # step -> the CUDA event after which its maps are complete
         self.status = "running"
         self.version = 0  # bumped whenever steps, previews or the video change (the renderer's caches)
 
@@ -67,20 +73,27 @@ class LiveTake:
     def video_path(self) -> Path | None:
         return self.video
 
-    def add_step(self, index: int, preview=None) -> None:
+    def add_step(self, index: int, preview=None, ready=None) -> None:
         if index not in self.step_slot or index in self._steps:
             return
+        if ready is not None:
+            self._ready[index] = ready
         self._steps.append(index)
         self._steps.sort()
         if preview is not None:
             self._previews[index] = np.asarray(preview)
         self.version += 1
 
-    def finish(self, video: Path | None, status: str = "complete") -> None:
+    def finish(self, video: Path | None, status: str = "complete", frames=None) -> None:
         self.video, self.status = video, status
+        if frames is not None:
+            self.video_frames = frames
         if video is not None:
             self.manifest = {**self.manifest, "video": {"file": Path(video).name}}
         self.version += 1
+
+    def ready_event(self, step: int):
+        return self._ready.get(step)
 
     def preview(self, step: int) -> np.ndarray | None:
         return self._previews.get(step)
@@ -102,9 +115,9 @@ class TorchReducer:
         self.latent = tuple(lay.latent)
         self.n_heads = lay.heads
         self.device = str(take.maps.device)
-        self.stream = None
-        if take.maps.is_cuda:  # high priority: a selection overtakes queued generation kernels
-            self.stream = torch.cuda.Stream(take.maps.device, priority=-1)
+        self.stream = reduce_stream(take.maps.device) if take.maps.is_cuda else None
+        self.gpu_ms: list[float] = []  # GPU time of the last selections (PAIK_REDUCE_TIMING=1), for the bench
+        self._timing = take.maps.is_cuda and bool(os.environ.get("PAIK_REDUCE_TIMING"))
         self._results: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache = cache
         self._lock = threading.Lock()  # the async worker and a synchronous caller may meet
@@ -121,9 +134,21 @@ class TorchReducer:
             if any(s >= len(steps) for s in sel.steps):
                 raise PaikError(f"step position {max(sel.steps)} is not finished yet ({len(steps)} steps so far)")
             t = self.torch
-            if self.stream is not None:
-                with t.cuda.stream(self.stream):
+            if self.take.maps.is_cuda:
+                stream = self.stream or t.cuda.current_stream(self.take.maps.device)
+                with t.cuda.stream(stream):
+                    for s in sel.steps:  # correct by construction, not only by the caller's checks
+                        ev = getattr(self.take, "ready_event", lambda _s: None)(steps[s])
+                        if ev is not None:
+                            stream.wait_event(ev)
+                    if self._timing:
+                        start, end = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
+                        start.record(stream)
                     out = self._compute(sel, steps)
+                    if self._timing:
+                        end.record(stream)
+                        end.synchronize()
+                        self.gpu_ms = [*self.gpu_ms[-255:], start.elapsed_time(end)]
             else:
                 out = self._compute(sel, steps)
             self._results[key] = out
@@ -165,8 +190,15 @@ class TorchReducer:
             per_step.append(a if keep_b else red(a, 0))
         a = t.stack(per_step)  # [S, B|1, H|1, F', H', W']
         a = a if keep_s else red(a, 0)
-        out = a.reshape(-1, *self.latent).cpu().numpy()  # the only copy to the host: the reduced volume
-        return np.ascontiguousarray(out, dtype=np.float32)
+        a = a.reshape(-1, *self.latent)
+        # the only copy to the host, the reduced volume: pinned and waited for on this stream's event
+        # alone, so GL reads a finished map and the generation's queue is never drained
+        host = t.empty(a.shape, dtype=a.dtype, pin_memory=True)
+        host.copy_(a, non_blocking=True)
+        done = t.cuda.Event()
+        done.record()
+        done.synchronize()
+        return np.array(host.numpy(), dtype=np.float32)  # its own memory: the pinned block goes back
 
 
 class ResidentSource(Source):
@@ -217,6 +249,20 @@ def load_resident(bundle: Bundle, device: str, progress=None, stop: threading.Ev
             progress(i + 1, len(steps))
     take.finish(bundle.video_path, bundle.status)
     return take
+
+
+def reduce_stream(device):
+    """The stream selections reduce on: ``PAIK_REDUCE_STREAM`` high (default: a side stream of the
+    device's highest priority) or default (None: the current stream, behind the generation)."""
+    import torch
+
+    choice = os.environ.get("PAIK_REDUCE_STREAM", "high").strip().lower()
+    if choice == "default":
+        return None
+    if choice != "high":
+        raise PaikError(f"PAIK_REDUCE_STREAM={choice!r}: expected high or default")
+    # lower numbers are higher priorities; the range's far end is the highest this device has
+    return torch.cuda.Stream(device, priority=min(torch.cuda.Stream.priority_range()))
 
 
 def resident_bytes(bundle: Bundle) -> int:
