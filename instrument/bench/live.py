@@ -258,9 +258,18 @@ def main(args) -> int:
             for e in live.errors:
                 results.setdefault("errors", []).append(e[1])
             path = live.src.bundle.path if isinstance(live.src, ResidentSource) else None
-            if path is not None and (path / "manifest.json").is_file():
-                m = json.loads((path / "manifest.json").read_text())
-                take_s = m.get("timings", {}).get("total_s")
+            # the bundle is written behind the take: its manifest has the take's timings once complete
+            t_wait = time.perf_counter()
+            while path is not None and time.perf_counter() - t_wait < 300:
+                try:
+                    m = json.loads((path / "manifest.json").read_text())
+                except (OSError, ValueError):
+                    m = {}
+                if m.get("status") == "complete" and "total_s" in m.get("timings", {}):
+                    take_s = m["timings"]["total_s"]
+                    results["c_bundle_complete_s"] = m["timings"].get("bundle_complete_s")
+                    break
+                time.sleep(0.1)
             results["c_take_in_live_s"] = take_s
         if "c" in parts:
             s = json.loads((live.src.bundle.path / "manifest.json").read_text())["settings"]

@@ -37,7 +37,7 @@ from paik.capture.bundle import Bundle
 from paik.capture.layout import Layout
 from paik.capture.tokens import Token
 from paik.errors import PaikError
-from paik.instrument.render.reduce import AXES, Selection
+from paik.instrument.render.reduce import Selection
 from paik.instrument.render.source import Source
 
 log = logging.getLogger(__name__)
