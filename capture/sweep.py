@@ -211,6 +211,7 @@ def run_sweep(base, items: list[Item], out: Path, devices: list[str], total_step
     bar = tqdm(total=total_steps * len(todo), desc="paik sweep", unit="step", disable=quiet, file=sys.stderr)
     if not todo:
         bar.close()
+        write_summary(out, items)
         return items
     ctx = mp.get_context("spawn")
     outbox, stop = ctx.Queue(), ctx.Event()
