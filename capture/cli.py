@@ -46,6 +46,18 @@ def add_take_flags(ap: argparse.ArgumentParser) -> None:
                    help="per-step previews of the denoised estimate: cheap latent projection, full VAE decode, none")
 
 
+def take_fields(args, tokens: list[str]) -> dict:
+    """The :class:`paik.capture.generate.GenerateOptions` fields that :func:`add_take_flags` set."""
+    return dict(
+        model=args.model, negative=args.negative, seed=args.seed, steps=args.steps, frames=args.frames,
+        height=args.height, width=args.width, guidance=args.guidance, guidance_2=args.guidance_2,
+        flow_shift=args.flow_shift, fps=args.fps, tokens=tokens, capture_steps=args.capture_steps,
+        capture_blocks=args.blocks, heads=args.heads, capture_uncond=args.capture_uncond,
+        max_capture_gb=args.max_capture_gb, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
+        offload=args.offload, preview=args.preview,
+    )
+
+
 def register(sub, bench) -> None:
     g = sub.add_parser(
         "generate", help="generate a video while capturing cross-attention maps into a bundle",
@@ -109,6 +121,9 @@ def register(sub, bench) -> None:
     b.set_defaults(func=_bench)
 
     from paik.capture.bench_bend import register as register_bend_bench
+    from paik.capture.sweep import register as register_sweep
+
+    register_sweep(sub)
 
     register_bend_bench(bench)
 
@@ -130,13 +145,8 @@ def _generate(args) -> int:
     if args.prompt is None and args.replay is None:
         args._parser.error("the following arguments are required: prompt (or --replay BUNDLE, to regenerate a take)")
     fields = dict(
-        prompt=args.prompt, out=args.out, model=args.model, negative=args.negative, seed=args.seed,
-        steps=args.steps, frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
-        guidance_2=args.guidance_2, flow_shift=args.flow_shift, fps=args.fps,
-        tokens=tokens, capture_steps=args.capture_steps,
-        capture_blocks=args.blocks, heads=args.heads, capture_uncond=args.capture_uncond,
-        max_capture_gb=args.max_capture_gb, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
-        offload=args.offload, device=args.device, preview=args.preview, overwrite=args.overwrite, quiet=args.quiet,
+        prompt=args.prompt, out=args.out, **take_fields(args, tokens),
+        device=args.device, overwrite=args.overwrite, quiet=args.quiet,
         # parsed here, so a typo in a bend is reported before the model loads
         bends=parse_bends(args.bend, args.bends), parallel=args.parallel, cp=args.cp,
     )

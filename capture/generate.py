@@ -140,7 +140,7 @@ def _check_tokens(opts: GenerateOptions, info: ModelInfo) -> None:
 
 
 def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, stop=None, shard=None,
-             cp: str | None = None, behind=None, on_decoded=None) -> Path:
+             cp: str | None = None, behind=None, on_decoded=None, on_progress=None) -> Path:
     """Generate one video with capture and write its bundle to ``opts.out``.
 
     ``loaded``: the ``(pipe, info, device)`` of :func:`paik.capture.models.load_pipeline`, to reuse a
@@ -155,6 +155,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     there gets the bundle written behind the generation (the MP4 too), and this returns once the
     video is decoded, the writer still finishing; ``on_decoded(frames)`` gets the pipeline's frames
     ([F, H, W, 3] float in [0, 1]) as soon as it returns them.
+    ``on_progress(done, total)`` after each step only reports progress (``paik sweep``): unlike
+    ``on_step`` it hands out no tensors, so the device keeps its ring of step buffers.
 
     ``opts.parallel`` above 1 runs the generation on that many processes (paik.capture.parallel);
     each of them calls this with ``shard=(rank, world)`` and a pipeline already made parallel."""
@@ -252,6 +254,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
         step_times.append(round(now - t_step[0], 4))
         t_step[0] = now
         progress.update(1)
+        if on_progress is not None:
+            on_progress(i + 1, size.steps)
         if on_step is not None:
             on_step(i, i + 1, size.steps, written.pop(i, {}))
         if stop is not None and stop.is_set():
