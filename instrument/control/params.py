@@ -17,7 +17,8 @@ from typing import Any
 
 from paik.errors import PaikError
 
-VIEWS = ("single", "heads", "blocks", "steps", "grid-blocks", "grid-steps", "grid-heads-steps", "grand", "sweep")
+VIEWS = ("single", "heads", "blocks", "steps", "grid-blocks", "grid-steps", "grid-heads-steps", "grand", "sweep",
+         "twin", "diff")
 VIEW_HELP = {
     "single": "one map: token at step, block, head (head -1 = reduce over heads)",
     "heads": "reduce over all heads (at step, block)",
@@ -28,6 +29,8 @@ VIEW_HELP = {
     "grid-heads-steps": "heads (columns) x steps (rows) at one block (paper Fig. 5)",
     "grand": "the grand average over steps, blocks and heads (paper Fig. 6)",
     "sweep": "the token's map moving through the steps along the video's timeline",
+    "twin": "a bent take (right) beside its unbent twin (left, same seed), one map each over its own video",
+    "diff": "bent minus unbent map, signed (blue less, orange more, black unchanged), over the bent video",
 }
 NORMS = ("global", "frame", "step")
 COMPOSITES = ("heatmap", "overlay", "multiply", "screen", "alpha")
