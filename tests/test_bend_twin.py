@@ -243,3 +243,36 @@ def test_grid_twin_writes_a_labelled_figure(pair, tmp_path):
     (png,) = tmp_path.glob("*twin*.png")
     img = np.asarray(Image.open(png))
     assert img.shape[1] == 128 and img.shape[0] > 64  # two cells of 64 and a title strip
+
+
+def test_generate_twin_and_replay_no_bends_on_the_tiny_model(tmp_path):
+    """paik generate --bend ... --twin: OUT bent, OUT/twin the same take unbent, paired in the
+    manifests; --replay OUT --no-bends regenerates that twin (the same maps, bit for bit)."""
+    from paik.capture.bundle import open_bundle
+
+    out = tmp_path / "kiss"
+    r = paik("generate", "a kiss and a cat", "-m", "tiny", "-o", out, "-q", "--steps", "2", "--bend", "mute kiss",
+             "--twin")
+    assert r.returncode == 0, r.stderr
+    bent, twin = open_bundle(out), open_bundle(out / "twin")
+    assert bent.manifest["twin"] == {"path": "twin", "role": "bent"}
+    assert twin.manifest["twin"] == {"path": "..", "role": "unbent"}
+    assert bent.manifest["bend_log"] and "bend_log" not in twin.manifest and not twin.manifest.get("bends")
+    assert twin.manifest["seed"] == bent.manifest["seed"] and twin.manifest["settings"]["steps"] == 2
+    kiss = bent.resolve("kiss")
+    s = bent.step_indices[-1]
+    assert np.abs(bent.step_arrays(s)["maps"][:, :, kiss]).max() == 0  # muted where bent ...
+    assert np.abs(twin.step_arrays(s)["maps"][:, :, kiss]).max() > 0  # ... and not in its twin
+    again = tmp_path / "again"
+    r = paik("generate", "--replay", out, "--no-bends", "-o", again, "-q")
+    assert r.returncode == 0, r.stderr
+    b = open_bundle(again)
+    assert "bend_log" not in b.manifest and b.step_indices == twin.step_indices
+    for st in b.step_indices:
+        assert np.array_equal(b.step_arrays(st)["maps"], twin.step_arrays(st)["maps"])
+    r = paik("grid", out, "--view", "diff", "--out", tmp_path / "fig", "--cell-width", "32")
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "fig").glob("*diff*.png"))
+    r = paik("generate", "a kiss", "-m", "tiny", "-o", tmp_path / "plain", "-q", "--twin")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--twin" in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
