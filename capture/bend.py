@@ -745,7 +745,7 @@ DEFAULT_ARGS = {"gain": "2", "mute": "", "shift": "0.25 0", "rotate": "90", "fli
 
 
 def slot_spec(op: str, word: str, arg: str = "", amount: float = 1.0, blocks: str = "",
-              steps: str = "") -> BendSpec | None:
+              steps: str = "", heads: str = "", pass_: str = "cond") -> BendSpec | None:
     """A live bend slot's fields -> its bend, or None when the slot is off (op ``off`` or no word).
     ``arg`` holds the op's arguments as text; words beyond what the op takes are ignored (a slot
     keeps its argument while a button cycles the operation). A mistake is a one-line PaikError."""
@@ -767,9 +767,11 @@ def slot_spec(op: str, word: str, arg: str = "", amount: float = 1.0, blocks: st
         given = default
     parts = [op, shlex.quote(word), *(shlex.quote(a) for a in given[:need])]
     parts += ["strength", _num(min(1.0, max(0.0, float(amount))))]
-    for key, text in (("blocks", blocks), ("steps", steps)):
+    for key, text in (("blocks", blocks), ("steps", steps), ("heads", heads)):
         if str(text).strip():
             parts += [key, shlex.quote(str(text).strip())]
+    if str(pass_).strip() not in ("", "cond"):
+        parts += ["pass", shlex.quote(str(pass_).strip())]
     return parse_bend(" ".join(parts))
 
 

@@ -276,3 +276,47 @@ def test_generate_twin_and_replay_no_bends_on_the_tiny_model(tmp_path):
     r = paik("generate", "a kiss", "-m", "tiny", "-o", tmp_path / "plain", "-q", "--twin")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--twin" in r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_live_slots_take_heads_and_pass(tmp_path):
+    """A slot limited to heads and a pass: from the console line through the bank to the engine's
+    take, recorded in bend_log, the muted word zero in those heads only; OSC addresses exist."""
+    from paik.capture.bundle import open_bundle
+    from paik.capture.engine import Engine, TakeRequest
+    from paik.capture.generate import GenerateOptions
+    from paik.capture.models import load_pipeline
+    from paik.instrument.control import grammar
+    from paik.instrument.control.osc import address_space, translate
+    from paik.instrument.control.params import Command, Params
+    from paik.instrument.control.takes import EngineLive
+    from paik.instrument.render.resident import ResidentSource, blank_take
+    from test_live import _events_until
+
+    assert translate("/paik/bend2_pass", ["both"]) == Command("bend2_pass", "set", "both", "osc")
+    paths = {a.path: a.types for a in address_space(Params())}
+    assert paths["/paik/bend1_heads"] == ("s",) and "/paik/bend4_pass/cycle" in paths
+    with pytest.raises(PaikError, match="cond, uncond or both"):
+        grammar.parse("bend 1 mute cat pass sideways")
+
+    eng = Engine(load_pipeline("tiny", device="cpu"), GenerateOptions(prompt="a cat", out="", steps=2),
+                 tmp_path / "takes")
+    src = ResidentSource(blank_take())
+    live = EngineLive(src, Params().bind(len(src.words), 1, 1, 1, ("magma",)), eng, TakeRequest)
+    try:
+        live.put(grammar.parse("bend 1 mute cat heads 0 pass both"))
+        live.update(0.0)
+        t = live.target
+        assert (t.bend1_op, t.bend1_word, t.bend1_heads, t.bend1_pass) == ("mute", "cat", "0", "both")
+        assert not live.errors, live.errors
+        assert [s.line() for s in eng.bends.specs() if s] == ["mute cat heads 0 pass both"]
+        eng.submit(TakeRequest(seed=1, negative="a blurry cat"))  # pass both: the word in both prompts
+        evs = _events_until(eng, ("TakeDone", "TakeFailed"))
+    finally:
+        eng.close()
+    assert type(evs[-1]).__name__ == "TakeDone", evs[-1]
+    assert not [e for e in evs if type(e).__name__ == "BendRefused"], [e.message for e in evs if hasattr(e, "message")]
+    b = open_bundle(evs[-1].path)
+    assert [e["bends"] for e in b.manifest["bend_log"]] == [["mute cat heads 0 pass both"]] * 2
+    cat = b.resolve("cat")
+    m = np.asarray(b.step_arrays(b.step_indices[-1])["maps"][:, :, cat], dtype=np.float32)  # [block, head, ...]
+    assert m[:, 0].max() == 0 and m[:, 1:].max() > 0

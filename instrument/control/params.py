@@ -125,6 +125,7 @@ SPECS: dict[str, Spec] = {
 # paik live's bend slots: bend1_op, bend1_word, ... (see paik.capture.bend; "bend 1 LINE" sets a
 # whole slot). The operations are capture/bend.py's OPS, written here so the bank needs no torch.
 BEND_SLOTS = 4
+BEND_PASSES = ("cond", "uncond", "both")  # capture/bend.py's passes
 BEND_OPS = ("off", "gain", "mute", "swap", "shift", "rotate", "flip", "zoom", "blur", "sharpen", "mask", "inject")
 BEND_FIELDS = {
     "op": Spec("enum", "off", choices=BEND_OPS, help="bend slot N's operation (off: the slot does nothing)"),
@@ -134,6 +135,9 @@ BEND_FIELDS = {
     "amount": Spec("float", 1.0, 0.0, 1.0, help="bend slot N's strength, 0..1"),
     "blocks": Spec("text", "", help="bend slot N's blocks, like 10-20 (empty: all)"),
     "steps": Spec("text", "", help="bend slot N's steps, like 0-12 (empty: all)"),
+    "heads": Spec("text", "", help="bend slot N's heads, like 0-3 (empty: all)"),
+    "pass": Spec("enum", "cond", choices=BEND_PASSES, help="bend slot N's pass: cond (the prompt's), uncond (the "
+                 "negative prompt's) or both"),
 }
 for _n in range(1, BEND_SLOTS + 1):
     SPECS.update({f"bend{_n}_{k}": replace(v, help=v.help.replace("slot N", f"slot {_n}")) for k, v in BEND_FIELDS.items()})

@@ -91,7 +91,8 @@ class EngineLive(Live):
         spec = parse_bend(line)
         args = " ".join(_num(v) if kind == "float" else shlex.quote(str(v)) for (_, kind), v in zip(OPS[spec.op], spec.args))
         for key, value in (("op", spec.op), ("word", spec.word), ("arg", args), ("amount", spec.strength),
-                           ("blocks", spec.blocks or ""), ("steps", spec.steps or "")):
+                           ("blocks", spec.blocks or ""), ("steps", spec.steps or ""), ("heads", spec.heads or ""),
+                           ("pass", spec.pass_)):
             self._apply(Command(f"bend{n}_{key}", "set", value, cmd.source))
 
     def _sync_bends(self) -> None:
