@@ -320,3 +320,75 @@ def test_live_slots_take_heads_and_pass(tmp_path):
     cat = b.resolve("cat")
     m = np.asarray(b.step_arrays(b.step_indices[-1])["maps"][:, :, cat], dtype=np.float32)  # [block, head, ...]
     assert m[:, 0].max() == 0 and m[:, 1:].max() > 0
+
+
+def test_paik_live_makes_the_unbent_twin_behind_a_bent_take(tmp_path, ctx):
+    """twin on + a bend slot: after the bent take, the engine generates its twin (no bends, same
+    seed), attached to the bent take for the twin view (drawn here through the asynchronous
+    selection of resident takes) and recorded in both manifests; the same settings again reuse it."""
+    import time
+
+    from paik.capture.bundle import open_bundle
+    from paik.capture.engine import Engine, TakeRequest
+    from paik.capture.generate import GenerateOptions
+    from paik.capture.models import load_pipeline
+    from paik.instrument.control import grammar
+    from paik.instrument.control.params import Params
+    from paik.instrument.control.takes import EngineLive
+    from paik.instrument.render.headless import Offscreen
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.resident import ResidentSource, blank_take
+    from paik.instrument.render.source import twin_mismatch
+
+    takes = tmp_path / "takes"
+    eng = Engine(load_pipeline("tiny", device="cpu"), GenerateOptions(prompt="a cat", out="", steps=2), takes)
+    src = ResidentSource(blank_take())
+    live = EngineLive(src, Params().bind(len(src.words), 1, 1, 1, ("magma", "diverging")), eng, TakeRequest)
+
+    def run_until(done, seconds=60.0):
+        t0 = time.monotonic()
+        while not done() and time.monotonic() - t0 < seconds:
+            live.update(time.monotonic())
+            time.sleep(0.02)
+        assert done(), (live.errors, live.twins.want)
+
+    try:
+        for line in ("twin on", "prompt a cat", "steps 2", "seed 4", "bend 1 mute cat", "generate"):
+            live.put(grammar.parse(line))
+        run_until(lambda: live.twins.made == 1)
+        bent = live.src
+        assert bent.twin is not None and twin_mismatch(bent, bent.twin) is None
+        b, t = open_bundle(bent.bundle.path), open_bundle(bent.twin.bundle.path)
+        assert b.manifest["bend_log"] and "bend_log" not in t.manifest and t.manifest["seed"] == b.manifest["seed"]
+        assert b.manifest["twin"]["role"] == "bent" and t.manifest["twin"]["role"] == "unbent"
+        assert (b.path / b.manifest["twin"]["path"]).resolve() == t.path.resolve()
+        assert live.take_name == b.path.name  # the twin formed out of sight
+        # the twin view of the resident pair, selected asynchronously, equals the single views
+        p = live.target.copy()
+        p.view, p.composite, p.token, p.step, p.block = "twin", "heatmap", 0, 1.0, 0.0
+        r = Renderer(ctx, bent, asynchronous=True)
+        off = Offscreen(ctx, (128, 64))
+        off.use()
+        for _ in range(200):
+            r.draw(p, 0.5, (0, 0, 128, 64))
+            subs = [r.selector, r.twin_views.unbent.selector]
+            if all(s.settled for s in subs):
+                break
+            time.sleep(0.01)
+        img = off.read().astype(np.int16)
+        off.release()
+        r.release()
+        q = p.copy()
+        q.view = "single"
+        left, _ = draw(ctx, bent.twin, q, (64, 64))
+        right, _ = draw(ctx, bent, q, (64, 64))
+        assert np.abs(img[:, :64] - left).max() <= 1 and np.abs(img[:, 64:] - right).max() <= 1
+        assert np.abs(left - right).max() > 0  # muted 'cat' vs not: the word's maps differ
+        # the same bent take again: the resident unbent take is reused, nothing more is generated
+        live.put(grammar.parse("generate"))
+        run_until(lambda: live.takes_done == 2)
+        live.update(time.monotonic())
+        assert live.twins.made == 2 and live.src.twin is bent.twin
+        assert len([d for d in takes.iterdir() if d.is_dir()]) == 3
+    finally:
+        eng.close()

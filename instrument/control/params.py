@@ -121,6 +121,8 @@ SPECS: dict[str, Spec] = {
     "size": Spec("text", "", help="WIDTHxHEIGHT of the next take, like 416x240 (empty: the model's default)"),
     "guidance": Spec("float", 5.0, 1.0, 20.0, help="classifier-free guidance of the next take (1 = off)"),
     "tokens": Spec("text", "", help='words to capture in the next take, like kiss,"soccer ball" (empty: all)'),
+    "twin": Spec("bool", False, help="live takes: after a take that played bends, also generate its unbent twin "
+                 "(same settings, no bends) for the twin and diff views"),
 }
 # paik live's bend slots: bend1_op, bend1_word, ... (see paik.capture.bend; "bend 1 LINE" sets a
 # whole slot). The operations are capture/bend.py's OPS, written here so the bank needs no torch.
@@ -190,6 +192,7 @@ class Params(_BendSlots):
     size: str = ""
     guidance: float = 5.0
     tokens: str = ""
+    twin: bool = False
     # bundle-dependent bounds (counts); not parameters themselves
     n_tokens: int = field(default=1, repr=False)
     n_steps: int = field(default=1, repr=False)

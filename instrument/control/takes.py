@@ -65,6 +65,9 @@ class EngineLive(Live):
         self._forming = None  # (take id, LiveTake, ResidentSource or None) of the newest take
         self._waiting: list = []  # step events whose maps are not complete on the device yet
         self.takes_done = 0
+        from paik.instrument.control.twins import TwinMaker
+
+        self.twins = TwinMaker(self)  # the twin parameter: unbent twins of bent takes, made behind them
         self._publish(force=True)
 
     # -- actions (render thread) ----------------------------------------------------------------
@@ -146,6 +149,8 @@ class EngineLive(Live):
         self._waiting = []
         for i, ev in enumerate(events):
             kind = type(ev).__name__
+            if not (kind == "StepDone" and not ev.is_ready()) and self.twins.event(ev, kind):
+                continue
             if kind == "TakeStarted":
                 take = LiveTake(ev.path, ev.manifest, ev.store.maps, ev.store.step_slot)
                 self._forming = [ev.take, take, None]
@@ -181,6 +186,7 @@ class EngineLive(Live):
                 self.error(ev.message, kind="bend")
             elif kind == "TakeFailed":
                 self.error(f"{ev.name}: {ev.message}", kind="generate")
+        self.twins.idle()
 
     def _show(self, src) -> None:
         self._pending_src = src  # swapped in by Live.update between frames
