@@ -28,7 +28,9 @@ zoom      X              magnify it about the centre (X > 1) or shrink it (X < 1
 blur      SIGMA          Gaussian blur over each frame, SIGMA in latent cells (16 pixels)
 sharpen   X              unsharp mask: P + X * (P - blur(P, 1))
 mask      SHAPE|IMAGE    keep the word's attention inside a region, zero outside: circle,
-                         left, right, top, bottom, center, or a grayscale image (white keeps)
+                         left, right, top, bottom, center, a grayscale image (white keeps),
+                         or a video (.mp4 .mov .m4v .mkv .webm .avi .gif), one mask per latent
+                         frame (video_mask: resampled to F' x H' x W' in time and space)
 inject    BUNDLE         take the same word's maps from another take of the same layout
 ========  =============  ==================================================================
 
@@ -448,7 +450,7 @@ def resolve_bends(specs: Iterable[BendSpec], table: list["Token"], negative_tabl
         heads = torch.zeros(n_heads)
         heads[indices(spec.heads, n_heads, "heads")] = spec.strength
         if spec.op == "mask":
-            mask = _mask(spec.arg("shape"), latent[1:], src)
+            mask = _mask(spec.arg("shape"), tuple(latent), src)
         bends.append(_Bend(spec, passes, frozenset(blocks), frozenset(steps), heads, mask, source))
     n_real = {"cond": len(table), "uncond": len(negative_table) if negative_table is not None else 0}
     return BendSet(bends, latent, n_real, schedule)
@@ -476,9 +478,14 @@ def _inject_source(spec: BendSpec, src: str, n_blocks: int, n_heads: int, latent
     return _InjectSource(b, positions)
 
 
-def _mask(shape: str, size: tuple[int, int], src: str) -> torch.Tensor:
-    """[H', W'] in [0, 1]: a built-in region, or a grayscale image resized to the latent grid."""
-    hh, ww = size
+MASK_VIDEOS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif")
+VIDEO_MASK_LIMITS = (2049, 1024)  # frames and pixels a side read from a mask video (memory stays bounded)
+
+
+def _mask(shape: str, latent: tuple[int, int, int], src: str) -> torch.Tensor:
+    """[1, H', W'] in [0, 1]: a built-in region or a grayscale image resized to the latent grid;
+    or [F', H', W'] from a video (:func:`video_mask`)."""
+    _, hh, ww = latent
     if shape in SHAPES:
         y = (torch.arange(hh) + 0.5) / hh * 2 - 1  # cell centres in [-1, 1]
         x = (torch.arange(ww) + 0.5) / ww * 2 - 1
@@ -489,20 +496,51 @@ def _mask(shape: str, size: tuple[int, int], src: str) -> torch.Tensor:
             "left": xx < 0, "right": xx > 0, "top": yy < 0, "bottom": yy > 0,
             "center": (xx.abs() <= 0.5) & (yy.abs() <= 0.5),
         }[shape]
-        return region.float()
+        return region.float()[None]
+    path = Path(shape).expanduser()
+    if path.suffix.lower() in MASK_VIDEOS:
+        return video_mask(path, latent, src)
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(shape).expanduser()
     try:
         with Image.open(path) as im:
             im = im.convert("L").resize((ww, hh), Image.Resampling.BOX)
             import numpy as np
 
-            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
     except (OSError, UnidentifiedImageError, ValueError) as e:
         why = "no such file" if not path.exists() else (getattr(e, "strerror", None) or "not an image")
         raise PaikError(f"bend {src!r}: the mask {shape!r} is neither a shape ({', '.join(SHAPES)}) nor a readable "
                         f"image ({why})") from None
+
+
+def video_mask(path: Path, latent: tuple[int, int, int], src: str = "") -> torch.Tensor:
+    """[F', H', W'] in [0, 1] from a grayscale (or any) video, read with PyAV (paik.video).
+
+    Time: the video is resampled (nearest frame) to the take's 4(F'-1)+1 frames and grouped as
+    Wan's VAE groups them: latent frame 0 is the first frame, latent frame k the mean of frames
+    4k-3 .. 4k. Space: each frame is converted to luma and box-filtered to H' x W', as an image
+    mask is. White keeps the word's attention, black removes it."""
+    import numpy as np
+    from PIL import Image
+
+    from paik.video import decode
+
+    f, hh, ww = latent
+    if not path.is_file():
+        raise PaikError(f"bend {src!r}: the mask video {str(path)!r} does not exist")
+    try:
+        frames = decode(path, "rgb24", max_size=VIDEO_MASK_LIMITS[1], max_frames=VIDEO_MASK_LIMITS[0])
+    except PaikError as e:
+        why = str(e).removeprefix(f"{path}: ")  # the bend line names the file already
+        raise PaikError(f"bend {src!r}: the mask video cannot be read: {why}") from None
+    small = np.stack([np.asarray(Image.fromarray(fr).convert("L").resize((ww, hh), Image.Resampling.BOX),
+                                 dtype=np.float32) / 255.0 for fr in frames])  # [N, H', W']
+    total = 4 * (f - 1) + 1
+    pick = np.minimum((np.arange(total) * len(small)) // total, len(small) - 1)  # nearest in time
+    timeline = small[pick]
+    groups = [timeline[:1]] + [timeline[4 * k - 3: 4 * k + 1] for k in range(1, f)]
+    return torch.from_numpy(np.stack([g.mean(0) for g in groups]).astype(np.float32))
 
 
 class BendSet:
@@ -650,8 +688,9 @@ def spatial(op: str, spec: BendSpec, maps: torch.Tensor, latent, mask: torch.Ten
         y = x + spec.arg("amount") * (x - gaussian_blur(x, 1.0))
     elif op == "mask":
         if mask is None:  # resolved bends carry theirs; built here for a spec used on its own
-            mask = _mask(spec.arg("shape"), (hh, ww), spec.line())
-        y = x * mask.to(x.device, x.dtype)
+            mask = _mask(spec.arg("shape"), (f, hh, ww), spec.line())
+        m = mask.to(x.device, x.dtype).reshape(-1, hh, ww)  # [1 or F', H', W']: one mask, or one per frame
+        y = (x.reshape(-1, m.shape[0] if m.shape[0] == f else 1, hh, ww) * m).reshape(x.shape)
     else:
         raise ValueError(f"not a spatial bend: {op}")
     return y.reshape(maps.shape)
@@ -745,7 +784,7 @@ DEFAULT_ARGS = {"gain": "2", "mute": "", "shift": "0.25 0", "rotate": "90", "fli
 
 
 def slot_spec(op: str, word: str, arg: str = "", amount: float = 1.0, blocks: str = "",
-              steps: str = "") -> BendSpec | None:
+              steps: str = "", heads: str = "", pass_: str = "cond") -> BendSpec | None:
     """A live bend slot's fields -> its bend, or None when the slot is off (op ``off`` or no word).
     ``arg`` holds the op's arguments as text; words beyond what the op takes are ignored (a slot
     keeps its argument while a button cycles the operation). A mistake is a one-line PaikError."""
@@ -767,9 +806,11 @@ def slot_spec(op: str, word: str, arg: str = "", amount: float = 1.0, blocks: st
         given = default
     parts = [op, shlex.quote(word), *(shlex.quote(a) for a in given[:need])]
     parts += ["strength", _num(min(1.0, max(0.0, float(amount))))]
-    for key, text in (("blocks", blocks), ("steps", steps)):
+    for key, text in (("blocks", blocks), ("steps", steps), ("heads", heads)):
         if str(text).strip():
             parts += [key, shlex.quote(str(text).strip())]
+    if str(pass_).strip() not in ("", "cond"):
+        parts += ["pass", shlex.quote(str(pass_).strip())]
     return parse_bend(" ".join(parts))
 
 

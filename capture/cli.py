@@ -83,6 +83,11 @@ def register(sub, bench) -> None:
                    help="bends from a preset: a name in ~/.config/paik/bends or presets/bends, or a .toml file")
     g.add_argument("--replay", default=None, metavar="BUNDLE",
                    help="regenerate a take from its manifest, bends and all; flags given here replace its settings")
+    g.add_argument("--twin", action="store_true",
+                   help="also generate the unbent twin (same prompt, seed and sizes, no bends) into OUT/twin, for "
+                        "the twin and diff views (paik play/render/grid --view twin|diff find it)")
+    g.add_argument("--no-bends", action="store_true",
+                   help="with --replay: regenerate the take without its bends (its unbent twin)")
     g.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="split the video's positions across N processes with diffusers' context parallelism (one "
                         "GPU each; gloo processes on the CPU); each writes its own part of the bundle")
@@ -135,7 +140,7 @@ def register(sub, bench) -> None:
 
 def _generate(args) -> int:
     from paik.capture.bend import parse_bends
-    from paik.capture.generate import GenerateOptions, generate
+    from paik.capture.generate import GenerateOptions, generate, generate_twin
     from paik.errors import PaikError
     from paik.capture.tokens import split_token_list
 
@@ -153,8 +158,17 @@ def _generate(args) -> int:
     if args.step_buffers < 1:
         raise PaikError(f"--step-buffers {args.step_buffers}: needs at least 1 (or --keep-on-device)")
     buffers = None if args.keep_on_device else args.step_buffers
+    if args.no_bends and args.replay is None:
+        raise PaikError("--no-bends is for --replay BUNDLE (regenerate a take unbent); a new take has no bends "
+                        "unless --bend/--bends give some")
+    if args.no_bends and args.twin:
+        raise PaikError("--no-bends --twin: an unbent take has no twin to make; give one of them")
     if args.replay is None:
-        generate(GenerateOptions(**fields, step_buffers=buffers))
+        opts = GenerateOptions(**fields, step_buffers=buffers)
+        if args.twin:
+            generate_twin(opts)
+        else:
+            generate(opts)
         return 0
     from paik.capture.replay import replay_options
 
@@ -164,9 +178,12 @@ def _generate(args) -> int:
              != args._parser.get_default(dest.get(k, k))}
     if fields["bends"]:
         given["bends"] = fields["bends"]  # refused by replay_options, with the reason
-    opts = replay_options(args.replay, args.out, **given)
+    opts = replay_options(args.replay, args.out, no_bends=args.no_bends, **given)
     opts.step_buffers = buffers
-    generate(opts)
+    if args.twin:
+        generate_twin(opts)
+    else:
+        generate(opts)
     return 0
 
 

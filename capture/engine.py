@@ -62,6 +62,7 @@ class TakeRequest:
     width: int | None = None
     guidance: float | None = None
     tokens: tuple[str, ...] | None = None
+    bends: bool = True  # False: the bend slots stay out of this take (an unbent twin)
 
 
 @dataclass
@@ -265,7 +266,7 @@ class Engine:
         }.items() if v is not None}
         if req.tokens is not None:
             given["tokens"] = list(req.tokens)
-        return replace(d, out=str(out), bends=self.bends, bend_presets=[], **given)
+        return replace(d, out=str(out), bends=self.bends if req.bends else [], bend_presets=[], **given)
 
     def _name(self, take: int) -> Path:
         n = take

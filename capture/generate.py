@@ -4,6 +4,7 @@ model folder's paik.json or its family (:func:`paik.capture.models.generation_de
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -298,6 +299,42 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     finally:
         _log(opts, f"paik: bundle {cap.status}: {out} ({len(cap.writer.manifest['steps'])} steps of maps)")
     return out
+
+
+TWIN_DIR = "twin"  # the unbent twin of OUT is OUT/twin: inside the folder the user named
+
+
+def generate_twin(opts: GenerateOptions) -> tuple[Path, Path]:
+    """``paik generate --bend ... --twin``: the bent take at ``opts.out``, then its unbent twin
+    (same prompt, seed, sizes and capture; no bends) at ``opts.out/twin``, with the model loaded
+    once; each manifest names the other under ``"twin"`` (a path relative to the bundle and a
+    role, "bent" or "unbent"), which is how ``paik play/render/grid`` find it."""
+    from dataclasses import replace
+
+    from paik.capture.writer import write_json_atomic
+
+    if not (opts.bends or opts.bend_presets or opts.replay_bends):
+        raise PaikError("--twin makes the unbent twin of a bent take: give --bend or --bends (or --replay a bent "
+                        "take); without bends the take is its own twin")
+    twin_opts = replace(opts, out=str(Path(opts.out) / TWIN_DIR), bends=[], bend_presets=[], replay_bends=None,
+                        overwrite=False)
+    loaded = None
+    if opts.parallel <= 1:
+        check_options(opts)
+        peeked = peek_model(opts.model)
+        if peeked is not None:
+            resolve_sizes(opts, peeked)
+            _check_tokens(opts, peeked)
+        _log(opts, f"paik: loading {opts.model or 'tiny'} ...")
+        loaded = load_pipeline(opts.model, opts.dtype, opts.device, opts.offload)
+    bent = generate(opts, loaded)
+    _log(opts, "paik: the unbent twin (same seed, no bends) ...")
+    twin = generate(twin_opts, loaded)
+    for path, other, role in ((bent, TWIN_DIR, "bent"), (twin, "..", "unbent")):
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        m["twin"] = {"path": other, "role": role}
+        write_json_atomic(path / "manifest.json", m)
+    return bent, twin
 
 
 def denoised_estimate(recorder: Recorder, guidance: dict) -> torch.Tensor | None:

@@ -19,9 +19,9 @@ _SETTINGS = ("steps", "frames", "height", "width", "guidance", "guidance_2", "fl
              "preview")
 
 
-def replay_options(bundle: str, out: str, **overrides):
+def replay_options(bundle: str, out: str, no_bends: bool = False, **overrides):
     """GenerateOptions for a replay of ``bundle`` written to ``out``; ``overrides`` (GenerateOptions
-    fields) win over the manifest. The device is not replayed: a take made on one machine is
+    fields) win over the manifest. ``no_bends``: without the take's bends (its unbent twin). The device is not replayed: a take made on one machine is
     re-rendered on whatever this one has (pass ``device`` to choose)."""
     from paik.capture.bundle import open_bundle
     from paik.capture.generate import GenerateOptions
@@ -45,7 +45,9 @@ def replay_options(bundle: str, out: str, **overrides):
     fields["tokens"] = list(fields.get("tokens") or [])
     opts = dict(prompt=m["prompt"], negative=m.get("negative_prompt") or None, seed=int(m["seed"]), model=spec,
                 out=str(out), **fields)
-    if "bend_log" in m:
+    if no_bends:
+        pass
+    elif "bend_log" in m:
         opts["replay_bends"] = {"steps": int(s["steps"]), "log": list(m["bend_log"])}
     elif m.get("bends"):  # stopped before its first step ended: replay the bends as written
         opts["bends"] = list(m["bends"])

@@ -16,7 +16,9 @@ from paik.errors import PaikError
 
 from paik.instrument.control.params import SPECS, VIEWS, Params
 
-GRID_VIEWS = {"blocks": "grid-blocks", "steps": "grid-steps", "heads-steps": "grid-heads-steps", "grand": "grand"}
+GRID_VIEWS = {"blocks": "grid-blocks", "steps": "grid-steps", "heads-steps": "grid-heads-steps", "grand": "grand",
+              "twin": "twin", "diff": "diff"}
+TWIN_VIEWS = ("twin", "diff")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -170,10 +172,30 @@ def _composite(args, src) -> str:
     return "screen"
 
 
-def _source(args):
-    from paik.instrument.render.source import Source
+def _source(args, view: str | None = None):
+    """The bundle, with its unbent twin when --twin names one or the view needs the recorded one:
+    a twin of another layout, or none for the twin/diff views, is refused here (one line)."""
+    from paik.instrument.render.source import Source, twin_mismatch
 
-    return Source.open(args.bundle, args.device)
+    src = Source.open(args.bundle, args.device)
+    given = getattr(args, "twin", None)
+    if given:
+        src.twin = Source.open(given, args.device)
+    if given or view in TWIN_VIEWS:
+        twin = src.twin
+        if twin is None:
+            raise PaikError(src.twin_error or f"--view {view}: {args.bundle} records no unbent twin; name one with "
+                            "--twin UNBENT (make it with 'paik generate --replay BENT --no-bends --out UNBENT')")
+        why = twin_mismatch(src, twin)
+        if why is not None:
+            raise PaikError(why)
+    return src
+
+
+def _twin_flag(ap) -> None:
+    ap.add_argument("--twin", metavar="UNBENT", default=None,
+                    help="the unbent twin of this (bent) bundle, for --view twin and diff (default: the twin its "
+                         "manifest records, from 'paik generate --twin')")
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -189,7 +211,7 @@ def cmd_play(args) -> int:
     if args.frames is not None and args.frames < 1:
         raise PaikError(f"--frames must be at least 1, not {args.frames}")
     outputs = from_args(args, args.size)
-    src = _source(args)
+    src = _source(args, args.view)
     p = _params(args, src, args.view)
     p.help = args.show_keys
     p.record = bool(args.record)
@@ -237,7 +259,7 @@ def cmd_render(args) -> int:
         raise PaikError(f"--fps must be positive, not {args.fps}")
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         raise PaikError(f"--duration must be a positive number of seconds, not {args.duration}")
-    src = _source(args)
+    src = _source(args, args.view)
     p = _params(args, src, args.view)
     size = args.size or src.video_size
     fps = src.fps if args.fps is None else args.fps
@@ -261,10 +283,12 @@ def cmd_grid(args) -> int:
     from paik.video import check_dir
 
     check_dir(Path(args.out))
-    src = _source(args)
+    src = _source(args, view)
     step_list, block_list = args.steps, args.blocks
     p = _params(args, src, view)  # defaults: the last step, the block closest to the mean over blocks
-    if view == "grid-blocks":
+    if view in TWIN_VIEWS and block_list:
+        p.block = indices.position(block_list, src.dims.block_names, "--block")
+    if view in ("grid-blocks",) + TWIN_VIEWS:
         values = indices.positions(step_list, src.dims.step_names, "--step", default="last")
     elif view == "grand":
         values = [0.0]
@@ -302,7 +326,8 @@ def cmd_bench_render(args) -> int:
         bundle = open_bundle(args.bundle)
     if args.frames < 1:
         raise PaikError(f"--frames must be at least 1, not {args.frames}")
-    views = args.views.split(",") if args.views else list(VIEWS)
+    # the twin views need a twin: named with --views, not timed by default
+    views = args.views.split(",") if args.views else [v for v in VIEWS if v not in ("twin", "diff")]
     bad = [v for v in views if v not in VIEWS]
     if bad:
         raise PaikError(f"--views: unknown {', '.join(bad)}; views: {', '.join(VIEWS)}")
@@ -410,6 +435,7 @@ def register(sub, bench) -> None:
                     "closed, or Ctrl-C)")
     ap.add_argument("--fixed-step", action="store_true", help=argparse.SUPPRESS)  # tests: frame/fps clock, no sleep
     add_resident_flag(ap)
+    _twin_flag(ap)
     from paik.instrument.control.hub import add_flags
     from paik.instrument.outputs import add_play_flags
 
@@ -431,22 +457,26 @@ def register(sub, bench) -> None:
                          "transparent where there is no picture: --background none, a --threshold on the heatmap, "
                          "the bars around a picture of another aspect)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    _twin_flag(ap)
     _look_flags(ap)
     ap.set_defaults(func=cmd_render)
 
     ap = sub.add_parser("grid", help="labelled PNG grids like the paper's figures",
                         description="Write labelled PNG grids: every block at given steps (Fig. 3), every step "
-                                    "at given blocks (Fig. 4), heads x steps (Fig. 5), or the grand average (Fig. 6).")
+                                    "at given blocks (Fig. 4), heads x steps (Fig. 5), the grand average (Fig. 6), "
+                                    "or a bent take beside its unbent twin (twin) or their difference (diff), "
+                                    "at given steps.")
     ap.add_argument("bundle")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--view", choices=tuple(GRID_VIEWS), default="blocks")
     ap.add_argument("--steps", "--step", dest="steps",
-                    help="for --view blocks: steps like 0,12,24, 'last' or 'all' (default: the last)")
-    ap.add_argument("--blocks", "--block", dest="blocks", help="for --view steps/heads-steps: blocks like 15 "
+                    help="for --view blocks, twin and diff: steps like 0,12,24, 'last' or 'all' (default: the last)")
+    ap.add_argument("--blocks", "--block", dest="blocks", help="for --view steps/heads-steps (and one for twin/diff): blocks like 15 "
                     "(default: the block whose map agrees best with the mean over blocks)")
     ap.add_argument("--time", default="0", help="positions in the video, 0 = first frame, 1 = last (default 0), e.g. 0,1")
     ap.add_argument("--cell-width", type=int, default=208, help="pixels per cell (default 208)")
     ap.add_argument("--gap", type=int, default=2, help="pixels between cells (default 2)")
+    _twin_flag(ap)
     _look_flags(ap, positions=False)
     ap.set_defaults(func=cmd_grid)
 

@@ -50,7 +50,7 @@ def test_grammar_and_osc_reach_the_slots():
     assert translate("/paik/bend1_amount/norm", [0.25]) == Command("bend1_amount", "norm", 0.25, "osc")
     assert translate("/paik/bend2_word", ["kiss"]) == Command("bend2_word", "set", "kiss", "osc")
     for line, why in (("bend 5 mute cat", "slots are 1 to 4"), ("bend 1 wobble cat", "unknown operation"),
-                      ("bend 1 gain cat 2 steps x", "not a range"), ("bend 1 mute cat heads 0", "every head"),
+                      ("bend 1 gain cat 2 steps x", "not a range"), ("bend 1 mute cat pass sideways", "cond, uncond or both"),
                       ("bend", "expected")):
         with pytest.raises(PaikError, match=why):
             grammar.parse(line)

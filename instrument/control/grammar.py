@@ -20,7 +20,7 @@ from OSC (``/paik/cmd "step nudge 0.5"``, and every address ``/paik/a/b x`` is t
     prompt a red kiss    text parameters take the rest of the line (paik live: prompt, negative, size, tokens)
     generate             paik live: a new take from prompt, seed, steps, ... ("generate a cat" sets the
                          prompt too; "generate cancel" stops the running take); "seed next" adds one
-    bend 1 gain kiss 2 blocks 10-20
+    bend 1 gain kiss 2 blocks 10-20 heads 0-3 pass both
                          paik live: bend slot 1 from one bend line (capture/bend.py's grammar; strength
                          sets its amount); "bend 1 off" clears it; bend1_amount 0.5 and the other
                          bendN_ fields play one part of a slot
@@ -201,9 +201,6 @@ def bend_command(rest: list[str], source: str) -> Command:
     from paik.capture.bend import parse_bend  # torch: only once a bend is played
 
     spec = parse_bend(shlex.join(rest[1:]))
-    if spec.heads is not None or spec.pass_ != "cond":
-        raise PaikError(f"bend {n}: a live slot bends every head of the conditional pass; leave out heads and "
-                        "pass (or use paik generate --bend)")
     return Command("bend", "set", (n, spec.line()), source)
 
 

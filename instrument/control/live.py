@@ -325,6 +325,8 @@ class Live:
                 return  # a newer load came: this one is dropped, whole
             if self._pending_src is src or (self._pending_src is None and self.src is src):
                 self._pending_src = ResidentSource(take)
+                if getattr(src, "_twin_known", False):  # a twin named with --twin stays with the take it was named for
+                    self._pending_src.twin = src.twin
 
     def _swap_source(self) -> None:
         src, self._pending_src = self._pending_src, None

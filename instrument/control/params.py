@@ -17,7 +17,8 @@ from typing import Any
 
 from paik.errors import PaikError
 
-VIEWS = ("single", "heads", "blocks", "steps", "grid-blocks", "grid-steps", "grid-heads-steps", "grand", "sweep")
+VIEWS = ("single", "heads", "blocks", "steps", "grid-blocks", "grid-steps", "grid-heads-steps", "grand", "sweep",
+         "twin", "diff")
 VIEW_HELP = {
     "single": "one map: token at step, block, head (head -1 = reduce over heads)",
     "heads": "reduce over all heads (at step, block)",
@@ -28,6 +29,8 @@ VIEW_HELP = {
     "grid-heads-steps": "heads (columns) x steps (rows) at one block (paper Fig. 5)",
     "grand": "the grand average over steps, blocks and heads (paper Fig. 6)",
     "sweep": "the token's map moving through the steps along the video's timeline",
+    "twin": "a bent take (right) beside its unbent twin (left, same seed), one map each over its own video",
+    "diff": "bent minus unbent map, signed (blue less, orange more, black unchanged), over the bent video",
 }
 NORMS = ("global", "frame", "step")
 COMPOSITES = ("heatmap", "overlay", "multiply", "screen", "alpha")
@@ -120,10 +123,13 @@ SPECS: dict[str, Spec] = {
     "size": Spec("text", "", help="WIDTHxHEIGHT of the next take, like 416x240 (empty: the model's default)"),
     "guidance": Spec("float", 5.0, 1.0, 20.0, help="classifier-free guidance of the next take (1 = off)"),
     "tokens": Spec("text", "", help='words to capture in the next take, like kiss,"soccer ball" (empty: all)'),
+    "twin": Spec("bool", False, help="live takes: after a take that played bends, also generate its unbent twin "
+                 "(same settings, no bends) for the twin and diff views"),
 }
 # paik live's bend slots: bend1_op, bend1_word, ... (see paik.capture.bend; "bend 1 LINE" sets a
 # whole slot). The operations are capture/bend.py's OPS, written here so the bank needs no torch.
 BEND_SLOTS = 4
+BEND_PASSES = ("cond", "uncond", "both")  # capture/bend.py's passes
 BEND_OPS = ("off", "gain", "mute", "swap", "shift", "rotate", "flip", "zoom", "blur", "sharpen", "mask", "inject")
 BEND_FIELDS = {
     "op": Spec("enum", "off", choices=BEND_OPS, help="bend slot N's operation (off: the slot does nothing)"),
@@ -133,6 +139,9 @@ BEND_FIELDS = {
     "amount": Spec("float", 1.0, 0.0, 1.0, help="bend slot N's strength, 0..1"),
     "blocks": Spec("text", "", help="bend slot N's blocks, like 10-20 (empty: all)"),
     "steps": Spec("text", "", help="bend slot N's steps, like 0-12 (empty: all)"),
+    "heads": Spec("text", "", help="bend slot N's heads, like 0-3 (empty: all)"),
+    "pass": Spec("enum", "cond", choices=BEND_PASSES, help="bend slot N's pass: cond (the prompt's), uncond (the "
+                 "negative prompt's) or both"),
 }
 for _n in range(1, BEND_SLOTS + 1):
     SPECS.update({f"bend{_n}_{k}": replace(v, help=v.help.replace("slot N", f"slot {_n}")) for k, v in BEND_FIELDS.items()})
@@ -186,6 +195,7 @@ class Params(_BendSlots):
     size: str = ""
     guidance: float = 5.0
     tokens: str = ""
+    twin: bool = False
     # bundle-dependent bounds (counts); not parameters themselves
     n_tokens: int = field(default=1, repr=False)
     n_steps: int = field(default=1, repr=False)

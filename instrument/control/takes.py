@@ -105,6 +105,9 @@ class EngineLive(Live):
         self._forming = None  # (take id, LiveTake, ResidentSource or None) of the newest take
         self._waiting: list = []  # step events whose maps are not complete on the device yet
         self.takes_done = 0
+        from paik.instrument.control.twins import TwinMaker
+
+        self.twins = TwinMaker(self)  # the twin parameter: unbent twins of bent takes, made behind them
         self._publish(force=True)
 
     # -- actions (render thread) ----------------------------------------------------------------
@@ -131,7 +134,8 @@ class EngineLive(Live):
         spec = parse_bend(line)
         args = " ".join(_num(v) if kind == "float" else shlex.quote(str(v)) for (_, kind), v in zip(OPS[spec.op], spec.args))
         for key, value in (("op", spec.op), ("word", spec.word), ("arg", args), ("amount", spec.strength),
-                           ("blocks", spec.blocks or ""), ("steps", spec.steps or "")):
+                           ("blocks", spec.blocks or ""), ("steps", spec.steps or ""), ("heads", spec.heads or ""),
+                           ("pass", spec.pass_)):
             self._apply(Command(f"bend{n}_{key}", "set", value, cmd.source))
 
     def _sync_bends(self) -> None:
@@ -191,6 +195,8 @@ class EngineLive(Live):
         self._waiting = []
         for i, ev in enumerate(events):
             kind = type(ev).__name__
+            if not (kind == "StepDone" and not ev.is_ready()) and self.twins.event(ev, kind):
+                continue
             if kind == "TakeStarted":
                 take = LiveTake(ev.path, ev.manifest, ev.store.maps, ev.store.step_slot)
                 self._forming = [ev.take, take, None]
@@ -234,6 +240,7 @@ class EngineLive(Live):
                 self.error(ev.message, kind="bend")
             elif kind == "TakeFailed":
                 self.error(f"{ev.name}: {ev.message}", kind="generate")
+        self.twins.idle()
 
     def _continue(self, wrapped: bool) -> None:
         """Continuous mode, once per frame: switch to a finished take at the loop point (at once

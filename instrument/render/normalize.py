@@ -44,3 +44,22 @@ def ranges(tiles: np.ndarray, mode: str, clip_lo: float = 0.0, clip_hi: float = 
     else:
         raise ValueError(f"unknown normalization {mode!r}")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def symmetric(tiles: np.ndarray, mode: str, clip_hi: float = 100.0, gain: float = 1.0) -> np.ndarray:
+    """Ranges for signed tiles (the diff view's bent minus unbent): (-m, m) with m the ``clip_hi``
+    percentile of |x| (per tile, frame or view as ``mode``) divided by ``gain``, so zero always
+    lands on the colormap's middle. Where everything is zero, m = 1: the tile shows neutral."""
+    mag = np.abs(tiles)
+    n, f = tiles.shape[:2]
+    if mode == "global":
+        m = np.broadcast_to(_pct(mag.reshape(-1), clip_hi, None), (n, f))
+    elif mode == "step":
+        m = np.broadcast_to(_pct(mag.reshape(n, -1), clip_hi, 1)[:, None], (n, f))
+    elif mode == "frame":
+        m = _pct(mag.reshape(n, f, -1), clip_hi, 2)
+    else:
+        raise ValueError(f"unknown normalization {mode!r}")
+    m = np.asarray(m, np.float64) / max(float(gain), 1e-6)
+    m = np.where(m > 0, m, 1.0)
+    return np.ascontiguousarray(np.stack([-m, m], -1), dtype=np.float32)

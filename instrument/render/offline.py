@@ -101,14 +101,24 @@ def label_grid(img: np.ndarray, labels, rows, cols, gap, title: str):
 
 def grid_figures(src: Source, p: Params, out_dir: Path, view: str, values: list[float], times: list[float],
                  cell_width: int, gap: int, token_label: str, ctx=None) -> list[Path]:
-    """One labelled PNG per value (step for 'blocks', block for 'steps'/'heads-steps') and time."""
+    """One labelled PNG per value (step for 'blocks', 'twin' and 'diff', block for 'steps'/'heads-steps')
+    and time."""
+    from dataclasses import replace
+
     from paik.instrument.render.views import plan
 
-    axis = "step" if view == "grid-blocks" else "block"
+    axis = "step" if view in ("grid-blocks", "twin", "diff") else "block"
     sizes = []
     for value in values:  # every figure's size is checked before the first is drawn
         setattr(p, axis, float(value))
-        pl = plan(p, src.dims, src.words[p.token].positions, token_label)
+        q = p.copy()
+        if view in ("twin", "diff"):  # one map, twice side by side or once
+            q.view = "single"
+        pl = plan(q, src.dims, src.words[p.token].positions, token_label)
+        if view == "twin":
+            pl = replace(pl, cols=2, labels=("unbent", "bent"), title=f"unbent | bent  {pl.title}")
+        elif view == "diff":
+            pl = replace(pl, title=f"bent - unbent  {pl.title}")
         cell_h = max(1, round(cell_width / src.dims.aspect))
         size = (pl.cols * cell_width + (pl.cols - 1) * gap, pl.rows * cell_h + (pl.rows - 1) * gap)
         check_size(size, f"the grid ({pl.rows}x{pl.cols} cells of --cell-width {cell_width}, --gap {gap})")
@@ -126,6 +136,7 @@ def grid_figures(src: Source, p: Params, out_dir: Path, view: str, values: list[
             renderer.draw(p, float(t), (0, 0, *size), gap=gap, premultiply=True)
             img = off.read()
             name_val = "" if view == "grand" else f"_{axis}{_model_index(src, axis, value)}"
+            pl = renderer.plan if view in ("twin", "diff") else pl  # as drawn
             path = out_dir / f"{_slug(token_label)}_{view}{name_val}_t{t:.2f}.png"
             label_grid(img, pl.labels, pl.rows, pl.cols, gap, f"{pl.title}  t={t:.2f}").save(path)
             written.append(path)

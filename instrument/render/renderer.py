@@ -92,6 +92,7 @@ class Renderer:
             from paik.instrument.render.resident import AsyncSelector
 
             self.selector = AsyncSelector(source.reducer)
+        self.shader_dir = shader_dir
         self.program = Passes(ctx, shader_dir)
         self.max3d = int(ctx.info["GL_MAX_3D_TEXTURE_SIZE"])
         self.max2d = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
@@ -120,12 +121,16 @@ class Renderer:
         self._layout = (-1, (False, False))  # (backdrop version, _backdrop_layout()) cached
         self.bakes = {"field": 0, "backdrop": 0}  # pass-1 runs so far (tests, profiling)
         self.picture = (0, 0, 1, 1)  # where the last draw put the picture in its viewport (x, y, w, h)
+        self.twin_views = None  # the twin and diff views (twin.TwinViews), made when first shown
+        self.diff_gain = 1.0  # the diff view's gain, folded into its ranges (twin.DiffRenderer)
 
     def release(self) -> None:
         """Free every GL object this renderer made (moderngl frees nothing on garbage collection):
         the loops call it when a loaded bundle replaces the renderer. Its selector thread ends too."""
         if self.selector is not None:
             self.selector.close()
+        if self.twin_views is not None:
+            self.twin_views.release()
         objs = [self._quad, self._unit, self.maps, self.lut]
         objs += [tex for tex, _ in self._bg_cache.values()]
         objs += [x for slot in self._targets.values() for x in slot[:2]]
@@ -165,8 +170,8 @@ class Renderer:
             self._keys.pop("ranges", None)
             self._version["field"] += 1
         self.plan = pl
-        if self._changed("ranges", (p.norm, p.clip_lo, p.clip_hi)):
-            self.ranges = normalize.ranges(self.tiles, p.norm, p.clip_lo, p.clip_hi)  # [N, F', 2]
+        if self._changed("ranges", self._range_key(p)):
+            self.ranges = self._ranges(p)  # [N, F', 2]
             self._version["field"] += 1
         sweep_t = time if p.view == "sweep" else None
         if self._changed("cells", (pl, p.step, p.block, p.view, sweep_t)):
@@ -195,6 +200,12 @@ class Renderer:
                 self._bg_cache.clear()
             self._set_background(bg_mode)
             self._version["backdrop"] += 1
+
+    def _range_key(self, p: Params) -> tuple:
+        return (p.norm, p.clip_lo, p.clip_hi)
+
+    def _ranges(self, p: Params) -> np.ndarray:
+        return normalize.ranges(self.tiles, p.norm, p.clip_lo, p.clip_hi)
 
     def _changed(self, key: str, value) -> bool:
         if key in self._keys and self._keys[key] == value:
@@ -371,6 +382,17 @@ class Renderer:
              premultiply: bool = True) -> None:
         """Draw the view into ``viewport`` of the bound framebuffer: the picture keeps the video's
         aspect (bars around it, transparent black), every pixel of the viewport is written."""
+        if p.view in ("twin", "diff"):  # two takes at once: twin.py
+            if self.twin_views is None:
+                from paik.instrument.render.twin import TwinViews
+
+                self.twin_views = TwinViews(self)
+            self.twin_views.draw(p, time, viewport, gap, premultiply)
+            return
+        self._draw(p, time, viewport, gap, premultiply)
+
+    def _draw(self, p: Params, time: float, viewport: tuple[int, int, int, int], gap: float = 0.0,
+              premultiply: bool = True) -> None:
         self.update(p, time)
         target = self.ctx.fbo  # the framebuffer the caller bound: pass 1 binds its own
         f, h, w = self.src.reducer.latent

@@ -4,6 +4,7 @@ the parameters, and the reducer that turns a selection into volumes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from paik.capture.bundle import Bundle, open_bundle
 from paik.errors import PaikError
@@ -20,8 +21,13 @@ class Word:
 
 
 class Source:
+    _twin: "Source | None" = None
+    _twin_known = False  # whether _twin was set or the recorded twin looked up
+    twin_error: str | None = None  # why the recorded twin could not be opened
+
     def __init__(self, bundle: Bundle, device: str = "auto"):
         self.bundle = bundle
+        self.device = device
         lay = bundle.layout
         if not bundle.step_indices:
             raise PaikError(f"{bundle.path}: no complete steps yet; nothing to show")
@@ -72,3 +78,49 @@ class Source:
 
     def duration(self) -> float:
         return self.frames / self.fps
+
+    @property
+    def twin(self) -> "Source | None":
+        """The unbent twin of a bent take, for the twin and diff views: the one set here
+        (``--twin``, ``paik live``), else the one its manifest records (``paik generate --twin``),
+        opened on first use; None when there is none or it cannot be opened (:attr:`twin_error`)."""
+        if not self._twin_known:
+            self._twin_known = True
+            path = recorded_twin(self.bundle)
+            if path is not None:
+                try:
+                    self._twin = Source.open(path, self.device)
+                except PaikError as e:
+                    self.twin_error = f"the recorded twin {path}: {e}"
+        return self._twin
+
+    @twin.setter
+    def twin(self, src: "Source | None") -> None:
+        self._twin, self._twin_known = src, True
+
+
+def recorded_twin(bundle) -> Path | None:
+    """The twin a bent bundle's manifest names (``"twin": {"path": ..., "role": "bent"}``, the
+    path relative to the bundle), or None."""
+    rec = (getattr(bundle, "manifest", None) or {}).get("twin")
+    if not isinstance(rec, dict) or rec.get("role") != "bent" or not isinstance(rec.get("path"), str):
+        return None
+    return Path(bundle.path) / rec["path"]
+
+
+def twin_mismatch(bent: Source, unbent: Source) -> str | None:
+    """Why ``unbent`` cannot be shown as ``bent``'s twin (one line), or None when the two have the
+    same layout: captured tokens, steps, blocks, heads and latent size."""
+    a, b = bent.bundle, unbent.bundle
+    la, lb = a.layout, b.layout
+    pieces = lambda bundle: [bundle.tokens[i].piece for i in bundle.layout.tokens if i < len(bundle.tokens)]
+    for what, x, y in (("latent size F'xH'xW'", tuple(la.latent), tuple(lb.latent)),
+                       ("captured tokens", pieces(a), pieces(b)), ("steps", list(la.steps), list(lb.steps)),
+                       ("blocks", list(la.blocks), list(lb.blocks)), ("heads", la.heads, lb.heads)):
+        if x != y:
+            def show(v):
+                text = "x".join(map(str, v)) if what.startswith("latent") else str(v)
+                return text if len(text) <= 40 else text[:37] + "..."
+            return (f"twin {Path(b.path).name} does not match {Path(a.path).name}: {what} {show(y)} vs {show(x)}; "
+                    "a twin is the same take unbent (make one with 'paik generate --replay BENT --no-bends --out DIR')")
+    return None
