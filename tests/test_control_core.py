@@ -59,7 +59,7 @@ def test_normalized_values_and_strict_set(src):
     apply(p, Command("head", "norm", 0.0))
     assert p.head == -1
     apply(p, Command("view", "norm", 0.999))
-    assert p.view == "sweep"
+    assert p.view == "diff"  # the last view
     assert normalized(p, "view") == 1.0 and denormalized(p, "playing", 0.2) is False
     apply(p, Command("gain", "norm", 0.25))
     assert p.gain == 4.0 and normalized(p, "gain") == 0.25
