@@ -220,6 +220,135 @@ def test_a_slow_reducer_never_stops_the_frames(tmp_path):
         ctx.release()
 
 
+def _gl(tmp_path):
+    from paik.instrument.render.headless import Offscreen, egl_context
+
+    try:
+        ctx = egl_context()
+    except Exception as e:
+        pytest.skip(f"no EGL: {e}")
+    off = Offscreen(ctx, (48, 32))
+    off.use()
+    return ctx, off
+
+
+def _bank(src, **kw):
+    from paik.instrument.control.params import Params
+    from paik.instrument.render import colormaps
+
+    d = src.dims
+    p = Params().bind(len(src.words), d.n_steps, d.n_blocks, d.n_heads, colormaps.available())
+    p.colormap = "grayscale"
+    p.token = [w.label for w in src.words].index("kiss")
+    for k, v in kw.items():
+        setattr(p, k, v)
+    return p
+
+
+def test_a_new_source_never_stops_the_frames(tmp_path):
+    """A loaded bundle (or a new take) whose first selection is slow: the Stage keeps drawing the
+    old source with its last bank, frame after frame, then swaps to exactly what a synchronous
+    renderer draws for the new one."""
+    from paik.instrument.render.renderer import Renderer, Stage
+    from paik.instrument.render.source import Source
+
+    ctx, off = _gl(tmp_path)
+    make_bundle(tmp_path / "a", steps=3, blocks=4, heads=2, video=False)
+    make_bundle(tmp_path / "b", steps=2, blocks=3, heads=2, latent=(4, 4, 8), video=False)
+    a, b = Source.open(tmp_path / "a", device="cpu"), Source.open(tmp_path / "b", device="cpu")
+    b.reducer = slow = SlowReducer(b.reducer, delay=0.6)
+    stage = Stage(ctx, a, asynchronous=True)
+    try:
+        r, q = stage.frame(a, _bank(a))
+        r.draw(q, 0.0, (0, 0, 48, 32))
+        ctx.finish()
+        first = off.read().copy()
+        want = _bank(b, step=1.0)
+        times, frames = [], []
+        t_end = time.monotonic() + 5.0
+        while time.monotonic() < t_end:
+            t0 = time.perf_counter()
+            r, q = stage.frame(b, want)
+            r.draw(q, q.time, (0, 0, 48, 32))
+            ctx.finish()
+            times.append(time.perf_counter() - t0)
+            frames.append(off.read().copy())
+            if r.src is b and stage.settled:
+                break
+        assert stage.renderer.src is b and stage.swaps == 1, "the new source never took over"
+        assert stage.held >= 5 and max(times[:-1]) < 0.3, (stage.held, max(times))
+        assert [i for i, f in enumerate(frames[:-1]) if not np.array_equal(f, first)] == [], len(frames)  # the old picture while it primed
+        sync = Renderer(ctx, Source.open(tmp_path / "b", device="cpu"))
+        sync.draw(want, 0.0, (0, 0, 48, 32))
+        ctx.finish()
+        assert np.array_equal(off.read(), frames[-1]) and not np.array_equal(first, frames[-1])
+        assert slow.calls == 1
+        sync.release()
+    finally:
+        stage.release()
+        off.release()
+        ctx.release()
+
+
+def test_slow_ranges_and_backgrounds_never_stop_the_frames(tmp_path):
+    """The percentiles behind a new normalization and a video background are made off the render
+    thread too: frames keep coming with what they showed, then the picture is the synchronous one."""
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.source import Source
+
+    ctx, off = _gl(tmp_path)
+    make_bundle(tmp_path / "v", steps=3, blocks=4, heads=2, video=True)
+    src = Source.open(tmp_path / "v", device="cpu")
+    r = Renderer(ctx, src, asynchronous=True)
+    slow_stat, slow_bg = r._range_stat, r._background_data
+
+    def range_stat(prep, key):
+        if key[0] == "frame":
+            time.sleep(0.6)
+        return slow_stat(prep, key)
+
+    def background_data(mode):
+        time.sleep(0.6)
+        return slow_bg(mode)
+
+    r.selector.range_stat = range_stat
+    r._backgrounds.compute = background_data
+    try:
+        p = _bank(src, composite="heatmap")
+        r.draw(p, 0.3, (0, 0, 48, 32))
+        ctx.finish()
+        first = off.read().copy()
+        for change in ({"norm": "frame", "clip_hi": 90.0}, {"composite": "overlay"}):
+            for k, v in change.items():
+                setattr(p, k, v)
+            times, frames = [], []
+            t_end = time.monotonic() + 5.0
+            while time.monotonic() < t_end:
+                t0 = time.perf_counter()
+                r.draw(p, 0.3, (0, 0, 48, 32))
+                ctx.finish()
+                times.append(time.perf_counter() - t0)
+                frames.append(off.read().copy())
+                if r.settled and len(times) > 5:
+                    break
+            assert r.settled, change
+            assert len(times) > 5 and max(times[:-1]) < 0.3, (change, len(times), max(times))
+            if "norm" in change:  # what it showed, until the new ranges were made
+                assert np.array_equal(frames[0], first), change
+            else:  # the composite applies at once; the video comes in once decoded
+                assert not np.array_equal(frames[0], frames[-1]), change
+            sync = Renderer(ctx, Source.open(tmp_path / "v", device="cpu"))
+            sync.draw(p, 0.3, (0, 0, 48, 32))
+            ctx.finish()
+            assert np.array_equal(off.read(), frames[-1]) and not np.array_equal(first, frames[-1]), change
+            sync.release()
+            first = frames[-1]
+    finally:
+        r.release()
+        off.release()
+        ctx.release()
+
+
 # -- paik live over real UDP ---------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:

@@ -57,35 +57,32 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
     ``fixed_step`` runs on a frame/fps clock without sleeping (deterministic tests)."""
     import time
 
-    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.renderer import Stage
 
     ctx = egl_context()
     off = Offscreen(ctx, size)
     off.use()
-    # live: a selection never holds up a frame; the fixed-step test clock keeps every frame exact
-    renderer = Renderer(ctx, live.src, asynchronous=not fixed_step)
-    outs = outputs(ctx, renderer) if outputs is not None else None
+    # live: a selection or a swap of source never holds up a frame; the fixed-step test clock keeps
+    # every frame exact
+    stage = Stage(ctx, live.src, asynchronous=not fixed_step)
+    outs = outputs(ctx, stage.renderer) if outputs is not None else None
     if outs is not None:
         outs.on_error = lambda message: live.error(message, kind="record")
+        stage.on_swap = lambda r: setattr(outs, "renderer", r)
     w, h = size
 
     def frame(now: float):
-        nonlocal renderer
         p = live.update(now)
-        if renderer.src is not live.src:  # a bundle was loaded: the old one's GL objects go with it
-            old, renderer = renderer, Renderer(ctx, live.src, asynchronous=not fixed_step)
-            if outs is not None:
-                outs.renderer = renderer
-            old.release()
         off.use()
         try:
-            renderer.draw(p, p.time, (0, 0, w, h), gap=2.0)
+            renderer, q = stage.frame(live.src, p)  # a new source: the old one draws on until it is ready
+            renderer.draw(q, q.time, (0, 0, w, h), gap=2.0)
             if outs is not None:
-                outs.frame(p, p.time, now - (0 if fixed_step else start), drawn=(off.fbo, size))
+                outs.frame(q, q.time, now - (0 if fixed_step else start), drawn=(off.fbo, size))
         except Exception as e:  # noqa: BLE001 - a broken map or bundle: reported, the show goes on
             live.error(_what(e), kind="render")
         ctx.finish()
-        if renderer.selector is None or renderer.selector.settled:  # a snapshot shows what was asked
+        if stage.settled:  # a snapshot shows what was asked
             live.rendered(lambda: off.read()[..., :3].copy())
         return p
 
@@ -120,7 +117,7 @@ def play_headless(live, size=(1280, 720), fps: float = 60.0, max_frames: int | N
     finally:
         if outs is not None:
             outs.close()
-        renderer.release()
+        stage.release()
         off.release()
     return 0
 

@@ -50,6 +50,12 @@ def symmetric(tiles: np.ndarray, mode: str, clip_hi: float = 100.0, gain: float 
     """Ranges for signed tiles (the diff view's bent minus unbent): (-m, m) with m the ``clip_hi``
     percentile of |x| (per tile, frame or view as ``mode``) divided by ``gain``, so zero always
     lands on the colormap's middle. Where everything is zero, m = 1: the tile shows neutral."""
+    return symmetric_from(magnitude(tiles, mode, clip_hi), gain)
+
+
+def magnitude(tiles: np.ndarray, mode: str, clip_hi: float = 100.0) -> np.ndarray:
+    """[N, F'] float64: the ``clip_hi`` percentile of |x| behind :func:`symmetric` (the heavy part,
+    independent of the gain)."""
     mag = np.abs(tiles)
     n, f = tiles.shape[:2]
     if mode == "global":
@@ -60,6 +66,11 @@ def symmetric(tiles: np.ndarray, mode: str, clip_hi: float = 100.0, gain: float 
         m = _pct(mag.reshape(n, f, -1), clip_hi, 2)
     else:
         raise ValueError(f"unknown normalization {mode!r}")
+    return np.asarray(m, np.float64)
+
+
+def symmetric_from(m: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """[N, F', 2] float32 ranges (-m/gain, m/gain) from :func:`magnitude` (1 where m is 0)."""
     m = np.asarray(m, np.float64) / max(float(gain), 1e-6)
     m = np.where(m > 0, m, 1.0)
     return np.ascontiguousarray(np.stack([-m, m], -1), dtype=np.float32)

@@ -27,6 +27,8 @@ Heavier work happens only when what it depends on changes:
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +42,25 @@ from paik.instrument.render.source import Source
 log = logging.getLogger(__name__)
 
 CHANNELS = {1: 1, 2: 2, 3: 4, 4: 4}  # field channels for a number of crossfade taps (no RGB16F: not renderable)
+
+
+@dataclass
+class Prepared:
+    """A selection's volumes made ready for the GPU: everything but the upload, so that live play
+    does it on the selection thread (resident.AsyncSelector) and the render thread only uploads."""
+
+    tiles: np.ndarray  # [N, F', H', W'] float32 holding the f16-rounded volumes the GPU samples
+    pairs: np.ndarray  # the packed atlas, each frame with the next: [D, H, W, 2] float16
+    origins: np.ndarray  # [N, 2] texel origin of every tile in the atlas
+    ranges: dict = field(default_factory=dict)  # range key -> the renderer's statistic for it
+
+
+def prepare(vols: np.ndarray, max3d: int) -> Prepared:
+    """[N, F', H', W'] float32 volumes -> :class:`Prepared` for an atlas of at most ``max3d`` texels a side."""
+    half = np.asarray(vols).astype(np.float16)
+    packed, cols = atlas.pack(half[..., None], max3d)
+    n, _, h, w = half.shape
+    return Prepared(half.astype(np.float32), atlas.frame_pairs(packed), atlas.origins(n, cols, w, h))
 
 
 class Passes:
@@ -81,8 +102,58 @@ def frame_pair(t01: float, n: int) -> tuple[int, int, float]:
     return f0, min(f0 + 1, n - 1), min(max(z - f0, 0.0), 1.0)
 
 
+class _Backgrounds:
+    """Backgrounds (the video decoded, the previews) computed on a thread with one pending slot:
+    :meth:`get` returns the data of ``(mode, version)`` once made, else None and asks for it."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self._cond = threading.Condition()
+        self._want = self._busy = None
+        self._done: dict = {}
+        self._stop = False
+        threading.Thread(target=self._run, name="paik-background", daemon=True).start()
+
+    def get(self, key):
+        with self._cond:
+            if key in self._done:
+                out = self._done[key]
+                if isinstance(out, Exception):
+                    del self._done[key]  # said once; asked again on a later change
+                    raise out
+                return out
+            if key != self._busy and key != self._want:
+                self._want = key
+                self._cond.notify_all()
+        return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._want is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                key, self._want = self._want, None
+                self._busy = key
+            try:
+                out = self.compute(key[0])
+            except Exception as e:  # noqa: BLE001 - a broken video: reported by the render thread
+                out = e if isinstance(e, PaikError) else PaikError(f"background: {type(e).__name__}: {e}")
+            with self._cond:
+                self._busy = None
+                self._done = {k: v for k, v in self._done.items() if k[1] == key[1]}  # older versions go
+                self._done[key] = out
+                self._cond.notify_all()
+
+
 class Renderer:
-    def __init__(self, ctx, source: Source, shader_dir=None, asynchronous: bool | None = None):
+    def __init__(self, ctx, source: Source, shader_dir=None, asynchronous: bool | None = None, programs=None):
         self.ctx = ctx
         self.src = source
         # live play: reductions on a worker thread, the map on screen kept until the new one is ready
@@ -91,9 +162,10 @@ class Renderer:
         if asynchronous if asynchronous is not None else getattr(source, "asynchronous", False):
             from paik.instrument.render.resident import AsyncSelector
 
-            self.selector = AsyncSelector(source.reducer)
+            self.selector = AsyncSelector(source.reducer, prepare=self._prepare, range_stat=self._range_stat)
         self.shader_dir = shader_dir
-        self.program = Passes(ctx, shader_dir)
+        self.program = programs if programs is not None else Passes(ctx, shader_dir)  # a Stage shares them
+        self.last_bank: Params | None = None  # what the last draw drew (a Stage draws it on during a swap)
         self.max3d = int(ctx.info["GL_MAX_3D_TEXTURE_SIZE"])
         self.max2d = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
         self._quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], "f4").tobytes())
@@ -104,6 +176,7 @@ class Renderer:
         self.plan: views.Plan | None = None
         self._plan_key: tuple | None = None  # (the parameters, the plan they ask for)
         self.tiles: np.ndarray | None = None  # the f16-rounded volumes on the GPU, as float32
+        self.prepared: Prepared | None = None  # the selection on the GPU (its tiles, atlas, ranges)
         self.tile_org = np.zeros((1, 2), np.float32)  # texel origin of every tile in the map atlas
         self.ranges = np.zeros((1, 1, 2), np.float32)  # [tile, frame, (lo, hi)]
         self.cell_tiles = np.zeros((1, 4), np.int64)  # the (up to) four tiles each cell blends
@@ -111,7 +184,11 @@ class Renderer:
         self.weights = (1.0, 0.0, 0.0, 0.0)  # crossfade weight of each tap, the same in every cell
         self.taps = 1
         self.bg_info = (0, 1, (1, 1, 1), False)  # count, cols, tile size, nearest-time
-        self._bg_cache: dict[str, tuple] = {}
+        self._bg_cache: dict[tuple, tuple] = {}  # (mode, source version) -> (texture, bg_info)
+        self._bg_key: tuple | None = None  # (mode, source version) of the background on the GPU
+        self._bg_asked: tuple | None = None  # what the last frame asked for
+        # live: backgrounds decoded and packed on a thread, like the selections
+        self._backgrounds = _Backgrounds(self._background_data) if self.selector is not None else None
         # pass 1: texture, framebuffer and the key of what they hold; per-instance attributes
         self._targets: dict[str, list] = {"field": [None, None, None], "backdrop": [None, None, None]}
         self._inst: dict[str, object] = {"field": None, "backdrop": None}
@@ -124,18 +201,21 @@ class Renderer:
         self.twin_views = None  # the twin and diff views (twin.TwinViews), made when first shown
         self.diff_gain = 1.0  # the diff view's gain, folded into its ranges (twin.DiffRenderer)
 
-    def release(self) -> None:
+    def release(self, programs: bool = True) -> None:
         """Free every GL object this renderer made (moderngl frees nothing on garbage collection):
-        the loops call it when a loaded bundle replaces the renderer. Its selector thread ends too."""
+        the loops call it when a loaded bundle replaces the renderer. Its selector thread ends too.
+        ``programs=False`` keeps the compiled programs (a :class:`Stage` hands them on)."""
         if self.selector is not None:
             self.selector.close()
+        if self._backgrounds is not None:
+            self._backgrounds.close()
         if self.twin_views is not None:
             self.twin_views.release()
         objs = [self._quad, self._unit, self.maps, self.lut]
         objs += [tex for tex, _ in self._bg_cache.values()]
         objs += [x for slot in self._targets.values() for x in slot[:2]]
         objs += list(self._inst.values()) + [vao for _, vao in self._vaos.values()]
-        objs += [p.prog for p in self.program.all]
+        objs += [p.prog for p in self.program.all] if programs else []
         for o in objs:
             if o is not None and hasattr(o, "release"):
                 try:
@@ -155,23 +235,26 @@ class Renderer:
             word = self.src.words[p.token]
             self._plan_key = (key, views.plan(p, self.src.dims, word.positions, word.label))
         pl = self._plan_key[1]
-        reducer = self.src.reducer
+        prep = None
         if self.selector is not None:
-            pl, p = self.selector.ready(pl, p)  # never waits long: the old plan and its bank if not ready
-            reducer = self.selector
+            # never waits long: the old plan, its bank and its prepared volumes if the new one is not ready
+            pl, p, prep = self.selector.ready(pl, p, self._range_key(p))
         if self._changed("selection", pl.selection):
-            vols = reducer.volumes(pl.selection)  # [N, F', H', W'] float32
-            half = vols.astype(np.float16)
-            self.tiles = half.astype(np.float32)
-            packed, cols = atlas.pack(half[..., None], self.max3d)
-            self.maps = atlas.upload(self.ctx, self.maps, atlas.frame_pairs(packed), "f2")
-            n, _, h, w = half.shape
-            self.tile_org = atlas.origins(n, cols, w, h)
+            if prep is None:  # offline: synchronous, every frame exact
+                prep = self._prepare(self.src.reducer.volumes(pl.selection))
+            self.prepared = prep
+            self.tiles = prep.tiles
+            self.maps = atlas.upload(self.ctx, self.maps, prep.pairs, "f2")
+            self.tile_org = prep.origins
             self._keys.pop("ranges", None)
             self._version["field"] += 1
         self.plan = pl
-        if self._changed("ranges", self._range_key(p)):
-            self.ranges = self._ranges(p)  # [N, F', 2]
+        if self._changed("ranges", self._final_key(p)):
+            key = self._range_key(p)
+            stat = self.prepared.ranges.get(key)
+            if stat is None:  # offline, or a range key the selection thread did not see
+                stat = self.prepared.ranges[key] = self._range_stat(self.prepared, key)
+            self.ranges = self._range_final(stat)  # [N, F', 2]
             self._version["field"] += 1
         sweep_t = time if p.view == "sweep" else None
         if self._changed("cells", (pl, p.step, p.block, p.view, sweep_t)):
@@ -193,19 +276,63 @@ class Renderer:
         # the heatmap alone needs no background: do not decode the video for it (first frame fast)
         bg_mode = "none" if p.composite == "heatmap" else p.background
         version = getattr(self.src, "version", 0)  # a live take's previews grow, its video arrives
-        if self._changed("bg", (bg_mode, version)):
-            if self._changed("bg_version", version):
-                for tex, _ in self._bg_cache.values():
-                    tex.release()
-                self._bg_cache.clear()
-            self._set_background(bg_mode)
-            self._version["backdrop"] += 1
+        want = self._bg_asked = (bg_mode, version)
+        if self._bg_key != want:
+            hit = self._bg_cache.get(want)
+            if hit is None:
+                sync = self._backgrounds is None or bg_mode == "none"  # none: nothing to decode
+                data = self._background_data(bg_mode) if sync else self._backgrounds.get(want)
+                if data is not None:  # live: None while its thread decodes; the old background stays
+                    hit = self._upload_background(data[1])
+                    for k in [k for k in self._bg_cache if k[1] != version]:  # replaced: an older version's
+                        self._bg_cache.pop(k)[0].release()
+                    self._bg_cache[want] = hit
+            if hit is not None:
+                self.bg, self.bg_info = hit
+                self._bg_key = want
+                self._version["backdrop"] += 1
 
+    def prime(self, p: Params) -> bool:
+        """Live: ask, without waiting, for what drawing ``p`` first needs (its selection with its
+        ranges, its background); True once all of it is ready (or failed: drawing says why)."""
+        if self.selector is None:
+            return True
+        q = p
+        if p.view in ("twin", "diff"):  # their own renderers prime on their first frame; the bent take's single view here
+            q = p.copy()
+            q.view = "single"
+        try:
+            word = self.src.words[q.token]
+            pl = views.plan(q, self.src.dims, word.positions, word.label)
+            ok = self.selector.request(pl.selection, self._range_key(q))
+            bg_mode = "none" if q.composite == "heatmap" else q.background
+            if bg_mode != "none":
+                ok = self._backgrounds.get((bg_mode, getattr(self.src, "version", 0))) is not None and ok
+            return ok
+        except Exception:  # noqa: BLE001 - the first draw reports it
+            return True
+
+    @property
+    def settled(self) -> bool:
+        """The last frame showed what was asked: its selection and its background (snapshots wait)."""
+        return (self.selector is None or self.selector.settled) and self._bg_key == self._bg_asked
+
+    def _prepare(self, vols: np.ndarray) -> Prepared:
+        return prepare(vols, self.max3d)
+
+    # the normalization ranges: a statistic of the tiles for a key of the bank's settings (the
+    # percentiles: heavy, computed with the selection on its thread), then a cheap final step
     def _range_key(self, p: Params) -> tuple:
         return (p.norm, p.clip_lo, p.clip_hi)
 
-    def _ranges(self, p: Params) -> np.ndarray:
-        return normalize.ranges(self.tiles, p.norm, p.clip_lo, p.clip_hi)
+    def _final_key(self, p: Params) -> tuple:
+        return self._range_key(p)
+
+    def _range_stat(self, prep: Prepared, key: tuple):
+        return normalize.ranges(prep.tiles, *key)
+
+    def _range_final(self, stat) -> np.ndarray:
+        return stat
 
     def _changed(self, key: str, value) -> bool:
         if key in self._keys and self._keys[key] == value:
@@ -213,13 +340,9 @@ class Renderer:
         self._keys[key] = value
         return True
 
-    def _set_background(self, mode: str) -> None:
-        if mode not in self._bg_cache:
-            self._bg_cache[mode] = self._load_background(mode)
-        tex, self.bg_info = self._bg_cache[mode]
-        self.bg = tex
-
-    def _load_background(self, mode: str):
+    def _background_data(self, mode: str):
+        """(mode, (packed RGBA atlas [D, H, W, 4] uint8, (count, cols, tile size, nearest)) or None):
+        the decoding and packing, safe off the render thread."""
         tiles, nearest = None, False
         if mode == "video" and self.src.bundle.video_path is None and getattr(self.src, "asynchronous", False):
             mode = "preview"  # a take still forming: its per-step previews until the video replaces them
@@ -238,12 +361,17 @@ class Renderer:
             if tiles is None:
                 log.warning("%s has no per-step previews; compositing over black", self.src.bundle.path)
         if tiles is None:
-            tex = self.ctx.texture3d((1, 1, 1), 4, bytes(4))
-            return tex, (0, 1, (1, 1, 1), False)
+            return mode, None
         n, d, h, w, _ = tiles.shape
         packed, cols = atlas.pack(tiles, self.max3d)
-        tex = atlas.upload(self.ctx, None, packed, "f1")
-        return tex, (n, cols, (w, h, d), nearest)
+        return mode, (packed, (n, cols, (w, h, d), nearest))
+
+    def _upload_background(self, data):
+        if data is None:
+            tex = self.ctx.texture3d((1, 1, 1), 4, bytes(4))
+            return tex, (0, 1, (1, 1, 1), False)
+        packed, info = data
+        return atlas.upload(self.ctx, None, packed, "f1"), info
 
     # -- pass 1 -------------------------------------------------------------------------------
     def _target(self, name: str, size: tuple[int, int], comps: int, dtype: str):
@@ -382,6 +510,7 @@ class Renderer:
              premultiply: bool = True) -> None:
         """Draw the view into ``viewport`` of the bound framebuffer: the picture keeps the video's
         aspect (bars around it, transparent black), every pixel of the viewport is written."""
+        self.last_bank = p.copy()
         if p.view in ("twin", "diff"):  # two takes at once: twin.py
             if self.twin_views is None:
                 from paik.instrument.render.twin import TwinViews
@@ -438,3 +567,55 @@ class Renderer:
                 old[1].release()
             self._vaos["main"] = (prog.generation, self.ctx.vertex_array(prog.prog, [(self._quad, "2f", "in_pos")]))
         self._vaos["main"][1].render(moderngl.TRIANGLE_STRIP)
+
+
+class Stage:
+    """The renderer of the source a live show plays, across source swaps (a bundle loaded, a take's
+    first step, the next continuous take). The new source's renderer is made, sharing the compiled
+    programs, and primed (:meth:`Renderer.prime`) while the old one keeps drawing what it last drew;
+    it takes over on the first frame its selection and background are ready, so a swap never holds
+    up a frame. A synchronous stage (fixed-step tests, offline) swaps at once. ``on_swap(renderer)``
+    tells the outputs."""
+
+    def __init__(self, ctx, src, asynchronous: bool = True, on_swap=None, shader_dir=None):
+        self.ctx, self.asynchronous, self.on_swap = ctx, asynchronous, on_swap
+        self.renderer = Renderer(ctx, src, shader_dir, asynchronous=asynchronous)
+        self.next: Renderer | None = None
+        self.swaps = 0  # (tests) renderers that took over
+        self.held = 0  # (tests) frames the old renderer drew while the new one primed
+
+    @property
+    def settled(self) -> bool:
+        """What was asked is on screen: no swap pending, the selection and background in place."""
+        return self.next is None and self.renderer.settled
+
+    def frame(self, src, p: Params) -> tuple[Renderer, Params]:
+        """The renderer to draw this frame with, and the bank to draw it with."""
+        r = self.renderer
+        if r.src is src:
+            self._drop_next()
+            return r, p
+        if self.next is not None and self.next.src is not src:
+            self._drop_next()  # a newer source came while the last one primed
+        if self.next is None:
+            self.next = Renderer(self.ctx, src, r.shader_dir, asynchronous=self.asynchronous, programs=r.program)
+        if not self.asynchronous or r.last_bank is None or self.next.prime(p):
+            old, self.renderer, self.next = r, self.next, None
+            old.release(programs=False)
+            self.swaps += 1
+            if self.on_swap is not None:
+                self.on_swap(self.renderer)
+            return self.renderer, p
+        self.held += 1
+        q = r.last_bank.copy()
+        q.time = p.time
+        return r, q
+
+    def _drop_next(self) -> None:
+        if self.next is not None:
+            self.next.release(programs=False)
+            self.next = None
+
+    def release(self) -> None:
+        self._drop_next()
+        self.renderer.release()

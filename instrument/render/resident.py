@@ -301,19 +301,28 @@ def fits_on(device: str, nbytes: int, reserve: int = 2 * 1024**3) -> bool:
 class AsyncSelector:
     """The renderer's reductions off the render thread. :meth:`ready` is called once per frame
     with the plan the parameters ask for; it returns the plan to draw (that one if its volumes
-    are ready within ``budget`` seconds, else the one on screen) and the bank to lay its cells
-    with. One request is pending at a time; a newer one replaces it (a fader sweep computes the
-    positions it can keep up with, and always the last one)."""
+    are ready within ``budget`` seconds, else the one on screen), the bank to lay its cells with,
+    and the selection made ready for the GPU. One request is pending at a time; a newer one
+    replaces it (a fader sweep computes the positions it can keep up with, and always the last one).
 
-    SELECTION_FIELDS = ("token", "view", "step", "block", "head", "reduce")
+    Everything heavy happens on the worker: the reduction, ``prepare`` (the f16 rounding, the
+    atlas packing: see :func:`paik.instrument.render.renderer.prepare`) and ``range_stat`` (the
+    percentiles behind the normalization ranges, for the range key asked with the selection), so
+    the render thread only uploads. A selection whose ranges for a new key are not ready yet counts
+    as not ready: the frame keeps what it showed, normalization included."""
 
-    def __init__(self, reducer, budget: float = 0.004):
+    SELECTION_FIELDS = ("token", "view", "step", "block", "head", "reduce", "norm", "clip_lo", "clip_hi")
+    RANGE_KEYS = 4  # range keys kept per selection (a norm or clip fader's latest few)
+
+    def __init__(self, reducer, budget: float = 0.004, prepare=None, range_stat=None):
         self.reducer = reducer
         self.budget = budget
+        self.prepare = prepare if prepare is not None else (lambda vols: vols)
+        self.range_stat = range_stat  # (prepared, key) -> what the renderer needs for that key
         self._cond = threading.Condition()
-        self._want = None  # (selection) the worker should compute next
-        self._busy = None  # the selection being computed
-        self._done: OrderedDict = OrderedDict()  # selection -> volumes (or a PaikError)
+        self._want = None  # (selection, range key) the worker should compute next
+        self._busy = None  # the (selection, range key) being computed
+        self._done: OrderedDict = OrderedDict()  # selection -> prepared (or a PaikError)
         self._stop = False
         self.shown = None  # (plan, the selection fields of the bank it was made from)
         self.computed = 0  # selections computed so far (tests)
@@ -322,41 +331,51 @@ class AsyncSelector:
         self._thread = threading.Thread(target=self._run, name="paik-select", daemon=True)
         self._thread.start()
 
-    def ready(self, pl, p):
-        sel = pl.selection
+    def _result(self, job):
+        """The prepared selection of ``job`` when it is complete (its ranges too), else None."""
+        sel, key = job
+        out = self._done.get(sel)
+        if out is None or isinstance(out, Exception) or key is None or self.range_stat is None:
+            return out
+        return out if key in out.ranges else None
+
+    def request(self, sel, key=None) -> bool:
+        """Ask for ``sel`` (and its ranges for ``key``) without waiting; True once it is ready."""
+        job = (sel, key)
         with self._cond:
-            if sel not in self._done and sel != self._busy and sel != self._want:
-                self._want = sel
+            if self._result(job) is not None:
+                return True
+            if job != self._busy and job != self._want:
+                self._want = job
+                self._cond.notify_all()
+            return False
+
+    def ready(self, pl, p, key=None):
+        job = (pl.selection, key)
+        with self._cond:
+            if self._result(job) is None and job != self._busy and job != self._want:
+                self._want = job
                 self._cond.notify_all()
             # the first frame has nothing to keep on screen: it waits for its map
             deadline = None if self.shown is None else time.perf_counter() + self.budget
-            while sel not in self._done and not self._stop:
+            while self._result(job) is None and not self._stop:
                 left = None if deadline is None else deadline - time.perf_counter()
                 if left is not None and left <= 0:
                     break
                 self._cond.wait(left)
-            result = self._done.get(sel)
+            result = self._result(job)
         if isinstance(result, Exception):
             raise result
         self.settled = result is not None
         if result is not None:
-            self.shown = (pl, {k: getattr(p, k) for k in self.SELECTION_FIELDS})
-            return pl, p
+            self.shown = (pl, {k: getattr(p, k) for k in self.SELECTION_FIELDS}, result)
+            return pl, p, result
         self.late += 1
-        old_pl, fields = self.shown
+        old_pl, fields, old = self.shown
         q = p.copy()
         for k, v in fields.items():
             setattr(q, k, v)
-        return old_pl, q
-
-    def volumes(self, sel: Selection) -> np.ndarray:
-        with self._cond:
-            result = self._done.get(sel)
-        if result is None:  # not asked through ready(): compute here
-            return self.reducer.volumes(sel)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return old_pl, q, old
 
     def close(self) -> None:
         with self._cond:
@@ -370,10 +389,19 @@ class AsyncSelector:
                     self._cond.wait()
                 if self._stop:
                     return
-                sel, self._want = self._want, None
-                self._busy = sel
+                job, self._want = self._want, None
+                self._busy = job
+                have = self._done.get(job[0])
+            sel, key = job
             try:
-                out = self.reducer.volumes(sel)
+                out = have
+                if out is None or isinstance(out, Exception):
+                    out = self.prepare(self.reducer.volumes(sel))
+                if key is not None and self.range_stat is not None and key not in out.ranges:
+                    stat = self.range_stat(out, key)
+                    out.ranges[key] = stat
+                    while len(out.ranges) > self.RANGE_KEYS:
+                        out.ranges.pop(next(iter(out.ranges)))
             except PaikError as e:
                 out = e
             except Exception as e:  # a fault in one selection must not end selecting
@@ -381,6 +409,7 @@ class AsyncSelector:
             with self._cond:
                 self._busy = None
                 self._done[sel] = out
+                self._done.move_to_end(sel)
                 self.computed += 1
                 while len(self._done) > 8:
                     self._done.popitem(last=False)

@@ -78,10 +78,16 @@ def _renderer_type():
         """Signed tiles: symmetric ranges (gain folded in), the shader's gain and gamma left at 1."""
 
         def _range_key(self, p):
+            return ("symmetric", p.norm, p.clip_hi)
+
+        def _final_key(self, p):
             return ("symmetric", p.norm, p.clip_hi, self.diff_gain)
 
-        def _ranges(self, p):
-            return normalize.symmetric(self.tiles, p.norm, p.clip_hi, self.diff_gain)
+        def _range_stat(self, prep, key):
+            return normalize.magnitude(prep.tiles, key[1], key[2])  # on the selection thread when live
+
+        def _range_final(self, stat):
+            return normalize.symmetric_from(stat, self.diff_gain)  # the gain moves every frame: cheap
 
     return Renderer, DiffRenderer
 
@@ -94,13 +100,15 @@ class TwinViews:
         self._key = None  # (bent source, twin source) the renderers below were made for
         self.unbent = self.diff = None
         self._reported: set[str] = set()
+        self._primed: set[str] = set()  # the views whose renderer has shown its first map
 
     def release(self) -> None:
         for r in (self.unbent, self.diff):
             if r is not None:
-                r.release()
+                r.release(programs=False)  # the owner's compiled programs: shared
         self.unbent = self.diff = None
         self._key = None
+        self._primed = set()
 
     def _renderers(self):
         src = self.owner.src
@@ -119,8 +127,8 @@ class TwinViews:
             Renderer, DiffRenderer = _renderer_type()
             o = self.owner
             live = o.selector is not None
-            self.unbent = Renderer(o.ctx, twin, o.shader_dir, asynchronous=live)
-            self.diff = DiffRenderer(o.ctx, DiffSource(src, twin), o.shader_dir, asynchronous=live)
+            self.unbent = Renderer(o.ctx, twin, o.shader_dir, asynchronous=live, programs=o.program)
+            self.diff = DiffRenderer(o.ctx, DiffSource(src, twin), o.shader_dir, asynchronous=live, programs=o.program)
             self._key = key
         for extra in src.words[len(twin.words):]:  # phrases picked on the bent take: the twin's too
             twin.words.append(extra)
@@ -138,6 +146,14 @@ class TwinViews:
                 self._reported.add(str(e))
                 raise
             return
+        # live: the view's renderer primes (its first selection asked, not waited for) while the
+        # bent take's single view stands in, as a Stage does for a new source
+        r = self.unbent if p.view == "twin" else self.diff
+        if r.selector is not None and p.view not in self._primed:
+            if not r.prime(q):
+                o._draw(q, time, viewport, gap, premultiply)
+                return
+            self._primed.add(p.view)
         o.ctx.fbo.clear(0.0, 0.0, 0.0, 0.0, viewport=tuple(int(v) for v in viewport))  # bars and the gap
         if p.view == "twin":
             x, y, w, h = views.fit(tuple(int(v) for v in viewport), 1, 2, o.src.dims.aspect, gap)

@@ -16,7 +16,7 @@ from paik.errors import PaikError
 from paik.instrument.control import keys
 from paik.instrument.control.live import Live
 from paik.instrument.control.params import Command
-from paik.instrument.render.renderer import Renderer
+from paik.instrument.render.renderer import Stage
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,14 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
     from paik.instrument.render.overlay import Overlay
 
     ctx = moderngl.create_context()
-    renderer = Renderer(ctx, live.src, asynchronous=True)  # a selection never holds up a frame
+    stage = Stage(ctx, live.src, asynchronous=True)  # a selection or a new source never holds up a frame
+    renderer = stage.renderer
     overlay = Overlay(ctx)
     outs = outputs(ctx, renderer) if outputs is not None else None
     if outs is not None:
         keep(outs)
         outs.on_error = lambda message: live.error(message, kind="record")
+        stage.on_swap = lambda r: setattr(outs, "renderer", r)
     state = {"windowed": (100, 100, 1280, 720), "errors": [], "changed": 0.0}
 
     def on_key(_w, key, _scancode, action, mods):
@@ -136,14 +138,13 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
         now = _time.perf_counter()
         try:
             p = live.update(now)
-            if renderer.src is not live.src:  # a bundle was loaded (OSC /paik/load, console 'load')
-                old, renderer = renderer, Renderer(ctx, live.src, asynchronous=True)
-                if outs is not None:
-                    outs.renderer = renderer
-                old.release()  # its textures and programs: loads must not pile them up
+            # a bundle loaded (OSC /paik/load, console 'load') or a new take: the old source draws
+            # on (q, its last bank) until the new one's first map is ready; its GL objects then go
+            renderer, q = stage.frame(live.src, p)
         except Exception as e:  # noqa: BLE001 - the show goes on with what it had
             live.error(str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}", kind="render")
-            p = live.shown
+            p = q = live.shown
+            renderer = stage.renderer
         if live.rlog.count != seen_errors and live.errors:
             seen_errors = live.rlog.count
             state["errors"], state["changed"] = [m for _, m in live.errors][-3:], now
@@ -163,9 +164,9 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
         ctx.screen.use()
         ctx.clear(0, 0, 0, 1)
         try:
-            renderer.draw(p, t, (0, 0, fw, fh), gap=2.0)
+            renderer.draw(q, q.time, (0, 0, fw, fh), gap=2.0)
             if outs is not None:  # before the overlays: outputs get the picture only
-                outs.frame(p, t, now, drawn=(ctx.screen, (fw, fh)))  # same size: read it, no redraw
+                outs.frame(q, q.time, now, drawn=(ctx.screen, (fw, fh)))  # same size: read it, no redraw
         except Exception as e:  # noqa: BLE001 - a broken map or bundle: shown and reported, never fatal
             msg = str(e) if isinstance(e, PaikError) else f"render: {type(e).__name__}: {e}"
             live.error(msg, kind="render")
@@ -192,7 +193,7 @@ def _frames(glfw, win, live: Live, monitors, monitor, max_frames, screenshot, ou
             overlay.draw("error", "\n".join(x for x in problems if x)[:2000], (fw, fh), "top-right",
                          color=(255, 90, 90, 255))
         # a snapshot shows what was asked: with the selection still computing it waits for a later frame
-        if live.snapshots and (renderer.selector is None or renderer.selector.settled):
+        if live.snapshots and stage.settled:
             try:
                 live.rendered(lambda: np.frombuffer(ctx.screen.read(components=3, alignment=1),
                                                     np.uint8).reshape(fh, fw, 3)[::-1].copy())
