@@ -32,6 +32,7 @@ waiting one (a flood of ``generate`` queues no work). No GL and no instrument im
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -98,6 +99,7 @@ class TakeDone:
     seconds: float  # the request picked up -> the video decoded
     frames: object = None  # [F, H, W, 4] uint8 RGBA of the decoded video (numpy), or None
     written: bool = False  # the bundle was already complete on disk
+    bent: bool | None = None  # whether a bend played in it (None: not known, read the manifest)
 
 
 @dataclass
@@ -153,6 +155,7 @@ class Engine:
         self.running: int | None = None  # the take being generated
         self.replaced = 0  # pending requests a newer one replaced (tests, the bench)
         self._writing: list = []  # (name, BundleWriter) of takes whose bundles are still being written
+        self._annotating: list = []  # threads adding fields to finished takes' manifests (annotate)
         from paik.capture.bend import LiveBends
 
         self.bends = LiveBends(on_error=lambda m: self._events.append(BendRefused(self.running or 0, one_line(m))))
@@ -208,7 +211,20 @@ class Engine:
             self._cancel.set()
         self._wake.set()
         self._thread.join(timeout)
-        return self.wait_written(write_timeout)
+        problems = self.wait_written(write_timeout)
+        for t in list(self._annotating):
+            t.join(10.0)
+        return problems
+
+    def annotate(self, path, fields: dict) -> None:
+        """Add top-level ``fields`` to the manifest of the take at ``path``, off the caller's thread
+        and once its bundle is complete (its writer writes the manifest last, so neither write
+        overwrites the other); :meth:`close` waits for it."""
+        path = Path(path)
+        writers = [w for _, w in list(self._writing) if Path(w.path) == path]
+        t = threading.Thread(target=_annotate, args=(path, dict(fields), writers), name="paik-annotate", daemon=True)
+        self._annotating = [x for x in self._annotating if x.is_alive()] + [t]
+        t.start()
 
     @property
     def writing(self) -> list[str]:
@@ -308,14 +324,14 @@ class Engine:
             started[0] = True
             self._events.append(TakeStarted(take, name, out, store, dict(manifest), req))
 
-        def on_decoded(frames):
+        def on_decoded(frames, bent=False):
             # the instrument shows these at once; the MP4 is encoded behind (RGBA: what the GL
             # background takes, made here, not on the render thread)
             f = np.asarray(frames)
             rgb = (np.clip(f, 0, 1) * 255).round().astype(np.uint8) if f.dtype != np.uint8 else f
             rgba = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255, np.uint8)], -1)
             self._events.append(TakeDone(take, name, out, out / "video.mp4", round(time.perf_counter() - t0, 3),
-                                         rgba))
+                                         rgba, bent=bent))
 
         def on_step(index, done, total, tensors):
             preview = tensors.get("preview")
@@ -357,6 +373,20 @@ class Engine:
             video = path / "video.mp4"
             self._events.append(TakeDone(take, name, path, video if video.is_file() else None,
                                          round(time.perf_counter() - t0, 3), written=True))
+
+
+def _annotate(path: Path, fields: dict, writers: list, timeout: float = 600.0) -> None:
+    from paik.capture.writer import write_json_atomic
+
+    end = time.monotonic() + timeout
+    while any(not w.done for w in writers) and time.monotonic() < end:
+        time.sleep(0.05)
+    try:
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        m.update(fields)
+        write_json_atomic(path / "manifest.json", m)
+    except (OSError, ValueError) as e:
+        log.warning("could not add %s to %s: %s", ", ".join(fields), path, e)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -154,7 +154,7 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
     :class:`Cancelled` at the next step end, the bundle keeping its finished steps ("interrupted").
     ``behind(writer)`` once the bundle writer exists: a caller that calls ``writer.write_behind(...)``
     there gets the bundle written behind the generation (the MP4 too), and this returns once the
-    video is decoded, the writer still finishing; ``on_decoded(frames)`` gets the pipeline's frames
+    video is decoded, the writer still finishing; ``on_decoded(frames, bent)`` gets the pipeline's frames
     ([F, H, W, 3] float in [0, 1]) as soon as it returns them.
     ``on_progress(done, total)`` after each step only reports progress (``paik sweep``): unlike
     ``on_step`` it hands out no tensors, so the device keeps its ring of step buffers.
@@ -276,8 +276,8 @@ def generate(opts: GenerateOptions, loaded=None, on_start=None, on_step=None, st
                 )
                 progress.close()
                 t_decoded = round(time.perf_counter() - t_start, 3)
-                if on_decoded is not None:
-                    on_decoded(result.frames[0])
+                if on_decoded is not None:  # with whether any bend played (the bend log, in memory)
+                    on_decoded(result.frames[0], any(e["bends"] for e in bend_log))
                 if lead and behind_writer:  # in order after the steps; a failure is the writer's
                     frames = result.frames[0]
                     cap.writer.call(lambda: write_mp4(out / "video.mp4", frames, opts.fps))

@@ -358,6 +358,11 @@ def test_paik_live_makes_the_unbent_twin_behind_a_bent_take(tmp_path, ctx):
         run_until(lambda: live.twins.made == 1)
         bent = live.src
         assert bent.twin is not None and twin_mismatch(bent, bent.twin) is None
+        # the pairing is recorded off the render thread, once each bundle's writer is done
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end and not all(
+                "twin" in json.loads((s.bundle.path / "manifest.json").read_text()) for s in (bent, bent.twin)):
+            time.sleep(0.05)
         b, t = open_bundle(bent.bundle.path), open_bundle(bent.twin.bundle.path)
         assert b.manifest["bend_log"] and "bend_log" not in t.manifest and t.manifest["seed"] == b.manifest["seed"]
         assert b.manifest["twin"]["role"] == "bent" and t.manifest["twin"]["role"] == "unbent"

@@ -25,28 +25,25 @@ def _unbent_key(request):
     return replace(request, bends=False) if request is not None else None
 
 
-def _played_bends(path) -> bool:
+def _played_bends(ev) -> bool:
+    """Whether a bend played in the take of TakeDone ``ev`` (the engine says; else its manifest)."""
+    if getattr(ev, "bent", None) is not None:
+        return bool(ev.bent)
     try:
-        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        m = json.loads((ev.path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return False
     return any(e.get("bends") for e in m.get("bend_log") or [] if isinstance(e, dict))
 
 
-def _pair_on_disk(bent, twin) -> None:
+def _pair_on_disk(engine, bent, twin) -> None:
     """Name each take in the other's manifest, as ``paik generate --twin`` does, so that
-    ``paik play TAKE --view twin`` finds the twin later."""
+    ``paik play TAKE --view twin`` finds the twin later: through the engine, off the render
+    thread and after each bundle's own writer is done."""
     import os
 
-    from paik.capture.writer import write_json_atomic
-
     for path, other, role in ((bent, twin, "bent"), (twin, bent, "unbent")):
-        try:
-            m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-            m["twin"] = {"path": os.path.relpath(other, path), "role": role}
-            write_json_atomic(path / "manifest.json", m)
-        except (OSError, ValueError) as e:  # the pairing on screen stands; only the record is lost
-            log.warning("could not record the twin in %s: %s", path, e)
+        engine.annotate(path, {"twin": {"path": os.path.relpath(other, path), "role": role}})
 
 
 class TwinMaker:
@@ -83,7 +80,7 @@ class TwinMaker:
                 src = ResidentSource(w["live"])
                 src.refresh()
                 w["bent"].twin = src
-                _pair_on_disk(w["bent"].bundle.path, ev.path)
+                _pair_on_disk(self.live.engine, w["bent"].bundle.path, ev.path)
                 self._remember(w["request"], src)
                 self.want = None
                 self.made += 1
@@ -104,7 +101,7 @@ class TwinMaker:
         if src is None or request is None:
             return
         key = _unbent_key(request)
-        if not _played_bends(ev.path):
+        if not _played_bends(ev):
             self._remember(key, src)
             return
         if not self.live.target.twin:
