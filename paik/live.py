@@ -97,6 +97,10 @@ def register(sub, bench) -> None:
     b.add_argument("--synthetic", default="25x30x12x32", metavar="SxBxHxT",
                    help="(d) without --bundle: steps x blocks x heads x tokens of the synthetic capture (the paper's)")
     b.add_argument("--latent", default="16x30x52", metavar="FxHxW", help="(d): the synthetic capture's token grid")
+    b.add_argument("--no-twin", action="store_true",
+                   help="(d): without the synthetic unbent twin that the twin and diff views play against")
+    b.add_argument("--reduce-stream", choices=["high", "default"], default=None,
+                   help="the CUDA stream live selections reduce on (PAIK_REDUCE_STREAM; default high)")
     b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.set_defaults(func=cmd_bench_live)
@@ -183,9 +187,6 @@ def cmd_live(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    # the generation thread holds the GIL between kernel launches; a short switch interval lets the
-    # render and selection threads in within a fraction of a frame (default 5 ms)
-    sys.setswitchinterval(0.0005)
     try:
         with Control.from_args(args, src, p, lambda s, q, sc, **kw: EngineLive(s, q, engine, TakeRequest, sc, continuous,
                                                                         **kw)) as ctl:

@@ -19,10 +19,10 @@ Runs on a CPU at a tiny size too (``--model tiny``); the numbers that matter com
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def _dims(text: str, n: int, flag: str) -> tuple[int, ...]:
     return out
 
 
-def synthetic_take(steps: int, blocks: int, heads: int, tokens: int, latent, device: str):
+def synthetic_take(steps: int, blocks: int, heads: int, tokens: int, latent, device: str, seed: int = 0):
     """A finished LiveTake of random maps made where they are played (no host copy of 13 GiB)."""
     import torch
 
@@ -59,7 +59,7 @@ def synthetic_take(steps: int, blocks: int, heads: int, tokens: int, latent, dev
     manifest = {"layout": layout.to_json(), "tokens": table, "prompt": " ".join(t["word"] for t in table),
                 "settings": {"frames": (f - 1) * 4 + 1, "width": w * 16, "height": h * 16, "fps": 16,
                              "steps": steps}}
-    g = torch.Generator(device).manual_seed(0)
+    g = torch.Generator(device).manual_seed(seed)
     maps = torch.empty((steps, blocks, heads, tokens, f, h, w), dtype=torch.float16, device=device)
     for s in range(steps):  # a step at a time: no float32 temporary of the whole capture
         maps[s] = torch.rand(maps.shape[1:], generator=g, device=device).to(torch.float16) / tokens
@@ -83,8 +83,13 @@ def _d_source(args, device: str):
         return Source(bundle, device if device != "cpu" else "auto"), f"{bundle.path} (streamed from disk)"
     s, b, h, t = _dims(args.synthetic, 4, "--synthetic")
     latent = _dims(args.latent, 3, "--latent")
-    take = synthetic_take(s, b, h, t, latent, device)
-    return ResidentSource(take), f"synthetic {s}x{b}x{h}x{t} at {'x'.join(map(str, latent))} on {device}"
+    src = ResidentSource(synthetic_take(s, b, h, t, latent, device))
+    what = f"synthetic {s}x{b}x{h}x{t} at {'x'.join(map(str, latent))} on {device}"
+    if not args.no_twin:  # the twin and diff views play it against an unbent twin of the same layout
+        src.twin = ResidentSource(synthetic_take(s, b, h, t, latent, device, seed=1))
+        src._twin_known = True
+        what += ", with a synthetic unbent twin"
+    return src, what
 
 
 def offline(args, loaded, results: dict) -> None:
@@ -145,15 +150,18 @@ def main(args) -> int:
     from paik.capture.generate import GenerateOptions
     from paik.capture.models import load_pipeline
     from paik.capture.tokens import split_token_list
+    from paik.errors import PaikError
     from paik.instrument.control.osc import OscServer
-    from paik.instrument.control.params import VIEWS, Params
+    from paik.instrument.control.params import VIEWS, Command, Params
     from paik.instrument.control.live import Live
     from paik.instrument.control.takes import EngineLive
     from paik.instrument.render import colormaps
     from paik.instrument.render.headless import Offscreen, egl_context
-    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.renderer import Stage
     from paik.instrument.render.resident import ResidentSource, blank_take
 
+    if getattr(args, "reduce_stream", None):
+        os.environ["PAIK_REDUCE_STREAM"] = args.reduce_stream
     parts = set(args.parts.split(","))
     period = 1.0 / args.rate
     engine = loaded = None
@@ -187,26 +195,56 @@ def main(args) -> int:
     ctx = egl_context()
     gl = f"{ctx.info['GL_RENDERER']}"
     off = Offscreen(ctx, tuple(args.size))
-    renderer = Renderer(ctx, live.src, asynchronous=True)
+    stage = Stage(ctx, live.src, asynchronous=True)  # as paik live's loops: a new source never waits
     results: dict = {"model": info.id if loaded else None, "device": str(device), "gl": gl, "size": list(args.size), "rate": args.rate,
-                     "gpu": torch.cuda.get_device_name() if str(device).startswith("cuda") else None}
+                     "gpu": torch.cuda.get_device_name() if str(device).startswith("cuda") else None,
+                     "reduce_stream": os.environ.get("PAIK_REDUCE_STREAM", "high"),
+                     "switch_interval_s": sys.getswitchinterval()}
+    phases: list = []  # per frame of the running loop: what it spent where (the worst frames are reported)
 
     def frame(now):
-        nonlocal renderer
+        t0 = time.perf_counter()
         q = live.update(now)
-        if renderer.src is not live.src:
-            old, renderer = renderer, Renderer(ctx, live.src, asynchronous=True)
-            old.release()  # its selector thread and GL objects: a 13 GiB capture's reducer goes with it
+        t1 = time.perf_counter()
         off.use()
-        renderer.draw(q, q.time, (0, 0, *args.size), gap=2.0)
+        renderer, shown = stage.frame(live.src, q)  # noqa: F841 - renderer read below
+        try:
+            renderer.draw(shown, shown.time, (0, 0, *args.size), gap=2.0)
+        except PaikError as e:  # as the loops do: said, and the show goes on
+            live.error(str(e), kind="render")
+        t2 = time.perf_counter()
         ctx.finish()
+        t3 = time.perf_counter()
+        phases.append((t0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, shown.view,
+                       stage.next is not None, renderer.selector.late if renderer.selector else 0))
         return q
+
+    def worst(intervals, n=6):
+        """The n longest frame intervals with what the frame that ended each spent where (interval i
+        ends with the loop's frame i + 1)."""
+        out = []
+        for i in sorted(range(len(intervals)), key=lambda i: -intervals[i])[:n]:
+            ph = phases[i + 1]
+            out.append({"interval_ms": round(intervals[i] * 1e3, 2), "update_ms": round(ph[1], 2),
+                        "draw_ms": round(ph[2], 2), "finish_ms": round(ph[3], 2), "view": ph[4],
+                        "swap_pending": ph[5]})
+        return out
+
+    def settle(limit=120.0):
+        """Frames until the source Live shows is the one on screen (a Stage swaps once it is ready)."""
+        t_end = time.perf_counter() + limit
+        while time.perf_counter() < t_end:
+            frame(time.perf_counter())
+            if stage.renderer.src is live.src and stage.settled:
+                return
+            time.sleep(0.005)
 
     def run_loop(until, on_frame=None, limit=600.0):
         """Frames paced at --rate until ``until()``; returns (intervals, late)."""
         t_start = time.perf_counter()
         next_tick = t_start
         last, intervals, late = None, [], 0
+        phases.clear()
         while not until() and time.perf_counter() - t_start < limit:
             now = time.perf_counter()
             if now < next_tick:
@@ -244,7 +282,7 @@ def main(args) -> int:
 
             def on_frame(done, q):
                 if "t" not in first and isinstance(live.src, ResidentSource) and live.src.bundle.path.name.startswith(
-                        "take_") and renderer.selector.settled and renderer.src is live.src:
+                        "take_") and stage.settled and stage.renderer.src is live.src:
                     first["t"] = done - t_send
 
             failed = lambda: any("generate" in m for _, m in live.errors)  # noqa: E731
@@ -254,6 +292,7 @@ def main(args) -> int:
             results["b_late_fraction"] = late / max(len(intervals) + 1, 1)
             results["b_p99_interval_ms"] = _pct(intervals, 99) * 1e3
             results["b_max_interval_ms"] = max(intervals, default=float("nan")) * 1e3
+            results["b_worst_frames"] = worst(intervals)
             take_s = None
             for e in live.errors:
                 results.setdefault("errors", []).append(e[1])
@@ -283,9 +322,29 @@ def main(args) -> int:
             results["c_plain_pipeline_s"] = round(time.perf_counter() - t0, 3)
             if results.get("c_take_in_live_s"):
                 results["c_ratio"] = results["c_take_in_live_s"] / results["c_plain_pipeline_s"]
+            # the same take with the engine polled at --rate but nothing drawn: what the render
+            # loop costs the generation, apart from the engine's own work
+            done = live.takes_done
+            live.put(Command("generate", "start", {}, "bench"))
+            t_end = time.perf_counter() + 600
+            while live.takes_done == done and not failed() and time.perf_counter() < t_end:
+                live.update(time.perf_counter())
+                time.sleep(period)
+            path = live._pending_src.bundle.path if live._pending_src is not None else live.src.bundle.path
+            t_wait = time.perf_counter() + 300
+            while time.perf_counter() < t_wait:
+                try:
+                    m = json.loads((path / "manifest.json").read_text())
+                except (OSError, ValueError):
+                    m = {}
+                if m.get("status") == "complete" and "total_s" in m.get("timings", {}):
+                    results["c_take_no_render_s"] = m["timings"]["total_s"]
+                    results["c_no_render_ratio"] = m["timings"]["total_s"] / results["c_plain_pipeline_s"]
+                    break
+                time.sleep(0.1)
         if "d" in parts:
             live._pending_src, results["d_capture"] = _d_source(args, str(device))
-            frame(time.perf_counter())  # swapped in; its first selection computed
+            settle()  # swapped in; its first selection computed
             d = live.src.dims
             n_words = len(live.src.words)
             sent: dict[int, float] = {}
@@ -316,8 +375,12 @@ def main(args) -> int:
             results["d_late_over_two_periods"] = int(sum(x > 2 * period for x in intervals))
             results["d_p99_osc_to_frame_ms"] = _pct(lat, 99) * 1e3
             results["d_steps_blocks"] = [d.n_steps, d.n_blocks]
+            results["d_worst_frames"] = worst(intervals)
+            results["d_render_errors"] = sorted({m for _, m in live.errors if "render" in m or "view" in m})[:5]
             live._pending_src = ResidentSource(blank_take())  # (e) needs the device memory back
-            frame(time.perf_counter())
+            settle()
+            if str(device).startswith("cuda"):
+                torch.cuda.empty_cache()
         if "e" in parts:
             offline(args, loaded, results)
     finally:
@@ -336,6 +399,7 @@ def main(args) -> int:
         ("c  take inside paik live", results.get("c_take_in_live_s"), "s"),
         ("c  plain WanPipeline call", results.get("c_plain_pipeline_s"), "s"),
         ("c  ratio", results.get("c_ratio"), "x"),
+        ("c  the same take, nothing drawn (diagnostic)", results.get("c_take_no_render_s"), "s"),
         ("d  worst frame interval, all parameters moving", results.get("d_worst_interval_ms"), "ms"),
         ("d  p99 OSC -> frame", results.get("d_p99_osc_to_frame_ms"), "ms"),
         ("e  offline paik generate", results.get("e_generate_s"), "s"),
@@ -350,6 +414,11 @@ def main(args) -> int:
                                                                  if results.get("d_capture") else ""))
     for name, v, unit in rows:
         print(f"{name:<50} {'n/a' if v is None else f'{v:.4g}':>10} {unit}")
+    for part in ("b", "d"):
+        for w in results.get(f"{part}_worst_frames", [])[:3]:
+            print(f"{part}  a worst frame: {w['interval_ms']:.1f} ms interval; update {w['update_ms']:.1f}, draw "
+                  f"{w['draw_ms']:.1f}, finish {w['finish_ms']:.1f} ms; view {w['view']}"
+                  f"{'; a swap pending' if w['swap_pending'] else ''}")
     if results.get("errors"):
         print("errors: " + " | ".join(results["errors"]), file=sys.stderr)
     if args.json:

@@ -35,6 +35,7 @@ screen at its loop point (the playhead wrapping), so the visuals never wait for 
 from __future__ import annotations
 
 import logging
+import sys
 import shlex
 from dataclasses import dataclass, field, replace
 
@@ -85,10 +86,17 @@ def read_prompts(path) -> list[str]:
     return prompts
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 class EngineLive(Live):
     def __init__(self, src, params, engine, request_type, scenes=None, continuous: Continuous | None = None,
                  **folders):
         super().__init__(src, params, scenes, **folders)  # out_dir, load_from
+        # the generation thread holds the GIL between kernel launches; a short switch interval lets
+        # the render and selection threads in within a fraction of a frame (Python's default: 5 ms).
+        # Set here, so that paik live and paik bench live run the same way.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.continuous = continuous or Continuous()
         self._switch = None  # continuous: a finished take's source, shown at the loop point
         self._next_prompt = 0
