@@ -39,7 +39,7 @@ def test_take_done_comes_before_the_bundle_is_complete_and_the_bundle_equals_the
     from paik.capture.engine import TakeRequest
     from paik.video import decode
 
-    monkeypatch.setenv("PAIK_TEST_WRITE_DELAY_S", "0.4")
+    monkeypatch.setenv("PAIK_TEST_WRITE_DELAY_S", "1.5")
     eng = _engine(tiny, tmp_path, steps=3)
     try:
         eng.submit(TakeRequest(prompt="a cat kisses a dog", seed=3))
@@ -156,7 +156,8 @@ def test_continuous_mode_generates_takes_and_switches_to_them(tiny, tmp_path):
     assert [m["prompt"] for m in ms] == ["a red kiss", "a blue dog"] * 2
     assert all((m["settings"]["width"], m["settings"]["frames"], m["settings"]["steps"]) == (64, 5, 2) for m in ms)
     gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, LiveTake) and o.path.name.startswith("take_")]
+    # this test's takes only: an earlier test's objects may still be waiting for their threads to end
+    alive = [o for o in gc.get_objects() if isinstance(o, LiveTake) and o.path.parent == tmp_path / "takes"]
     assert len(alive) <= 3, [t.path.name for t in alive]  # shown, one waiting or forming: not every take
 
 
@@ -175,7 +176,10 @@ def test_paik_live_continuous_flags_make_takes(tmp_path):
     finally:
         _stop(proc, c)
     ms = [json.loads((d / "manifest.json").read_text()) for d in sorted((tmp_path / "takes").iterdir())]
-    assert len(ms) >= 3 and all(m["status"] == "complete" for m in ms)
+    # continuous off stops asking for takes; the one generating when the process was stopped may be
+    # interrupted (keeping its finished steps), every one before it is complete
+    assert len(ms) >= 3 and all(m["status"] == "complete" for m in ms[:-1]), [m["status"] for m in ms]
+    assert ms[-1]["status"] in ("complete", "interrupted")
     assert {m["prompt"] for m in ms} == {"a red kiss", "a blue dog"}
     # a bad list is one line, no traceback
     bad = subprocess.run([sys.executable, "-m", "paik", "live", "--headless", "--model", "tiny", "--continuous",
