@@ -46,8 +46,6 @@ def shard_files(world: int) -> dict:
 def open_rank_writer(path, manifest: dict, shard: tuple[int, int], overwrite: bool):
     """This rank's bundle writer. Rank 0 prepares the folder and writes manifest.json; the others
     wait for it (a barrier), then write their own listing beside it."""
-    import torch.distributed as dist
-
     from paik.capture.writer import BundleWriter
 
     rank, world = shard
@@ -96,6 +94,11 @@ def check_parallel(n: int, cp: str) -> None:
 
     if torch.cuda.is_available() and n > torch.cuda.device_count():
         raise PaikError(f"--parallel {n}: this machine has {torch.cuda.device_count()} GPUs; one process per GPU")
+    # Ring attention merges each ring step's partial result with the log-sum-exp of its softmax
+    # (diffusers' TemplatedRingAttention calls the backend's forward op with return_lse=True). On
+    # the CPU no diffusers 0.42 backend returns one: the native backend's op raises "Native attention
+    # does not support return_lse=True", _native_flash calls aten::_scaled_dot_product_flash_attention,
+    # which has no CPU kernel (and wants bf16/fp16), and cuDNN is CUDA. So ring stays CUDA only.
     if not torch.cuda.is_available() and cp == "ring":
         raise PaikError("--cp ring needs CUDA (flash or cuDNN attention); on the CPU use --cp ulysses")
 

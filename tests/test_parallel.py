@@ -191,3 +191,40 @@ def test_parallel_that_does_not_divide_the_heads_is_one_line(tmp_path):
     r = _generate(tmp_path / "x", "--parallel", "3", timeout=120)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "divide" in r.stderr
+
+
+# -- three processes: a tiny Wan2.1 folder with 3 heads (Ulysses gives each rank one) ------------
+def _three_head_folder(root: Path) -> Path:
+    """The built-in tiny Wan2.1 at 3 heads, saved as an ordinary diffusers folder, with the tiny
+    sizes as its paik.json defaults (3x4x4 = 48 positions: 16 a rank)."""
+    from diffusers import WanPipeline
+
+    from paik.capture.tiny import tiny_components
+
+    folder = root / "tiny-3heads"
+    WanPipeline(**tiny_components("t2v", heads=3)).save_pretrained(folder)
+    (folder / "paik.json").write_text(json.dumps({"defaults": {"frames": 9, "height": 64, "width": 64, "steps": 2}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    root = tmp_path_factory.mktemp("three")
+    folder = _three_head_folder(root)
+    return (folder, *_pair(root, folder, 3))
+
+
+def test_three_processes_equal_the_single_process_capture(three):
+    folder, one, many = three
+    assert json.loads((folder / "transformer" / "config.json").read_text())["num_attention_heads"] == 3
+    assert open_bundle(many).layout.shards == [[0, 16], [16, 32], [32, 48]]
+    _assert_maps_close(one, many, 3)
+    _assert_videos_close(one, many)
+
+
+def test_three_processes_need_positions_that_divide_by_three(three, tmp_path):
+    # 5 frames -> 2 latent frames: 2x4x4 = 32 positions; diffusers' sharder asserts an even split
+    r = _generate(tmp_path / "x", "--frames", "5", "--parallel", "3", model=three[0], timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "does not divide the 32 video positions" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
