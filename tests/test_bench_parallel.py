@@ -47,7 +47,7 @@ def test_two_ranks_run_end_to_end_and_report(tmp_path):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--parallel", "3", "--frames", "9"], "divide the model's 2 heads"),  # 3x2x2 positions; Ulysses splits heads
+    (["--parallel", "3", "--frames", "9"], "splits the model's 2 heads"),  # 3x2x2 positions; Ulysses splits heads
     (["--parallel", "2", "--frames", "1", "--height", "48", "--width", "16"], "does not divide the 3 video"),
     (["--parallel", "2", "--cp", "ring"], "--cp ring needs CUDA"),
     (["--parallel", "0"], "at least 1"),
@@ -56,3 +56,24 @@ def test_refusals_are_one_line(extra, words, capsys):
     assert paik(["bench", "capture", *SMALL, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("paik: error: ") and words in err[0], err
+
+
+def test_the_largest_capture_a_rank_holds_is_what_its_card_keeps():
+    from paik.capture.bench import fit_per_rank
+    from paik.capture.bench_project import RESERVE_GIB
+    from paik.capture.layout import Layout, equal_shards
+
+    lay = Layout(steps=[0, 1], blocks=[0, 1, 2], heads=2, head_mean=False, n_heads=2, tokens=[0, 1, 2, 3],
+                 latent=(2, 2, 2), n_real=4, seq_len=512, shards=equal_shards(8, 2))
+    step = 3 * 2 * 5 * 4 * 2  # one step of one rank: blocks x heads x (tokens + padding) x 4 positions, float16
+    maps = 2 * step / GiB
+    f = fit_per_rank(lay, base_gib=1.0, capture_gib=1.0 + maps + 0.25, card_bytes=10 * GiB, steps=2)
+    assert f["capture_overhead_gib"] == pytest.approx(0.25)
+    free = (10 - 1.0 - 0.25 - RESERVE_GIB) * GiB
+    k = f["max_steps_at_tokens"]
+    assert k * step <= free + 1 and free - 1 < (k + 1) * step
+    t = f["max_tokens_at_steps"]  # at 2 steps: (t + 1) map slots of [3 blocks x 2 heads x 4 positions] a step
+    assert 2 * (t + 1) * (step // 5) <= free + 1 and free - 1 < 2 * (t + 2) * (step // 5)
+    # a capture that costs no more than its maps leaves no overhead; a card too small fits nothing
+    assert fit_per_rank(lay, 1.0, 1.0 + maps, 10 * GiB, 2)["capture_overhead_gib"] == 0
+    assert fit_per_rank(lay, 9.0, 9.0 + maps, 10 * GiB, 2)["max_steps_at_tokens"] == 0
