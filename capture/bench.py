@@ -6,6 +6,10 @@ names). Variants alternate (none, capture, none, capture, ...) so slow drift of 
 temperature hits both; each variant's figure is its best repeat. Peak memory is measured per
 variant from a clean allocator state; the capture store is allocated inside its variant, so
 its peak includes the maps.
+
+``--parallel N`` runs the same measurement on N ranks of one context-parallel transformer
+(diffusers' ``enable_parallelism``; :func:`paik.capture.parallel.run_ranks` spawns them): the clock
+starts after a barrier, a step's time is the slowest rank's, and each rank's peak is its own GPU's.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ ranks finished. :class:`paik.capture.bundle.Bundle` joins the shards on the posi
 
 Processes: ``paik generate --parallel N`` spawns N processes on this host (NCCL, one GPU each,
 with CUDA; gloo on the CPU), or runs as one rank of ``torchrun --nproc_per_node N -m paik
-generate ... --parallel N``.
+generate ... --parallel N``. :func:`run_ranks` does the spawning and the rendezvous for any
+per-rank work (``paik bench capture --parallel N`` uses it too).
 """
 
 from __future__ import annotations
