@@ -111,6 +111,9 @@ def _main(args) -> int:
     path = Path(args.measured)
     try:
         measured = json.loads(path.read_text())
+        if isinstance(measured, dict) and measured.get("parallel", 1) != 1:
+            raise PaikError(f"{path}: a `paik bench capture --parallel {measured['parallel']}` result; the "
+                            "projection starts from one GPU (run paik bench capture without --parallel)")
         measured["best"]["none"]["peak_gib"], measured["grid"], measured["config"]  # noqa: B018
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PaikError(f"{path}: not a `paik bench capture --json` result ({type(e).__name__}: {e})") from None

@@ -122,7 +122,12 @@ def register(sub, bench) -> None:
     b.add_argument("--write", default=None, metavar="DIR",
                    help="also time capture plus writing every step to a bundle in DIR")
     b.add_argument("--json", default=None, help="write the results as JSON here")
-    b.add_argument("--device", default="cuda")
+    b.add_argument("--device", default="cuda", help="cuda or cpu (with --parallel: rank r takes cuda:r)")
+    b.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="time the context-parallel transformer on N processes (diffusers' own context parallelism; "
+                        "NCCL, one GPU each; gloo processes with --device cpu); rank 0 reports")
+    b.add_argument("--cp", default="ulysses", choices=["ulysses", "ring"],
+                   help="with --parallel: ulysses (needs N to divide the heads) or ring (CUDA only)")
     b.set_defaults(func=_bench)
 
     from paik.capture.bench_bend import register as register_bend_bench

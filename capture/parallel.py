@@ -18,7 +18,8 @@ ranks finished. :class:`paik.capture.bundle.Bundle` joins the shards on the posi
 
 Processes: ``paik generate --parallel N`` spawns N processes on this host (NCCL, one GPU each,
 with CUDA; gloo on the CPU), or runs as one rank of ``torchrun --nproc_per_node N -m paik
-generate ... --parallel N``.
+generate ... --parallel N``. :func:`run_ranks` does the spawning and the rendezvous for any
+per-rank work (``paik bench capture --parallel N`` uses it too).
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def shard_files(world: int) -> dict:
 def open_rank_writer(path, manifest: dict, shard: tuple[int, int], overwrite: bool):
     """This rank's bundle writer. Rank 0 prepares the folder and writes manifest.json; the others
     wait for it (a barrier), then write their own listing beside it."""
-    import torch.distributed as dist
-
     from paik.capture.writer import BundleWriter
 
     rank, world = shard
@@ -87,21 +86,29 @@ def gather_positions(local, world: int):
 
 
 # -- processes ------------------------------------------------------------------------------------
-def check_parallel(n: int, cp: str) -> None:
+def check_parallel(n: int, cp: str, cuda: bool | None = None) -> None:
+    """``cuda``: whether the ranks will run on GPUs (default: whether this machine has CUDA)."""
     if n < 1:
         raise PaikError("--parallel must be at least 1")
     if cp not in CP_KINDS:
         raise PaikError(f"--cp {cp!r}: expected ulysses or ring")
     import torch
 
-    if torch.cuda.is_available() and n > torch.cuda.device_count():
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda and n > torch.cuda.device_count():
         raise PaikError(f"--parallel {n}: this machine has {torch.cuda.device_count()} GPUs; one process per GPU")
-    if not torch.cuda.is_available() and cp == "ring":
+    # Ring attention merges each ring step's partial result with the log-sum-exp of its softmax
+    # (diffusers' TemplatedRingAttention calls the backend's forward op with return_lse=True). On
+    # the CPU no diffusers 0.42 backend returns one: the native backend's op raises "Native attention
+    # does not support return_lse=True", _native_flash calls aten::_scaled_dot_product_flash_attention,
+    # which has no CPU kernel (and wants bf16/fp16), and cuDNN is CUDA. So ring stays CUDA only.
+    if not cuda and cp == "ring":
         raise PaikError("--cp ring needs CUDA (flash or cuDNN attention); on the CPU use --cp ulysses")
 
 
 def check_model(info, n: int, cp: str, latent) -> None:
-    """What diffusers' context parallelism needs of the model and the video, said before loading."""
+    """What diffusers' context parallelism needs of the model and the video, said before loading.
+    ``info``: anything with ``num_heads`` (a :class:`paik.capture.models.ModelInfo`)."""
     positions = latent[0] * latent[1] * latent[2]
     if positions % n:
         raise PaikError(f"--parallel {n} does not divide the {positions:,} video positions ({latent[0]}x{latent[1]}"
@@ -124,7 +131,9 @@ def launched_by_torchrun() -> bool:
 def generate_parallel(opts, n: int, cp: str = "ulysses", timeout_s: float = 1800.0) -> Path:
     """``paik generate --parallel N``: N ranks of one generation; returns the bundle path. Under
     torchrun this process is one of them; otherwise the N processes are spawned here."""
-    check_parallel(n, cp)
+    import torch
+
+    check_parallel(n, cp, torch.cuda.is_available() and (opts.device is None or str(opts.device).startswith("cuda")))
     from paik.capture.generate import check_options, resolve_sizes
     from paik.capture.models import peek_model
 
@@ -137,23 +146,36 @@ def generate_parallel(opts, n: int, cp: str = "ulysses", timeout_s: float = 1800
     peeked = peek_model(opts.model)
     if peeked is not None:
         check_model(peeked, n, cp, resolve_sizes(opts, peeked).latent)
+    run_ranks(n, _generate_rank, (opts, cp), use_cuda=opts.device is None or str(opts.device).startswith("cuda"),
+              what="parallel generation", timeout_s=timeout_s,
+              after=f"; the bundle {opts.out} keeps the steps every rank finished")
+    return Path(opts.out)
+
+
+def run_ranks(n: int, main, payload, use_cuda: bool = True, what: str = "the parallel run",
+              timeout_s: float = 1800.0, after: str = ""):
+    """Run ``main(rank, world, device, payload)`` on N ranks with torch.distributed initialized
+    (NCCL, one GPU each, when ``use_cuda`` and CUDA is there; gloo on the CPU). Under torchrun this
+    process is one rank and ``main``'s result is returned; otherwise N processes are spawned here
+    (``main`` and ``payload`` must pickle) and None is returned once all have finished. A rank's
+    failure ends the others and is raised as one line: "{what} failed: rank r: ...{after}"."""
     if launched_by_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if world != n:
             raise PaikError(f"--parallel {n} but torchrun started {world} processes; give the same number")
-        return _rank_main(int(os.environ["RANK"]), n, None, opts, cp, None)
+        return _rank_run(int(os.environ["RANK"]), n, main, payload, use_cuda)
+
+    import time
 
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     port = _free_port()
     errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_rank_entry, args=(r, n, port, opts, cp, errors), name=f"paik-rank{r}")
-             for r in range(n)]
+    procs = [ctx.Process(target=_rank_entry, args=(r, n, port, main, payload, use_cuda, errors),
+                         name=f"paik-rank{r}") for r in range(n)]
     for p in procs:
         p.start()
-    import time
-
     deadline = time.monotonic() + timeout_s
     failed = None
     try:
@@ -185,17 +207,16 @@ def generate_parallel(opts, n: int, cp: str = "ulysses", timeout_s: float = 1800
         failed = next(p for p in procs if p.exitcode != 0)
     if failed is not None or messages:
         first = sorted(messages)[0] if messages else f"{failed.name} exited with code {failed.exitcode}"
-        raise PaikError(f"parallel generation failed: {first[1] if isinstance(first, tuple) else first}; "
-                        f"the bundle {opts.out} keeps the steps every rank finished")
-    return Path(opts.out)
+        raise PaikError(f"{what} failed: {first[1] if isinstance(first, tuple) else first}{after}")
+    return None
 
 
-def _rank_entry(rank, world, port, opts, cp, errors):
+def _rank_entry(rank, world, port, main, payload, use_cuda, errors):
     """A spawned rank: its own one-line error goes to the parent, which reports the first one."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     try:
-        _rank_main(rank, world, port, opts, cp, errors)
+        _rank_run(rank, world, main, payload, use_cuda)
     except PaikError as e:
         errors.put((rank, f"rank {rank}: {e}"))
         sys.exit(2)
@@ -207,17 +228,13 @@ def _rank_entry(rank, world, port, opts, cp, errors):
         sys.exit(1)
 
 
-def _rank_main(rank, world, port, opts, cp, errors) -> Path:
+def _rank_run(rank, world, main, payload, use_cuda):
     import datetime
 
     import torch
     import torch.distributed as dist
 
-    from paik.capture import compat
-    from paik.capture.generate import generate
-    from paik.capture.models import load_pipeline
-
-    cuda = torch.cuda.is_available() and (opts.device is None or str(opts.device).startswith("cuda"))
+    cuda = torch.cuda.is_available() and use_cuda
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(torch.device(device))
@@ -225,13 +242,26 @@ def _rank_main(rank, world, port, opts, cp, errors) -> Path:
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=30))
     try:
-        mine = replace(opts, device=device, quiet=opts.quiet or rank != 0)
-        loaded = load_pipeline(mine.model, mine.dtype, device, None)
-        pipe = loaded[0]
-        for name in ("transformer", "transformer_2"):  # both experts of Wan2.2 A14B
-            t = getattr(pipe, name, None)
-            if t is not None:
-                compat.enable_context_parallel(t, world, cp)
-        return generate(mine, loaded=loaded, shard=(rank, world), cp=cp)
+        result = main(rank, world, device, payload)
+        # no rank tears its group down while a peer is still in a collective (gloo aborts the rank
+        # whose peer has gone: "terminate called without an active exception")
+        _barrier(world)
+        return result
     finally:
         dist.destroy_process_group()
+
+
+def _generate_rank(rank, world, device, payload) -> Path:
+    from paik.capture import compat
+    from paik.capture.generate import generate
+    from paik.capture.models import load_pipeline
+
+    opts, cp = payload
+    mine = replace(opts, device=device, quiet=opts.quiet or rank != 0)
+    loaded = load_pipeline(mine.model, mine.dtype, device, None)
+    pipe = loaded[0]
+    for name in ("transformer", "transformer_2"):  # both experts of Wan2.2 A14B
+        t = getattr(pipe, name, None)
+        if t is not None:
+            compat.enable_context_parallel(t, world, cp)
+    return generate(mine, loaded=loaded, shard=(rank, world), cp=cp)

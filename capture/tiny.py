@@ -131,12 +131,12 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown tiny kind {kind!r}; expected one of {TINY_KINDS}")
 
 
-def _transformer(z_dim: int):
+def _transformer(z_dim: int, heads: int = 2):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
+        num_attention_heads=heads,
         attention_head_dim=12,
         in_channels=z_dim,
         out_channels=z_dim,
@@ -153,8 +153,11 @@ def _transformer(z_dim: int):
     )
 
 
-def tiny_components(kind: str = "t2v", seed: int = 0) -> dict:
+def tiny_components(kind: str = "t2v", seed: int = 0, heads: int = 2) -> dict:
     """Keyword arguments for ``diffusers.WanPipeline(**...)``, float32, on the CPU.
+
+    ``heads``: attention heads of the transformer(s) (head size stays 12); the built-in models have
+    2; tests of context parallelism over 3 processes build a folder with 3 (Ulysses splits heads).
 
     Each model is initialised right after ``torch.manual_seed`` (``transformer_2`` with
     ``seed + 1`` so the two experts differ) inside a forked RNG, so the weights depend on
@@ -197,11 +200,11 @@ def tiny_components(kind: str = "t2v", seed: int = 0) -> dict:
         )
 
         torch.manual_seed(seed)
-        transformer = _transformer(z_dim)
+        transformer = _transformer(z_dim, heads)
         components = {}
         if kind == "a14b":
             torch.manual_seed(seed + 1)
-            components = {"transformer_2": _transformer(z_dim), "boundary_ratio": 0.875}
+            components = {"transformer_2": _transformer(z_dim, heads), "boundary_ratio": 0.875}
         elif kind == "ti2v":
             components = {"expand_timesteps": True}
 

@@ -23,20 +23,62 @@ PROMPT = "a cat kissing a dog"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def _generate(out: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*PAIK, "generate", PROMPT, "--model", "tiny", "--out", str(out), "-q", *extra],
+def _generate(out: Path, *extra: str, model: str = "tiny", timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*PAIK, "generate", PROMPT, "--model", str(model), "--out", str(out), "-q", *extra],
                           capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def _pair(root: Path, model: str = "tiny", n: int = 2, *extra: str) -> tuple[Path, Path]:
+    """The single-process capture of ``model`` and the ``--parallel n`` one, same seed and sizes."""
+    one, many = root / "one", root / f"p{n}"
+    r1 = _generate(one, *extra, model=model)
+    assert r1.returncode == 0, r1.stderr
+    r2 = _generate(many, *extra, "--parallel", str(n), "--cp", "ulysses", model=model)
+    assert r2.returncode == 0, r2.stderr
+    return one, many
+
+
+def _frames(p: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(p)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
+
+
+def _assert_videos_close(one: Path, many: Path, n_frames: int = 9) -> None:
+    a, b = _frames(one / "video.mp4"), _frames(many / "video.mp4")
+    assert a.shape == b.shape and a.shape[0] == n_frames
+    # Ulysses reorders float sums (last bits); H.264 may turn such a difference into a few
+    # flipped pixels, so the video is compared as a whole, the maps exactly
+    d = np.abs(a - b)
+    assert d.mean() <= 0.5 and (d > 4).mean() <= 0.01, (d.mean(), (d > 4).mean())
+
+
+def _assert_maps_close(one: Path, many: Path, world: int) -> None:
+    """Every step's maps and padding of the sharded bundle (through Paik and through the plain
+    reader) against the single-process capture; the maps differ between tokens."""
+    a, b = open_bundle(one), open_bundle(many)
+    assert b.status == "complete" and b.step_indices == a.step_indices
+    size = a.layout.positions // world
+    assert b.layout.shards == [[r * size, (r + 1) * size] for r in range(world)]
+    assert [s.expert for s in b.steps] == [s.expert for s in a.steps]
+    plain = _plain_read(many)
+    assert sorted(plain) == a.step_indices
+    for s in a.step_indices:
+        ref = np.asarray(a.step_arrays(s)["maps"], np.float32)
+        got = np.asarray(b.step_arrays(s)["maps"], np.float32)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-3
+        assert np.abs(plain[s].astype(np.float32) - ref).max() <= 1e-3
+        pad_ref = np.asarray(a.step_arrays(s)["padding"], np.float32)
+        assert np.abs(np.asarray(b.step_arrays(s)["padding"], np.float32) - pad_ref).max() <= 1e-3
+    last = a.step_indices[-1]
+    assert np.abs(a.select("cat", step=last) - a.select("dog", step=last)).max() > 1e-3
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parallel")
-    one, two = root / "one", root / "two"
-    r1 = _generate(one)
-    assert r1.returncode == 0, r1.stderr
-    r2 = _generate(two, "--parallel", "2", "--cp", "ulysses")
-    assert r2.returncode == 0, r2.stderr
-    return one, two
+    return _pair(tmp_path_factory.mktemp("parallel"))
 
 
 def _plain_read(path: Path) -> dict[int, np.ndarray]:
@@ -85,19 +127,25 @@ def test_maps_equal_the_single_process_capture(bundles):
 
 
 def test_videos_equal_within_the_parallel_attention(bundles):
-    import av
+    _assert_videos_close(*bundles)
 
-    def frames(p):
-        with av.open(str(p)) as c:
-            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
 
-    one, two = bundles
-    a, b = frames(one / "video.mp4"), frames(two / "video.mp4")
-    assert a.shape == b.shape and a.shape[0] == 9
-    # Ulysses reorders float sums (last bits); H.264 may turn such a difference into a few
-    # flipped pixels, so the video is compared as a whole, the maps above exactly
-    d = np.abs(a - b)
-    assert d.mean() <= 0.5 and (d > 4).mean() <= 0.01, (d.mean(), (d > 4).mean())
+# -- Wan2.2 A14B: both experts made parallel, the switch at the boundary on every rank ----------
+@pytest.fixture(scope="module")
+def a14b(tmp_path_factory):
+    # 3 steps: timesteps 999, ~900 (high-noise expert) and ~700 (low-noise expert, below 875)
+    return _pair(tmp_path_factory.mktemp("a14b"), "tiny-a14b", 2, "--steps", "3")
+
+
+def test_a14b_maps_equal_the_single_process_capture(a14b):
+    one, two = a14b
+    experts = [s.expert for s in open_bundle(one).steps]
+    assert "transformer" in experts and "transformer_2" in experts  # both experts' steps are compared
+    _assert_maps_close(one, two, 2)
+
+
+def test_a14b_videos_equal_within_the_parallel_attention(a14b):
+    _assert_videos_close(*a14b)
 
 
 def test_info_reads_the_sharded_bundle(bundles):
@@ -143,3 +191,40 @@ def test_parallel_that_does_not_divide_the_heads_is_one_line(tmp_path):
     r = _generate(tmp_path / "x", "--parallel", "3", timeout=120)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "divide" in r.stderr
+
+
+# -- three processes: a tiny Wan2.1 folder with 3 heads (Ulysses gives each rank one) ------------
+def _three_head_folder(root: Path) -> Path:
+    """The built-in tiny Wan2.1 at 3 heads, saved as an ordinary diffusers folder, with the tiny
+    sizes as its paik.json defaults (3x4x4 = 48 positions: 16 a rank)."""
+    from diffusers import WanPipeline
+
+    from paik.capture.tiny import tiny_components
+
+    folder = root / "tiny-3heads"
+    WanPipeline(**tiny_components("t2v", heads=3)).save_pretrained(folder)
+    (folder / "paik.json").write_text(json.dumps({"defaults": {"frames": 9, "height": 64, "width": 64, "steps": 2}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    root = tmp_path_factory.mktemp("three")
+    folder = _three_head_folder(root)
+    return (folder, *_pair(root, folder, 3))
+
+
+def test_three_processes_equal_the_single_process_capture(three):
+    folder, one, many = three
+    assert json.loads((folder / "transformer" / "config.json").read_text())["num_attention_heads"] == 3
+    assert open_bundle(many).layout.shards == [[0, 16], [16, 32], [32, 48]]
+    _assert_maps_close(one, many, 3)
+    _assert_videos_close(one, many)
+
+
+def test_three_processes_need_positions_that_divide_by_three(three, tmp_path):
+    # 5 frames -> 2 latent frames: 2x4x4 = 32 positions; diffusers' sharder asserts an even split
+    r = _generate(tmp_path / "x", "--frames", "5", "--parallel", "3", model=three[0], timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "does not divide the 32 video positions" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
