@@ -17,6 +17,23 @@ from paik.errors import PaikError
 DEFAULT_PROMPT = "a red circle and a blue square"
 
 
+ENGINES = ("process", "thread")
+DEFAULT_ENGINE = "thread"  # measured: see docs/performance.md, paik bench live --engine
+
+
+def start_engine(kind: str, model, dtype, device, offload, defaults, takes, loaded=None):
+    """The live engine: ``process`` (paik.capture.engine_process: the model loaded in a child) or
+    ``thread`` (paik.capture.engine, on ``loaded`` or a pipeline loaded here)."""
+    if kind == "process":
+        from paik.capture.engine_process import EngineProcess
+
+        return EngineProcess((model, dtype, device, offload), defaults, takes)
+    from paik.capture.engine import Engine
+    from paik.capture.models import load_pipeline
+
+    return Engine(loaded or load_pipeline(model, dtype, device, offload), defaults, takes)
+
+
 def add_generation_flags(ap: argparse.ArgumentParser) -> None:
     """``paik generate``'s settings, here the defaults of every take (the bank's prompt, seed,
     steps, frames, size, guidance and tokens then change them live)."""
@@ -27,6 +44,10 @@ def add_generation_flags(ap: argparse.ArgumentParser) -> None:
     add_take_flags(g)
     g.add_argument("--takes", metavar="DIR",
                    help="write every take as a bundle here (default: a temporary folder, deleted at exit)")
+    g.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="where takes are generated: thread (default: in the instrument's process) or process (a "
+                        "child process holding the model, its maps shared with the instrument through CUDA IPC, so "
+                        "generation and drawing never share one interpreter lock; measured no better on an H200)")
     c = ap.add_argument_group("continuous mode (/paik/continuous 1, or 'continuous on' on the console)")
     c.add_argument("--continuous", action="store_true",
                    help="start in continuous mode: keep generating draft takes, each shown at the loop point of the "
@@ -97,6 +118,7 @@ def register(sub, bench) -> None:
     b.add_argument("--synthetic", default="25x30x12x32", metavar="SxBxHxT",
                    help="(d) without --bundle: steps x blocks x heads x tokens of the synthetic capture (the paper's)")
     b.add_argument("--latent", default="16x30x52", metavar="FxHxW", help="(d): the synthetic capture's token grid")
+    b.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="(a, b, c): as paik live --engine")
     b.add_argument("--no-twin", action="store_true",
                    help="(d): without the synthetic unbent twin that the twin and diff views play against")
     b.add_argument("--reduce-stream", choices=["high", "default"], default=None,
@@ -151,8 +173,7 @@ def continuous_settings(args):
 def cmd_live(args) -> int:
     import signal
 
-    from paik.capture.engine import Engine, TakeRequest
-    from paik.capture.models import load_pipeline
+    from paik.capture.engine import TakeRequest
     from paik.instrument.cli import _params
     from paik.instrument.control.hub import Control
     from paik.instrument.control.params import Command
@@ -175,11 +196,16 @@ def cmd_live(args) -> int:
     p.size = f"{args.width}x{args.height}" if args.width else ""
     p.tokens = args.tokens or ""
     p.continuous = args.continuous
-    print(f"paik: loading {args.model} ...", file=sys.stderr, flush=True)
-    loaded = load_pipeline(args.model, args.dtype, defaults.device, args.offload)
+    where = " in the engine process" if args.engine == "process" else ""
+    print(f"paik: loading {args.model}{where} ...", file=sys.stderr, flush=True)
     temporary = args.takes is None
     takes = tempfile.mkdtemp(prefix="paik-takes-") if temporary else args.takes
-    engine = Engine(loaded, defaults, takes)
+    try:
+        engine = start_engine(args.engine, args.model, args.dtype, defaults.device, args.offload, defaults, takes)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(takes, ignore_errors=True)
+        raise
     print(f"paik: takes are written to {takes}{' (deleted at exit; keep them with --takes DIR)' if temporary else ''}",
           file=sys.stderr, flush=True)
 
