@@ -174,10 +174,11 @@ class VideoWriter:
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 17) -> Path:
-    """Encode [F, H, W, 3] RGB frames as H.264, written to a temporary name and renamed into place
-    (odd sizes are padded by repeating the edge: yuv420p needs even ones)."""
+    """Encode [F, H, W, 3] RGB frames (or RGBA, whose alpha H.264 drops) as H.264, written to a
+    temporary name and renamed into place (odd sizes are padded by repeating the edge: yuv420p needs
+    even ones)."""
     path = Path(path)
-    frames = to_uint8(np.asarray(frames))
+    frames = to_uint8(np.asarray(frames))[..., :3]
     _, h, w, _ = frames.shape
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     ew, eh = w + (w % 2), h + (h % 2)
