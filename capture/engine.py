@@ -190,12 +190,7 @@ class Engine:
 
     def poll(self) -> list:
         """Every event since the last call, oldest first."""
-        out = []
-        while True:
-            try:
-                out.append(self._events.popleft())
-            except IndexError:
-                return out
+        return drain(self._events)
 
     @property
     def busy(self) -> bool:
@@ -376,6 +371,16 @@ class Engine:
             video = path / "video.mp4"
             self._events.append(TakeDone(take, name, path, video if video.is_file() else None,
                                          round(time.perf_counter() - t0, 3), written=True))
+
+
+def drain(events: deque) -> list:
+    """Everything in ``events`` (appended by another thread), oldest first."""
+    out = []
+    while True:
+        try:
+            out.append(events.popleft())
+        except IndexError:
+            return out
 
 
 def _annotate(path: Path, fields: dict, writers: list, timeout: float = 600.0) -> None:

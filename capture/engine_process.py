@@ -118,12 +118,9 @@ class EngineProcess:
         self._send("annotate", str(path), dict(fields))
 
     def poll(self) -> list:
-        out = []
-        while True:
-            try:
-                out.append(self._events.popleft())
-            except IndexError:
-                return out
+        from paik.capture.engine import drain
+
+        return drain(self._events)
 
     @property
     def busy(self) -> bool:

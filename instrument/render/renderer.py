@@ -27,7 +27,6 @@ Heavier work happens only when what it depends on changes:
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +35,7 @@ from paik.errors import PaikError
 
 from paik.instrument.render import atlas, background, colormaps, normalize, views
 from paik.instrument.control.params import COMPOSITES, Params
+from paik.instrument.render.resident import SlotWorker
 from paik.instrument.render.shaders import Program
 from paik.instrument.render.source import Source
 
@@ -102,17 +102,14 @@ def frame_pair(t01: float, n: int) -> tuple[int, int, float]:
     return f0, min(f0 + 1, n - 1), min(max(z - f0, 0.0), 1.0)
 
 
-class _Backgrounds:
+class _Backgrounds(SlotWorker):
     """Backgrounds (the video decoded, the previews) computed on a thread with one pending slot:
     :meth:`get` returns the data of ``(mode, version)`` once made, else None and asks for it."""
 
     def __init__(self, compute):
         self.compute = compute
-        self._cond = threading.Condition()
-        self._want = self._busy = None
         self._done: dict = {}
-        self._stop = False
-        threading.Thread(target=self._run, name="paik-background", daemon=True).start()
+        super().__init__("paik-background")
 
     def get(self, key):
         with self._cond:
@@ -122,34 +119,18 @@ class _Backgrounds:
                     del self._done[key]  # said once; asked again on a later change
                     raise out
                 return out
-            if key != self._busy and key != self._want:
-                self._want = key
-                self._cond.notify_all()
+            self._ask(key)
         return None
 
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+    def _work(self, key):
+        try:
+            return self.compute(key[0])
+        except Exception as e:  # noqa: BLE001 - a broken video: reported by the render thread
+            return e if isinstance(e, PaikError) else PaikError(f"background: {type(e).__name__}: {e}")
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._want is None and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                key, self._want = self._want, None
-                self._busy = key
-            try:
-                out = self.compute(key[0])
-            except Exception as e:  # noqa: BLE001 - a broken video: reported by the render thread
-                out = e if isinstance(e, PaikError) else PaikError(f"background: {type(e).__name__}: {e}")
-            with self._cond:
-                self._busy = None
-                self._done = {k: v for k, v in self._done.items() if k[1] == key[1]}  # older versions go
-                self._done[key] = out
-                self._cond.notify_all()
+    def _store(self, key, out) -> None:
+        self._done = {k: v for k, v in self._done.items() if k[1] == key[1]}  # older versions go
+        self._done[key] = out
 
 
 class Renderer:

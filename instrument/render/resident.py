@@ -298,7 +298,54 @@ def fits_on(device: str, nbytes: int, reserve: int = 2 * 1024**3) -> bool:
     return nbytes <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2
 
 
-class AsyncSelector:
+class SlotWorker:
+    """A daemon thread computing the newest job asked of it, one pending at a time: a newer job
+    replaces one not started (a fader sweep computes what it can keep up with, and always the last).
+    Subclasses set their state, then call ``__init__``; :meth:`_work` runs on the thread and
+    :meth:`_store` (under the lock) keeps its result; callers wait on ``_cond``."""
+
+    def __init__(self, name: str):
+        self._cond = threading.Condition()
+        self._want = None  # the job the worker should compute next
+        self._busy = None  # the job being computed
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _ask(self, job) -> None:
+        """Ask for ``job`` (call with ``_cond`` held)."""
+        if job != self._busy and job != self._want:
+            self._want = job
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _work(self, job):
+        raise NotImplementedError
+
+    def _store(self, job, out) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._want is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job, self._want = self._want, None
+                self._busy = job
+            out = self._work(job)
+            with self._cond:
+                self._busy = None
+                self._store(job, out)
+                self._cond.notify_all()
+
+
+class AsyncSelector(SlotWorker):
     """The renderer's reductions off the render thread. :meth:`ready` is called once per frame
     with the plan the parameters ask for; it returns the plan to draw (that one if its volumes
     are ready within ``budget`` seconds, else the one on screen), the bank to lay its cells with,
@@ -319,17 +366,12 @@ class AsyncSelector:
         self.budget = budget
         self.prepare = prepare if prepare is not None else (lambda vols: vols)
         self.range_stat = range_stat  # (prepared, key) -> what the renderer needs for that key
-        self._cond = threading.Condition()
-        self._want = None  # (selection, range key) the worker should compute next
-        self._busy = None  # the (selection, range key) being computed
         self._done: OrderedDict = OrderedDict()  # selection -> prepared (or a PaikError)
-        self._stop = False
         self.shown = None  # (plan, the selection fields of the bank it was made from)
         self.computed = 0  # selections computed so far (tests)
         self.late = 0  # frames that kept the old map because the new one was not ready
         self.settled = False  # the last frame showed what the parameters asked for
-        self._thread = threading.Thread(target=self._run, name="paik-select", daemon=True)
-        self._thread.start()
+        super().__init__("paik-select")  # jobs: (selection, range key)
 
     def _result(self, job):
         """The prepared selection of ``job`` when it is complete (its ranges too), else None."""
@@ -345,17 +387,14 @@ class AsyncSelector:
         with self._cond:
             if self._result(job) is not None:
                 return True
-            if job != self._busy and job != self._want:
-                self._want = job
-                self._cond.notify_all()
+            self._ask(job)
             return False
 
     def ready(self, pl, p, key=None):
         job = (pl.selection, key)
         with self._cond:
-            if self._result(job) is None and job != self._busy and job != self._want:
-                self._want = job
-                self._cond.notify_all()
+            if self._result(job) is None:
+                self._ask(job)
             # the first frame has nothing to keep on screen: it waits for its map
             deadline = None if self.shown is None else time.perf_counter() + self.budget
             while self._result(job) is None and not self._stop:
@@ -377,43 +416,31 @@ class AsyncSelector:
             setattr(q, k, v)
         return old_pl, q, old
 
-    def close(self) -> None:
+    def _work(self, job):
+        sel, key = job
         with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+            out = self._done.get(sel)
+        try:
+            if out is None or isinstance(out, Exception):
+                out = self.prepare(self.reducer.volumes(sel))
+            if key is not None and self.range_stat is not None and key not in out.ranges:
+                stat = self.range_stat(out, key)
+                out.ranges[key] = stat
+                while len(out.ranges) > self.RANGE_KEYS:
+                    out.ranges.pop(next(iter(out.ranges)))
+        except PaikError as e:
+            out = e
+        except Exception as e:  # a fault in one selection must not end selecting
+            out = PaikError(f"selection failed: {type(e).__name__}: {e}")
+        return out
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._want is None and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                job, self._want = self._want, None
-                self._busy = job
-                have = self._done.get(job[0])
-            sel, key = job
-            try:
-                out = have
-                if out is None or isinstance(out, Exception):
-                    out = self.prepare(self.reducer.volumes(sel))
-                if key is not None and self.range_stat is not None and key not in out.ranges:
-                    stat = self.range_stat(out, key)
-                    out.ranges[key] = stat
-                    while len(out.ranges) > self.RANGE_KEYS:
-                        out.ranges.pop(next(iter(out.ranges)))
-            except PaikError as e:
-                out = e
-            except Exception as e:  # a fault in one selection must not end selecting
-                out = PaikError(f"selection failed: {type(e).__name__}: {e}")
-            with self._cond:
-                self._busy = None
-                self._done[sel] = out
-                self._done.move_to_end(sel)
-                self.computed += 1
-                while len(self._done) > 8:
-                    self._done.popitem(last=False)
-                self._cond.notify_all()
+    def _store(self, job, out) -> None:
+        sel = job[0]
+        self._done[sel] = out
+        self._done.move_to_end(sel)
+        self.computed += 1
+        while len(self._done) > 8:
+            self._done.popitem(last=False)
 
 
 def blank_take(label: str = "(no take yet)") -> LiveTake:
