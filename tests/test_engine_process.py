@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from paik.errors import PaikError
+from test_live import _events_until as _until
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -26,17 +27,6 @@ def _options(**kw):
     from paik.capture.generate import GenerateOptions
 
     return GenerateOptions(prompt="a red kiss", out="", quiet=True, **kw)
-
-
-def _until(engine, kinds, timeout=120.0):
-    seen, end = [], time.monotonic() + timeout
-    while time.monotonic() < end:
-        for ev in engine.poll():
-            seen.append(ev)
-            if type(ev).__name__ in kinds:
-                return seen
-        time.sleep(0.01)
-    raise AssertionError(f"no {kinds} in {timeout} s; saw {[type(e).__name__ for e in seen]}")
 
 
 def test_the_instrument_reads_the_child_store_and_it_equals_the_bundle(tmp_path):
