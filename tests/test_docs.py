@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import made_once
+
 from procs import run_paik
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,12 +167,14 @@ def _runnable(argv: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory):
     """A folder holding out/shapes, made by the README's first command's `paik generate`."""
-    d = tmp_path_factory.mktemp("tour")
-    main = shell_lines(code_blocks(README)[0][1])[1]
-    gen = next(c for c in paik_commands(main) if c[0] == "generate")
-    r = subprocess.run(["paik", *gen, "--quiet"], cwd=d, env=_env(d), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return d
+    def make(d):
+        main = shell_lines(code_blocks(README)[0][1])[1]
+        gen = next(c for c in paik_commands(main) if c[0] == "generate")
+        r = subprocess.run(["paik", *gen, "--quiet"], cwd=d, env=_env(d), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return d
+
+    return made_once(tmp_path_factory, "tour", make)  # its tests write beside out/shapes, never into it
 
 
 def test_readme_tour_runs_as_written(tour):
