@@ -5,9 +5,6 @@ against the single view of each bundle drawn on its own."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,28 +214,27 @@ def test_mismatched_twin_falls_back_with_one_message(pair, ctx):
         draw(ctx, nobody, params(nobody, view="diff"), (64, 64))
 
 
-def paik(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "paik", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=240, cwd=cwd)
-
-
 def test_cli_refuses_a_mismatched_twin_in_one_line(pair, tmp_path):
+    from procs import run_paik  # real processes, forked from one interpreter that imported torch once
+
     root, _, _ = pair
-    r = paik("render", root / "bent", "--twin", root / "other", "--view", "twin", "--out", tmp_path / "x.mp4")
+    r, r2 = run_paik([["render", root / "bent", "--twin", root / "other", "--view", "twin", "--out", tmp_path / "x.mp4"],
+                      ["grid", root / "other", "--view", "diff", "--out", tmp_path / "g"]], timeout=240)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "latent size" in lines[0], r.stderr
     assert not (tmp_path / "x.mp4").exists()
-    r = paik("grid", root / "other", "--view", "diff", "--out", tmp_path / "g")
-    assert r.returncode != 0 and "Traceback" not in r.stderr and "no unbent twin" in r.stderr
+    assert r2.returncode != 0 and "Traceback" not in r2.stderr and "no unbent twin" in r2.stderr
 
 
 def test_grid_twin_writes_a_labelled_figure(pair, tmp_path):
     from PIL import Image
 
+    from procs import run_paik
+
     root, _, _ = pair
-    r = paik("grid", root / "bent", "--view", "twin", "--out", tmp_path, "--cell-width", "64", "--gap", "0")
+    (r,) = run_paik([["grid", root / "bent", "--view", "twin", "--out", tmp_path, "--cell-width", "64", "--gap", "0"]],
+                    timeout=240)
     assert r.returncode == 0, r.stderr
     (png,) = tmp_path.glob("*twin*.png")
     img = np.asarray(Image.open(png))
@@ -250,9 +246,15 @@ def test_generate_twin_and_replay_no_bends_on_the_tiny_model(tmp_path):
     manifests; --replay OUT --no-bends regenerates that twin (the same maps, bit for bit)."""
     from paik.capture.bundle import open_bundle
 
-    out = tmp_path / "kiss"
-    r = paik("generate", "a kiss and a cat", "-m", "tiny", "-o", out, "-q", "--steps", "2", "--bend", "mute kiss",
-             "--twin")
+    from procs import run_paik  # each command a real process, forked from one interpreter
+
+    out, again = tmp_path / "kiss", tmp_path / "again"
+    r, r_again, r_grid, r_plain = run_paik([
+        ["generate", "a kiss and a cat", "-m", "tiny", "-o", out, "-q", "--steps", "2", "--bend", "mute kiss", "--twin"],
+        ["generate", "--replay", out, "--no-bends", "-o", again, "-q"],
+        ["grid", out, "--view", "diff", "--out", tmp_path / "fig", "--cell-width", "32"],
+        ["generate", "a kiss", "-m", "tiny", "-o", tmp_path / "plain", "-q", "--twin"],
+    ], timeout=240)
     assert r.returncode == 0, r.stderr
     bent, twin = open_bundle(out), open_bundle(out / "twin")
     assert bent.manifest["twin"] == {"path": "twin", "role": "bent"}
@@ -263,17 +265,14 @@ def test_generate_twin_and_replay_no_bends_on_the_tiny_model(tmp_path):
     s = bent.step_indices[-1]
     assert np.abs(bent.step_arrays(s)["maps"][:, :, kiss]).max() == 0  # muted where bent ...
     assert np.abs(twin.step_arrays(s)["maps"][:, :, kiss]).max() > 0  # ... and not in its twin
-    again = tmp_path / "again"
-    r = paik("generate", "--replay", out, "--no-bends", "-o", again, "-q")
-    assert r.returncode == 0, r.stderr
+    assert r_again.returncode == 0, r_again.stderr
     b = open_bundle(again)
     assert "bend_log" not in b.manifest and b.step_indices == twin.step_indices
     for st in b.step_indices:
         assert np.array_equal(b.step_arrays(st)["maps"], twin.step_arrays(st)["maps"])
-    r = paik("grid", out, "--view", "diff", "--out", tmp_path / "fig", "--cell-width", "32")
-    assert r.returncode == 0, r.stderr
+    assert r_grid.returncode == 0, r_grid.stderr
     assert list((tmp_path / "fig").glob("*diff*.png"))
-    r = paik("generate", "a kiss", "-m", "tiny", "-o", tmp_path / "plain", "-q", "--twin")
+    r = r_plain
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--twin" in r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
 
