@@ -156,6 +156,7 @@ class Engine:
         self.replaced = 0  # pending requests a newer one replaced (tests, the bench)
         self._writing: list = []  # (name, BundleWriter) of takes whose bundles are still being written
         self._annotating: list = []  # threads adding fields to finished takes' manifests (annotate)
+        self.on_store = None  # called with each take's CaptureStore on the generation thread, before step 0
         from paik.capture.bend import LiveBends
 
         self.bends = LiveBends(on_error=lambda m: self._events.append(BendRefused(self.running or 0, one_line(m))))
@@ -317,6 +318,8 @@ class Engine:
 
         def on_start(store, manifest):
             started[0] = True
+            if self.on_store is not None:  # before the first step writes into it (engine_process shares it)
+                self.on_store(store)
             self._events.append(TakeStarted(take, name, out, store, dict(manifest), req))
 
         def on_decoded(frames, bent=False):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as queue_module
 import signal
 import threading
 import time
@@ -154,12 +155,19 @@ class EngineProcess:
         while True:
             try:
                 kind, value = self._queue.get(timeout=0.5)
-            except Exception:  # noqa: BLE001 - queue.Empty, or the queue is gone
+            except queue_module.Empty:
                 if not self._proc.is_alive():
+                    self._state = _State(False, [], self._submitted)  # nothing runs any more
                     if not self._closed:
                         self._events.append(_failed(f"the engine process ended (exit code {self._proc.exitcode}); "
                                                     "restart paik live"))
                     return
+                continue
+            except Exception as e:  # noqa: BLE001 - an event that could not be unpickled (a CUDA IPC handle ...)
+                if not self._proc.is_alive():
+                    self._state = _State(False, [], self._submitted)
+                    return
+                self._events.append(_failed(f"an engine event could not be received: {type(e).__name__}: {e}"))
                 continue
             if kind == "event":
                 if type(value).__name__ == "TakeDone" and value.frames is not None:
@@ -172,10 +180,10 @@ class EngineProcess:
                 return
 
 
-def _failed(message: str):
+def _failed(message: str, take: int = 0):
     from paik.capture.engine import TakeFailed
 
-    return TakeFailed(0, "engine", message)
+    return TakeFailed(take, "engine", message)
 
 
 # -- the child -----------------------------------------------------------------------------------
@@ -189,6 +197,8 @@ def _child(spec, defaults, takes, conn, queue) -> None:
         model, dtype, device, offload = spec
         loaded = load_pipeline(model, dtype, device, offload)
         engine = Engine(loaded, defaults, takes)
+        # a CPU store goes to shared memory before the generation writes into it (CUDA: IPC, as it is)
+        engine.on_store = lambda store: None if store.maps.is_cuda else store.maps.share_memory_()
     except PaikError as e:
         queue.put(("error", str(e)))
         return
@@ -248,20 +258,21 @@ def _forward(engine, queue, stop, received) -> None:
         evs = engine.poll()
         for ev in evs:
             kind = type(ev).__name__
-            if kind == "TakeStarted":
-                maps = ev.store.maps
-                if not maps.is_cuda:
-                    maps.share_memory_()  # in place: the generation's later writes land in the shared pages
-                ev = replace(ev, store=SharedStore(maps, dict(ev.store.step_slot)))
-            elif kind == "StepDone":
-                if ev.ready is not None:
-                    ev.ready.synchronize()  # the parent reads only a finished step
-                preview = ev.preview
-                ev = replace(ev, ready=None, preview=None if preview is None else torch.from_numpy(
-                    preview.numpy().copy()))
-            elif kind == "TakeDone" and ev.frames is not None:
-                ev = replace(ev, frames=torch.from_numpy(ev.frames))
-            queue.put(("event", ev))
+            try:
+                if kind == "TakeStarted":  # its CPU store was shared before step 0 (engine.on_store)
+                    ev = replace(ev, store=SharedStore(ev.store.maps, dict(ev.store.step_slot)))
+                elif kind == "StepDone":
+                    if ev.ready is not None:
+                        ev.ready.synchronize()  # the parent reads only a finished step
+                    preview = ev.preview
+                    ev = replace(ev, ready=None, preview=None if preview is None else torch.from_numpy(
+                        preview.numpy().copy()))
+                elif kind == "TakeDone" and ev.frames is not None:
+                    ev = replace(ev, frames=torch.from_numpy(ev.frames))
+                queue.put(("event", ev))
+            except Exception as e:  # noqa: BLE001 - said, and the events go on
+                queue.put(("event", _failed(f"the engine process could not hand over {kind}: "
+                                            f"{type(e).__name__}: {e}", getattr(ev, "take", 0))))
         state = _State(engine.busy, engine.writing, received[0])
         if state != last:
             queue.put(("state", state))

@@ -220,7 +220,7 @@ class Renderer:
         if self.selector is not None:
             # never waits long: the old plan, its bank and its prepared volumes if the new one is not ready
             pl, p, prep = self.selector.ready(pl, p, self._range_key(p))
-        if self._changed("selection", pl.selection):
+        if self._changed("selection", pl.selection) or (prep is not None and prep is not self.prepared):
             if prep is None:  # offline: synchronous, every frame exact
                 prep = self._prepare(self.src.reducer.volumes(pl.selection))
             self.prepared = prep
@@ -234,7 +234,8 @@ class Renderer:
             key = self._range_key(p)
             stat = self.prepared.ranges.get(key)
             if stat is None:  # offline, or a range key the selection thread did not see
-                stat = self.prepared.ranges[key] = self._range_stat(self.prepared, key)
+                stat = self._range_stat(self.prepared, key)
+                self.prepared.ranges = {**self.prepared.ranges, key: stat}  # a new dict, as the selection thread makes
             self.ranges = self._range_final(stat)  # [N, F', 2]
             self._version["field"] += 1
         sweep_t = time if p.view == "sweep" else None

@@ -85,9 +85,9 @@ class LiveTake:
         self.version += 1
 
     def finish(self, video: Path | None, status: str = "complete", frames=None) -> None:
-        self.video, self.status = video, status
-        if frames is not None:
+        if frames is not None:  # first: a background thread that sees the video sees its frames
             self.video_frames = frames
+        self.video, self.status = video, status
         if video is not None:
             self.manifest = {**self.manifest, "video": {"file": Path(video).name}}
         self.version += 1
@@ -409,6 +409,8 @@ class AsyncSelector(SlotWorker):
         if result is not None:
             self.shown = (pl, {k: getattr(p, k) for k in self.SELECTION_FIELDS}, result)
             return pl, p, result
+        if self.shown is None:  # closed while the first frame waited
+            raise PaikError("the selection thread has stopped")
         self.late += 1
         old_pl, fields, old = self.shown
         q = p.copy()
@@ -425,9 +427,10 @@ class AsyncSelector(SlotWorker):
                 out = self.prepare(self.reducer.volumes(sel))
             if key is not None and self.range_stat is not None and key not in out.ranges:
                 stat = self.range_stat(out, key)
-                out.ranges[key] = stat
-                while len(out.ranges) > self.RANGE_KEYS:
-                    out.ranges.pop(next(iter(out.ranges)))
+                ranges = {**out.ranges, key: stat}  # a new dict: the render thread reads the old one
+                while len(ranges) > self.RANGE_KEYS:
+                    ranges.pop(next(iter(ranges)))
+                out.ranges = ranges
         except PaikError as e:
             out = e
         except Exception as e:  # a fault in one selection must not end selecting
