@@ -323,14 +323,9 @@ class Engine:
             self._events.append(TakeStarted(take, name, out, store, dict(manifest), req))
 
         def on_decoded(frames, bent=False):
-            # the instrument shows these at once; the MP4 is encoded behind (RGBA uint8: what the GL
-            # background takes, made by generate where the video was decoded, not on the render thread)
-            rgba = np.asarray(frames)
-            if rgba.shape[-1] != 4 or rgba.dtype != np.uint8:
-                from paik.video import to_uint8
-
-                rgb = to_uint8(rgba[..., :3])
-                rgba = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255, np.uint8)], -1)
+            # the instrument shows these at once; the MP4 is encoded behind. generate hands over RGBA
+            # uint8 (generate.rgba_frames: what the GL background takes, made where the video was decoded)
+            rgba = frames
             self._events.append(TakeDone(take, name, out, out / "video.mp4", round(time.perf_counter() - t0, 3),
                                          rgba, bent=bent))
 

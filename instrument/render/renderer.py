@@ -146,7 +146,6 @@ class Renderer:
             self.selector = AsyncSelector(source.reducer, prepare=self._prepare, range_stat=self._range_stat)
         self.shader_dir = shader_dir
         self.program = programs if programs is not None else Passes(ctx, shader_dir)  # a Stage shares them
-        self.last_bank: Params | None = None  # what the last draw drew (a Stage draws it on during a swap)
         self.max3d = int(ctx.info["GL_MAX_3D_TEXTURE_SIZE"])
         self.max2d = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
         self._quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], "f4").tobytes())
@@ -156,7 +155,6 @@ class Renderer:
         self._keys: dict[str, object] = {}
         self.plan: views.Plan | None = None
         self._plan_key: tuple | None = None  # (the parameters, the plan they ask for)
-        self.tiles: np.ndarray | None = None  # the f16-rounded volumes on the GPU, as float32
         self.prepared: Prepared | None = None  # the selection on the GPU (its tiles, atlas, ranges)
         self.tile_org = np.zeros((1, 2), np.float32)  # texel origin of every tile in the map atlas
         self.ranges = np.zeros((1, 1, 2), np.float32)  # [tile, frame, (lo, hi)]
@@ -224,7 +222,6 @@ class Renderer:
             if prep is None:  # offline: synchronous, every frame exact
                 prep = self._prepare(self.src.reducer.volumes(pl.selection))
             self.prepared = prep
-            self.tiles = prep.tiles
             self.maps = atlas.upload(self.ctx, self.maps, prep.pairs, "f2")
             self.tile_org = prep.origins
             self._keys.pop("ranges", None)
@@ -293,6 +290,11 @@ class Renderer:
             return ok
         except Exception:  # noqa: BLE001 - the first draw reports it
             return True
+
+    @property
+    def tiles(self) -> np.ndarray | None:
+        """The f16-rounded volumes on the GPU, as float32 [N, F', H', W']."""
+        return None if self.prepared is None else self.prepared.tiles
 
     @property
     def settled(self) -> bool:
@@ -492,7 +494,6 @@ class Renderer:
              premultiply: bool = True) -> None:
         """Draw the view into ``viewport`` of the bound framebuffer: the picture keeps the video's
         aspect (bars around it, transparent black), every pixel of the viewport is written."""
-        self.last_bank = p.copy()
         if p.view in ("twin", "diff"):  # two takes at once: twin.py
             if self.twin_views is None:
                 from paik.instrument.render.twin import TwinViews
@@ -563,6 +564,7 @@ class Stage:
         self.ctx, self.asynchronous, self.on_swap = ctx, asynchronous, on_swap
         self.renderer = Renderer(ctx, src, shader_dir, asynchronous=asynchronous)
         self.next: Renderer | None = None
+        self._bank: Params | None = None  # the bank the current renderer last drew (drawn on during a swap)
         self.swaps = 0  # (tests) renderers that took over
         self.held = 0  # (tests) frames the old renderer drew while the new one primed
 
@@ -576,20 +578,23 @@ class Stage:
         r = self.renderer
         if r.src is src:
             self._drop_next()
+            if self.asynchronous:  # a copy: Live rebinds its bank in place when the source changes
+                self._bank = p.copy()
             return r, p
         if self.next is not None and self.next.src is not src:
             self._drop_next()  # a newer source came while the last one primed
         if self.next is None:
             self.next = Renderer(self.ctx, src, r.shader_dir, asynchronous=self.asynchronous, programs=r.program)
-        if not self.asynchronous or r.last_bank is None or self.next.prime(p):
+        if not self.asynchronous or self._bank is None or self.next.prime(p):
             old, self.renderer, self.next = r, self.next, None
+            self._bank = p.copy() if self.asynchronous else None
             old.release(programs=False)
             self.swaps += 1
             if self.on_swap is not None:
                 self.on_swap(self.renderer)
             return self.renderer, p
         self.held += 1
-        q = r.last_bank.copy()
+        q = self._bank.copy()
         q.time = p.time
         return r, q
 
