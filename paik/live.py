@@ -124,6 +124,9 @@ def register(sub, bench) -> None:
     b.add_argument("--reduce-stream", choices=["high", "default"], default=None,
                    help="the CUDA stream live selections reduce on (PAIK_REDUCE_STREAM; default high)")
     b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
+    b.add_argument("--gl-priority", choices=["high", "medium", "low"], default=None,
+                   help="the GL context's scheduling priority (EGL_IMG_context_priority, where offered)")
+    b.add_argument("--frames-json", default=None, help="(b): write every frame's interval and phases here")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.set_defaults(func=cmd_bench_live)
 

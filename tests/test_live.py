@@ -587,3 +587,114 @@ def test_a_bundle_loaded_whole_onto_the_device_reads_as_on_disk(tmp_path):
     from paik.instrument.render.source import Source
 
     assert [w.label for w in src.words] == [w.label for w in Source(b, "cpu").words]
+
+
+def test_a_followed_take_growing_never_waits_for_its_new_step():
+    """Following a take as it forms, the newest step's selection is not waited for (the frame
+    keeps its map; the next one shows it), while a performer's own change still gets the budget."""
+    from types import SimpleNamespace
+
+    from paik.instrument.control.params import Params
+    from paik.instrument.render.resident import AsyncSelector
+
+    class Reducer:
+        def volumes(self, sel):
+            time.sleep(0.3)
+            return np.full(1, float(hash(sel) % 97), np.float32)
+
+    sel = AsyncSelector(Reducer(), budget=5.0)
+    plan = lambda p: SimpleNamespace(selection=(p.token, p.step))  # noqa: E731
+    try:
+        p = Params()
+        p.step = 0.0
+        first = plan(p)
+        assert sel.ready(first, p, growing=True)[0] is first  # the first frame waits: nothing to keep
+        p.step = 1.0  # the take grew: its newest step
+        t0 = time.perf_counter()
+        shown, _, _ = sel.ready(plan(p), p, growing=True)
+        assert time.perf_counter() - t0 < 0.15 and shown is first and sel.late == 1
+        while not sel.request(plan(p).selection):
+            time.sleep(0.01)
+        assert sel.ready(plan(p), p, growing=True)[0].selection == (p.token, 1.0)  # the next frame shows it
+        p.token = 1  # the performer's own change, while the take grows: waited for, drawn at once
+        t0 = time.perf_counter()
+        assert sel.ready(plan(p), p, growing=True)[0].selection == (1, 1.0)
+        assert 0.2 < time.perf_counter() - t0 < 4.0
+        p.step = 2.0  # not a growing take (a bundle played): a step change is waited for too
+        assert sel.ready(plan(p), p, growing=False)[0].selection == (1, 2.0) and sel.late == 1
+    finally:
+        sel.close()
+
+
+def test_a_growing_takes_previews_keep_one_texture_and_show_each_new_step(tmp_path):
+    """Composited over its per-step previews, a take that grows one step at a time keeps a single
+    background texture (its atlas sized for every planned step), and each frame shows the newest
+    step's preview once it arrives: real pixels."""
+    import torch
+
+    from paik.instrument.bench.live import synthetic_take
+    from paik.instrument.render.renderer import Renderer
+    from paik.instrument.render.resident import LiveTake, ResidentSource
+
+    ctx, off = _gl(tmp_path)
+    done = synthetic_take(4, 2, 2, 3, (3, 4, 6), "cpu")
+    manifest = {**done.manifest, "tokens": [dict(t, word="kiss" if i == 0 else t["word"]) for i, t in
+                                            enumerate(done.manifest["tokens"])]}
+    take = LiveTake(tmp_path / "take_0001", manifest, torch.zeros_like(done.maps))
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]
+    src = r = None
+    try:
+        textures = set()
+        for s, c in enumerate(colors):
+            take.maps[s] = done.maps[s]
+            take.add_step(s, np.broadcast_to(np.array(c, np.uint8), (3, 4, 6, 3)).copy())
+            src = src or ResidentSource(take)
+            src.refresh()
+            if r is None:
+                r = Renderer(ctx, src, asynchronous=True)
+            p = _bank(src, step=float(s), block=0.0, composite="overlay", opacity=0.0, background="preview")
+            t_end = time.monotonic() + 20
+            while time.monotonic() < t_end:
+                r.draw(p, 0.5, (0, 0, 48, 32))
+                ctx.finish()
+                if r.settled:
+                    break
+                time.sleep(0.01)
+            assert r.settled
+            textures.add(id(r.bg))
+            rgb = off.read()[16, 24, :3].astype(int)  # the picture's centre: the preview of step s
+            assert np.abs(rgb - np.array(c)).max() <= 2, (s, rgb, c)
+        assert len(textures) == 1 and r.bg_info[0] == 4
+    finally:
+        if r is not None:
+            r.release()
+        off.release()
+        ctx.release()
+
+
+def test_a_gl_context_made_through_egl_directly_draws_real_pixels():
+    """paik bench live --gl-priority makes its GL context through EGL itself (to pass
+    EGL_CONTEXT_PRIORITY_LEVEL_IMG, which glcontext cannot): that path, forced here where Mesa
+    does not offer the extension, must give a working moderngl context; asking for a priority the
+    driver does not offer falls back to the default context and says so."""
+    from paik.errors import PaikError
+    from paik.instrument.render.headless import Offscreen, _priority_context, egl_context
+
+    try:
+        egl_context().release()
+    except Exception as e:
+        pytest.skip(f"no EGL: {e}")
+    ctx = _priority_context("high", force=True)
+    assert ctx is not None and ctx.version_code >= 330
+    off = Offscreen(ctx, (8, 4))
+    off.use()
+    ctx.clear(0.2, 0.4, 0.6, 1.0)
+    ctx.finish()
+    assert off.read()[2, 3].tolist() == [51, 102, 153, 255]
+    off.release()
+    ctx.release()
+    fallback = egl_context("high")
+    assert fallback.extra is None or fallback.extra.get("priority") in (None, "high", "medium", "low")
+    fallback.release()
+    with pytest.raises(PaikError, match="expected one of"):
+        egl_context("urgent")

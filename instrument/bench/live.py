@@ -195,7 +195,7 @@ def main(args) -> int:
             b.add_arg(v)
         client.sendto(b.build().dgram, dest)
 
-    ctx = egl_context()
+    ctx = egl_context(getattr(args, "gl_priority", None))
     gl = f"{ctx.info['GL_RENDERER']}"
     off = Offscreen(ctx, tuple(args.size))
     stage = Stage(ctx, live.src, asynchronous=True)  # as paik live's loops: a new source never waits
@@ -203,15 +203,18 @@ def main(args) -> int:
                      "gpu": torch.cuda.get_device_name() if str(device).startswith("cuda") else None,
                      "reduce_stream": os.environ.get("PAIK_REDUCE_STREAM", "high"),
                      "switch_interval_s": sys.getswitchinterval(),
-                     "engine": getattr(args, "engine", None) if engine is not None else None}
+                     "engine": getattr(args, "engine", None) if engine is not None else None,
+                     "gl_priority_asked": getattr(args, "gl_priority", None),
+                     "gl_priority": (ctx.extra or {}).get("priority")}
     phases: list = []  # per frame of the running loop: what it spent where (the worst frames are reported)
 
-    def frame(now):
+    def frame(now, tick=None):
         t0 = time.perf_counter()
         q = live.update(now)
         t1 = time.perf_counter()
         off.use()
         renderer, shown = stage.frame(live.src, q)  # noqa: F841 - renderer read below
+        ts = time.perf_counter()
         try:
             renderer.draw(shown, shown.time, (0, 0, *args.size), gap=2.0)
         except PaikError as e:  # as the loops do: said, and the show goes on
@@ -219,8 +222,12 @@ def main(args) -> int:
         t2 = time.perf_counter()
         ctx.finish()
         t3 = time.perf_counter()
+        prof = renderer.profile
         phases.append((t0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, shown.view,
-                       stage.next is not None, renderer.selector.late if renderer.selector else 0))
+                       stage.next is not None, renderer.selector.late if renderer.selector else 0,
+                       {"start_late_ms": 0.0 if tick is None else (t0 - tick) * 1e3, "stage_ms": (ts - t1) * 1e3,
+                        **{k: round(v, 3) if isinstance(v, float) else v for k, v in prof.items()},
+                        "steps": getattr(live.src.dims, "n_steps", None)}))
         return q
 
     def worst(intervals, n=6):
@@ -231,8 +238,13 @@ def main(args) -> int:
             ph = phases[i + 1]
             out.append({"interval_ms": round(intervals[i] * 1e3, 2), "update_ms": round(ph[1], 2),
                         "draw_ms": round(ph[2], 2), "finish_ms": round(ph[3], 2), "view": ph[4],
-                        "swap_pending": ph[5]})
+                        "swap_pending": ph[5], **ph[7]})
         return out
+
+    def every(intervals):
+        """Every frame of a run: its interval (from the frame before) and its phases."""
+        return [{"interval_ms": round(intervals[i - 1] * 1e3, 3) if i else None, "update_ms": round(ph[1], 3),
+                 "draw_ms": round(ph[2], 3), "finish_ms": round(ph[3], 3), **ph[7]} for i, ph in enumerate(phases)]
 
     def settle(limit=120.0):
         """Frames until the source Live shows is the one on screen (a Stage swaps once it is ready)."""
@@ -254,7 +266,7 @@ def main(args) -> int:
             if now < next_tick:
                 time.sleep(next_tick - now)
             tick = next_tick
-            q = frame(time.perf_counter())
+            q = frame(time.perf_counter(), tick)
             done = time.perf_counter()
             if done - tick > period:
                 late += 1
@@ -297,6 +309,8 @@ def main(args) -> int:
             results["b_p99_interval_ms"] = _pct(intervals, 99) * 1e3
             results["b_max_interval_ms"] = max(intervals, default=float("nan")) * 1e3
             results["b_worst_frames"] = worst(intervals)
+            if args.frames_json:
+                Path(args.frames_json).write_text(json.dumps(every(intervals)))
             take_s = None
             for e in live.errors:
                 results.setdefault("errors", []).append(e[1])
@@ -425,8 +439,8 @@ def main(args) -> int:
     for part in ("b", "d"):
         for w in results.get(f"{part}_worst_frames", [])[:3]:
             print(f"{part}  a worst frame: {w['interval_ms']:.1f} ms interval; update {w['update_ms']:.1f}, draw "
-                  f"{w['draw_ms']:.1f}, finish {w['finish_ms']:.1f} ms; view {w['view']}"
-                  f"{'; a swap pending' if w['swap_pending'] else ''}")
+                  f"{w['draw_ms']:.1f} (selection wait {w.get('ready_ms', 0):.1f}, uploads {w.get('upload_ms', 0):.1f}), "
+                  f"finish {w['finish_ms']:.1f} ms; view {w['view']}{'; a swap pending' if w['swap_pending'] else ''}")
     if results.get("errors"):
         print("errors: " + " | ".join(results["errors"]), file=sys.stderr)
     if args.json:

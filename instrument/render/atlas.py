@@ -36,8 +36,37 @@ def pack(tiles: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(out.transpose(0, 1, 3, 2, 4, 5).reshape(d, rows * h, cols * w, c)), cols
 
 
-def upload(ctx, tex, atlas: np.ndarray, dtype: str):
-    """Write ``atlas`` [D, H, W, C] into ``tex`` (reused when the size matches) and return it."""
+class Staging:
+    """A pixel buffer that texture uploads go through: the data is copied into fresh buffer
+    storage (the old storage orphaned, so the copy never waits for the GPU to finish reading
+    it) and the texture is filled from it by the GPU in command order. A plain glTexSubImage3D
+    from host memory can stall the render thread while the GPU is shared with a generation."""
+
+    def __init__(self, ctx):
+        self.ctx, self.buf = ctx, None
+
+    def write(self, tex, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data)
+        if self.buf is None or self.buf.size < data.nbytes:
+            if self.buf is not None:
+                self.buf.release()
+            self.buf = self.ctx.buffer(reserve=max(data.nbytes, 1 << 16), dynamic=True)
+        else:
+            self.buf.orphan(self.buf.size)
+        self.buf.write(data)
+        tex.write(self.buf)
+        # later uploads and reads from host memory must not see the pixel buffer still bound:
+        # moderngl binds it for the write only
+
+    def release(self) -> None:
+        if self.buf is not None:
+            self.buf.release()
+            self.buf = None
+
+
+def upload(ctx, tex, atlas: np.ndarray, dtype: str, staging: Staging | None = None):
+    """Write ``atlas`` [D, H, W, C] into ``tex`` (reused when the size matches) and return it;
+    through ``staging`` (a :class:`Staging`) when given."""
     d, h, w, c = atlas.shape
     if tex is None or tex.size != (w, h, d) or tex.components != c or tex.dtype != dtype:
         if tex is not None:
@@ -47,7 +76,10 @@ def upload(ctx, tex, atlas: np.ndarray, dtype: str):
         import moderngl
 
         tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
-    tex.write(np.ascontiguousarray(atlas))  # the buffer itself: no bytes copy on the render thread
+    if staging is not None:
+        staging.write(tex, atlas)
+    else:
+        tex.write(np.ascontiguousarray(atlas))  # the buffer itself: no bytes copy on the render thread
     return tex
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter as _clock
 
 import numpy as np
 
@@ -152,6 +153,7 @@ class Renderer:
         self._unit = ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], "f4").tobytes())
         self._vaos: dict[str, tuple[tuple, object]] = {}
         self.maps = self.lut = self.bg = None
+        self._staging = atlas.Staging(ctx)  # uploads go through a pixel buffer: the CPU never waits on the GPU
         self._keys: dict[str, object] = {}
         self.plan: views.Plan | None = None
         self._plan_key: tuple | None = None  # (the parameters, the plan they ask for)
@@ -179,6 +181,8 @@ class Renderer:
         self.picture = (0, 0, 1, 1)  # where the last draw put the picture in its viewport (x, y, w, h)
         self.twin_views = None  # the twin and diff views (twin.TwinViews), made when first shown
         self.diff_gain = 1.0  # the diff view's gain, folded into its ranges (twin.DiffRenderer)
+        # the last draw's phases in ms and its uploads in bytes (paik bench live's worst frames)
+        self.profile: dict = {}
 
     def release(self, programs: bool = True) -> None:
         """Free every GL object this renderer made (moderngl frees nothing on garbage collection):
@@ -190,7 +194,7 @@ class Renderer:
             self._backgrounds.close()
         if self.twin_views is not None:
             self.twin_views.release()
-        objs = [self._quad, self._unit, self.maps, self.lut]
+        objs = [self._quad, self._unit, self.maps, self.lut, self._staging]
         objs += [tex for tex, _ in self._bg_cache.values()]
         objs += [x for slot in self._targets.values() for x in slot[:2]]
         objs += list(self._inst.values()) + [vao for _, vao in self._vaos.values()]
@@ -215,14 +219,18 @@ class Renderer:
             self._plan_key = (key, views.plan(p, self.src.dims, word.positions, word.label))
         pl = self._plan_key[1]
         prep = None
+        mark = _clock()
         if self.selector is not None:
             # never waits long: the old plan, its bank and its prepared volumes if the new one is not ready
-            pl, p, prep = self.selector.ready(pl, p, self._range_key(p))
+            growing = p.follow and getattr(self.src.bundle, "status", None) == "running"
+            pl, p, prep = self.selector.ready(pl, p, self._range_key(p), growing)
+        self.profile["ready_ms"], mark = (_clock() - mark) * 1e3, _clock()
         if self._changed("selection", pl.selection) or (prep is not None and prep is not self.prepared):
             if prep is None:  # offline: synchronous, every frame exact
                 prep = self._prepare(self.src.reducer.volumes(pl.selection))
             self.prepared = prep
-            self.maps = atlas.upload(self.ctx, self.maps, prep.pairs, "f2")
+            self.maps = atlas.upload(self.ctx, self.maps, prep.pairs, "f2", self._staging)
+            self.profile["maps_bytes"] = prep.pairs.nbytes
             self.tile_org = prep.origins
             self._keys.pop("ranges", None)
             self._version["field"] += 1
@@ -235,6 +243,7 @@ class Renderer:
                 self.prepared.ranges = {**self.prepared.ranges, key: stat}  # a new dict, as the selection thread makes
             self.ranges = self._range_final(stat)  # [N, F', 2]
             self._version["field"] += 1
+        self.profile["upload_ms"], mark = (_clock() - mark) * 1e3, _clock()
         sweep_t = time if p.view == "sweep" else None
         if self._changed("cells", (pl, p.step, p.block, p.view, sweep_t)):
             taps, bg = views.cell_table(p, self.src.dims, pl, time)
@@ -252,9 +261,11 @@ class Renderer:
                 self.lut.release()
             self.lut = self.ctx.texture((256, 1), 3, colormaps.lut_bytes(p.colormap))
             self.lut.repeat_x = self.lut.repeat_y = False
+        self.profile["cells_ms"], mark = (_clock() - mark) * 1e3, _clock()
         # the heatmap alone needs no background: do not decode the video for it (first frame fast)
         bg_mode = "none" if p.composite == "heatmap" else p.background
-        version = getattr(self.src, "version", 0)  # a live take's previews grow, its video arrives
+        # a live take's previews grow, its video arrives; no background stays none whatever comes
+        version = 0 if bg_mode == "none" else getattr(self.src, "version", 0)
         want = self._bg_asked = (bg_mode, version)
         if self._bg_key != want:
             hit = self._bg_cache.get(want)
@@ -262,7 +273,12 @@ class Renderer:
                 sync = self._backgrounds is None or bg_mode == "none"  # none: nothing to decode
                 data = self._background_data(bg_mode) if sync else self._backgrounds.get(want)
                 if data is not None:  # live: None while its thread decodes; the old background stays
-                    hit = self._upload_background(data[1])
+                    # a growing take's previews keep their atlas size (packed for every planned step):
+                    # the older version's texture is written over, never remade each step
+                    older = next((k for k in self._bg_cache if k[0] == bg_mode and k[1] != version), None)
+                    reuse = self._bg_cache.pop(older)[0] if older is not None else None
+                    hit = self._upload_background(data[1], reuse)
+                    self.profile["bg_bytes"] = 0 if data[1] is None else data[1][0].nbytes
                     for k in [k for k in self._bg_cache if k[1] != version]:  # replaced: an older version's
                         self._bg_cache.pop(k)[0].release()
                     self._bg_cache[want] = hit
@@ -270,6 +286,7 @@ class Renderer:
                 self.bg, self.bg_info = hit
                 self._bg_key = want
                 self._version["backdrop"] += 1
+        self.profile["bg_ms"] = (_clock() - mark) * 1e3
 
     def prime(self, p: Params) -> bool:
         """Live: ask, without waiting, for what drawing ``p`` first needs (its selection with its
@@ -347,15 +364,21 @@ class Renderer:
         if tiles is None:
             return mode, None
         n, d, h, w, _ = tiles.shape
+        planned = len(getattr(getattr(self.src.bundle, "layout", None), "steps", ()))
+        if mode == "preview" and getattr(self.src, "asynchronous", False) and planned > n:
+            # a take still forming: room for every planned step, so the atlas keeps one size
+            tiles = np.concatenate([tiles, np.zeros((planned - n, *tiles.shape[1:]), tiles.dtype)])
         packed, cols = atlas.pack(tiles, self.max3d)
         return mode, (packed, (n, cols, (w, h, d), nearest))
 
-    def _upload_background(self, data):
+    def _upload_background(self, data, tex=None):
         if data is None:
+            if tex is not None:
+                tex.release()
             tex = self.ctx.texture3d((1, 1, 1), 4, bytes(4))
             return tex, (0, 1, (1, 1, 1), False)
         packed, info = data
-        return atlas.upload(self.ctx, None, packed, "f1"), info
+        return atlas.upload(self.ctx, tex, packed, "f1", self._staging), info
 
     # -- pass 1 -------------------------------------------------------------------------------
     def _target(self, name: str, size: tuple[int, int], comps: int, dtype: str):
@@ -505,16 +528,21 @@ class Renderer:
 
     def _draw(self, p: Params, time: float, viewport: tuple[int, int, int, int], gap: float = 0.0,
               premultiply: bool = True) -> None:
+        t0 = _clock()
+        self.profile = prof = {}
         self.update(p, time)
+        t1 = _clock()
         target = self.ctx.fbo  # the framebuffer the caller bound: pass 1 binds its own
         f, h, w = self.src.reducer.latent
         pl = self.plan
         fsize = self._bake_field(time)
+        t2 = _clock()
         bg_on = p.composite != "heatmap" and self.bg_info[0] > 0
         bsize, btile = (1, 1), (1.0, 1.0)
         if bg_on:
             bsize = self._bake_backdrop(time)
             btile = tuple(float(x) for x in self.bg_info[2][:2])
+        t3 = _clock()
         target.use()
         self.ctx.viewport = viewport
         field = self._targets["field"][0]
@@ -538,6 +566,8 @@ class Renderer:
             ("u_opacity", p.opacity), ("u_composite", COMPOSITES.index(p.composite)),
             ("u_premultiply", bool(premultiply)),
         ))
+        prof.update(state_ms=(t1 - t0) * 1e3, field_ms=(t2 - t1) * 1e3, backdrop_ms=(t3 - t2) * 1e3,
+                    main_ms=(_clock() - t3) * 1e3)
 
     def _fullscreen(self, prog: Program, uniforms) -> None:
         import moderngl

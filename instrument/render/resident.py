@@ -390,13 +390,21 @@ class AsyncSelector(SlotWorker):
             self._ask(job)
             return False
 
-    def ready(self, pl, p, key=None):
+    def ready(self, pl, p, key=None, growing: bool = False):
+        """``growing``: the source is a take still forming, followed; a new selection that only
+        moves the step (its newest step arriving) is then not waited for at all: the frame keeps
+        the map on screen and the next one shows it. A performer's own change still gets the
+        budget, so it shows in the frame that read it."""
         job = (pl.selection, key)
         with self._cond:
             if self._result(job) is None:
                 self._ask(job)
             # the first frame has nothing to keep on screen: it waits for its map
-            deadline = None if self.shown is None else time.perf_counter() + self.budget
+            budget = self.budget
+            if growing and self.shown is not None and all(
+                    getattr(p, k) == v for k, v in self.shown[1].items() if k != "step"):
+                budget = 0.0
+            deadline = None if self.shown is None else time.perf_counter() + budget
             while self._result(job) is None and not self._stop:
                 left = None if deadline is None else deadline - time.perf_counter()
                 if left is not None and left <= 0:
