@@ -221,3 +221,37 @@ def test_console_lines_reach_the_bank(src, tmp_path, capsys):
     lv.update(0.0)
     assert (lv.target.colormap, lv.target.step, lv.target.gain) == ("jet", 1.0, 8.0)
     assert "unknown command 'nonsense'" in capsys.readouterr().err
+
+
+def test_the_first_live_freezes_the_loaded_heap_once(tmp_path):
+    """The instrument moves what is loaded when it starts out of the garbage collector's reach
+    (a full collection of paik live's heap holds the interpreter lock for tens of ms): in a fresh
+    interpreter, the first Live freezes, a later one does not collect again, and what a full
+    collection scans afterwards is a small part of what was frozen."""
+    import subprocess
+    import sys
+
+    make_bundle(tmp_path / "b", steps=2, blocks=2, heads=1, video=False, preview=False)
+    code = f"""
+import gc, json, sys
+from paik.instrument.control.live import HEAP, Live
+from paik.instrument.control.params import Params
+from paik.instrument.render import colormaps
+from paik.instrument.render.source import Source
+import torch  # as paik live: a large heap
+src = Source.open({str(tmp_path / "b")!r}, "cpu")
+before = gc.get_freeze_count()
+Live(src, Params().bind(1, 2, 2, 1, colormaps.available()))
+first = dict(HEAP)
+Live(src, Params().bind(1, 2, 2, 1, colormaps.available()))
+print(json.dumps(dict(before=before, first=first, second=dict(HEAP), frozen=gc.get_freeze_count(),
+                      tracked=len(gc.get_objects()))))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["before"] == 0 and out["first"]["frozen"] > 50_000 and out["first"]["collect_ms"] > 0
+    assert out["second"] == out["first"]  # once a process: the second Live neither collected nor froze
+    assert out["tracked"] < out["frozen"] // 10, out

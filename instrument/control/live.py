@@ -19,6 +19,7 @@ touched only inside the folders the performer named (:mod:`~paik.instrument.cont
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -40,6 +41,31 @@ log = logging.getLogger("paik.control")
 PICKUP_TOLERANCE = 0.02  # a fader this close (0..1) to the value takes it over
 MAX_SNAPSHOTS = 16  # names waiting for a frame; more are refused (a flood must not fill memory or disk)
 MAX_WRITERS = 2  # frames being encoded and written at once (each holds one frame's pixels)
+
+
+_HEAP_FROZEN = False
+HEAP: dict = {}  # what freeze_heap did: objects frozen, and the full collection before it (ms)
+
+
+def freeze_heap() -> bool:
+    """Collect once, then move every object alive into Python's permanent generation
+    (:func:`gc.freeze`): the modules, the model and the bundle are never scanned again. A full
+    collection of the heap ``paik live`` starts with (torch, diffusers and transformers imported:
+    about 390,000 objects) takes about 0.2 s on a 2-core machine, holds the interpreter lock
+    throughout, and Python starts one whenever enough objects have survived younger collections:
+    in a long show one comes sooner or later, and the frame that meets it is late. After the
+    freeze a full collection scans only what was made since. Once a process (the first
+    :class:`Live`, made once the model and bundle are loaded); True when this call froze."""
+    global _HEAP_FROZEN
+    if _HEAP_FROZEN:
+        return False
+    _HEAP_FROZEN = True
+    t = _time.perf_counter()
+    gc.collect()  # what is garbage now is freed, not frozen
+    HEAP["collect_ms"] = (_time.perf_counter() - t) * 1e3
+    gc.freeze()
+    HEAP["frozen"] = gc.get_freeze_count()
+    return True
 
 
 class RateLimitedLog:
@@ -106,6 +132,7 @@ class Live:
         self._touched: set[str] = set()
         self.values: dict = {}
         self._publish(force=True)
+        freeze_heap()  # the process's long-lived objects are loaded by now: no full collection rescans them
 
     # -- any thread ---------------------------------------------------------------------------
     def put(self, cmd: Command) -> None:
