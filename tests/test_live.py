@@ -672,6 +672,55 @@ def test_a_growing_takes_previews_keep_one_texture_and_show_each_new_step(tmp_pa
         ctx.release()
 
 
+def test_a_replaced_resident_capture_is_freed_without_a_garbage_collection(tmp_path):
+    """When a Stage swaps a resident capture (and its unbent twin, every view drawn) for another
+    source, nothing keeps the old maps alive: their memory (on a GPU, device memory the memory
+    plan counts as free) goes at once, not at Python's next full collection."""
+    import gc
+    import weakref
+
+    from paik.instrument.bench.live import synthetic_take
+    from paik.instrument.control.params import VIEWS, Params
+    from paik.instrument.render import colormaps
+    from paik.instrument.render.renderer import Stage
+    from paik.instrument.render.resident import ResidentSource, blank_take
+
+    ctx, off = _gl(tmp_path)
+    src = ResidentSource(synthetic_take(3, 2, 2, 4, (2, 4, 4), "cpu"))
+    src.twin = ResidentSource(synthetic_take(3, 2, 2, 4, (2, 4, 4), "cpu", seed=1))
+    src._twin_known = True
+    gone = [weakref.ref(src.bundle.maps), weakref.ref(src.twin.bundle.maps)]
+    p = Params().bind(len(src.words), 3, 2, 2, colormaps.available())
+    stage = Stage(ctx, src, asynchronous=True)
+
+    def frames(source, n, view):
+        p.view = view
+        for _ in range(n):
+            r, shown = stage.frame(source, p)
+            r.draw(shown, shown.time, (0, 0, 48, 32))
+            ctx.finish()
+            time.sleep(0.005)
+
+    gc.disable()
+    try:
+        for view in VIEWS:
+            frames(src, 8, view)
+        assert all(ref() is not None for ref in gone)
+        blank = ResidentSource(blank_take())
+        del src
+        t_end = time.monotonic() + 20
+        while stage.renderer.src is not blank and time.monotonic() < t_end:
+            frames(blank, 1, "single")
+        frames(blank, 3, "single")
+        assert stage.renderer.src is blank
+        assert [ref() is None for ref in gone] == [True, True]
+    finally:
+        gc.enable()
+        stage.renderer.release()
+        off.release()
+        ctx.release()
+
+
 def test_a_gl_context_made_through_egl_directly_draws_real_pixels():
     """paik bench live --gl-priority makes its GL context through EGL itself (to pass
     EGL_CONTEXT_PRIORITY_LEVEL_IMG, which glcontext cannot): that path, forced here where Mesa

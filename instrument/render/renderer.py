@@ -188,12 +188,18 @@ class Renderer:
         """Free every GL object this renderer made (moderngl frees nothing on garbage collection):
         the loops call it when a loaded bundle replaces the renderer. Its selector thread ends too.
         ``programs=False`` keeps the compiled programs (a :class:`Stage` hands them on)."""
+        # the workers call back into this renderer and the twin views point at it: cycles that
+        # would keep its source (a resident capture's device memory) alive until Python's next
+        # full collection. Broken here, the source goes as soon as nothing else holds it.
         if self.selector is not None:
             self.selector.close()
+            self.selector.prepare = self.selector.range_stat = None  # a job mid-way fails, unseen
         if self._backgrounds is not None:
             self._backgrounds.close()
+            self._backgrounds.compute = None
         if self.twin_views is not None:
             self.twin_views.release()
+            self.twin_views = None
         objs = [self._quad, self._unit, self.maps, self.lut, self._staging]
         objs += [tex for tex, _ in self._bg_cache.values()]
         objs += [x for slot in self._targets.values() for x in slot[:2]]
