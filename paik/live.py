@@ -126,6 +126,12 @@ def register(sub, bench) -> None:
     b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
     b.add_argument("--gl-priority", choices=["high", "medium", "low"], default=None,
                    help="the GL context's scheduling priority (EGL_IMG_context_priority, where offered)")
+    b.add_argument("--heap", choices=["frozen", "default"], default="frozen",
+                   help="frozen (as paik live): the loaded heap is moved out of the garbage collector's "
+                        "reach when the instrument starts; default: left to it (a diagnostic)")
+    b.add_argument("--probe", action="store_true",
+                   help="a thread sleeping 1 ms at a time records how late it wakes in each frame (probe_late_ms): "
+                        "whether something held the interpreter lock (a diagnostic; it adds a thread)")
     b.add_argument("--frames-json", default=None, help="(b): write every frame's interval and phases here")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.set_defaults(func=cmd_bench_live)

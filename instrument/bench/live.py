@@ -18,11 +18,13 @@ Runs on a CPU at a tiny size too (``--model tiny``); the numbers that matter com
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -184,6 +186,10 @@ def main(args) -> int:
     p.frames = args.frames or 0
     p.size = f"{args.width}x{args.height}" if args.width else ""
     p.tokens = args.tokens or ""
+    from paik.instrument.control import live as live_module
+
+    if getattr(args, "heap", "frozen") == "default":
+        live_module._HEAP_FROZEN = True  # as if frozen already: Live leaves the collector as it is
     live = EngineLive(src, p, engine, TakeRequest) if engine is not None else Live(src, p)
     osc = OscServer(live, "127.0.0.1", 0).start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -205,8 +211,55 @@ def main(args) -> int:
                      "switch_interval_s": sys.getswitchinterval(),
                      "engine": getattr(args, "engine", None) if engine is not None else None,
                      "gl_priority_asked": getattr(args, "gl_priority", None),
-                     "gl_priority": (ctx.extra or {}).get("priority")}
+                     "gl_priority": (ctx.extra or {}).get("priority"),
+                     "heap": getattr(args, "heap", "frozen"), "gc_frozen_objects": gc.get_freeze_count(),
+                     "gc_collect_before_freeze_ms": live_module.HEAP.get("collect_ms")}
+    t_gc = time.perf_counter()
+    gc.collect()  # what a full collection costs from here on (frozen: only what was made since the freeze)
+    results["gc_full_collection_ms"] = round((time.perf_counter() - t_gc) * 1e3, 3)
     phases: list = []  # per frame of the running loop: what it spent where (the worst frames are reported)
+    collections: list = []  # (generation, ms) of each garbage collection during the running loop, any thread
+    gc_seen = [0]  # collections already counted into a frame
+    gc_start: dict = {}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_start["t"] = time.perf_counter()
+        elif "t" in gc_start:
+            collections.append((info["generation"], (time.perf_counter() - gc_start.pop("t")) * 1e3))
+
+    gc.callbacks.append(on_gc)
+    probe = {"late": 0.0, "stop": False}  # --probe: the longest a sleeping thread overslept since the last frame
+
+    stacks: dict = {}  # --probe: where the other threads were when the probe woke over 8 ms late
+
+    def run_probe():
+        me = threading.get_ident()
+        while not probe["stop"]:
+            t = time.perf_counter()
+            time.sleep(0.001)
+            late = (time.perf_counter() - t - 0.001) * 1e3
+            probe["late"] = max(probe["late"], late)
+            if late > 8.0:
+                names = {th.ident: th.name for th in threading.enumerate()}
+                for ident, f in sys._current_frames().items():
+                    if ident == me:
+                        continue
+                    where = []
+                    while f is not None and len(where) < 4:
+                        where.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+                        f = f.f_back
+                    key = f"{names.get(ident, ident)}: " + " < ".join(where)
+                    stacks[key] = stacks.get(key, 0) + 1
+
+    if getattr(args, "probe", False):
+        threading.Thread(target=run_probe, name="paik-bench-probe", daemon=True).start()
+
+    def gc_summary():
+        """Collections per generation and the longest, over the last running loop."""
+        return {"collections": [sum(1 for g, _ in collections if g == gen) for gen in range(3)],
+                "max_ms": round(max((ms for _, ms in collections), default=0.0), 3),
+                "full_max_ms": round(max((ms for g, ms in collections if g == 2), default=0.0), 3)}
 
     def frame(now, tick=None):
         t0 = time.perf_counter()
@@ -223,6 +276,11 @@ def main(args) -> int:
         ctx.finish()
         t3 = time.perf_counter()
         prof = renderer.profile
+        new, gc_seen[0] = collections[gc_seen[0]:], len(collections)
+        if getattr(args, "probe", False):
+            prof, probe["late"] = {**prof, "probe_late_ms": probe["late"]}, 0.0
+        if new:  # collections since the last frame ended (this frame's, or its wait's)
+            prof = {**prof, "gc_ms": sum(ms for _, ms in new), "gc_generation": max(g for g, _ in new)}
         phases.append((t0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, shown.view,
                        stage.next is not None, renderer.selector.late if renderer.selector else 0,
                        {"start_late_ms": 0.0 if tick is None else (t0 - tick) * 1e3, "stage_ms": (ts - t1) * 1e3,
@@ -261,6 +319,8 @@ def main(args) -> int:
         next_tick = t_start
         last, intervals, late = None, [], 0
         phases.clear()
+        collections.clear()
+        gc_seen[0] = 0
         while not until() and time.perf_counter() - t_start < limit:
             now = time.perf_counter()
             if now < next_tick:
@@ -309,6 +369,7 @@ def main(args) -> int:
             results["b_p99_interval_ms"] = _pct(intervals, 99) * 1e3
             results["b_max_interval_ms"] = max(intervals, default=float("nan")) * 1e3
             results["b_worst_frames"] = worst(intervals)
+            results["b_gc"] = gc_summary()
             if args.frames_json:
                 Path(args.frames_json).write_text(json.dumps(every(intervals)))
             take_s = None
@@ -398,6 +459,7 @@ def main(args) -> int:
             results["d_p99_osc_to_frame_ms"] = _pct(lat, 99) * 1e3
             results["d_steps_blocks"] = [d.n_steps, d.n_blocks]
             results["d_worst_frames"] = worst(intervals)
+            results["d_gc"] = gc_summary()
             results["d_render_errors"] = sorted({m for _, m in live.errors if "render" in m or "view" in m})[:5]
             live._pending_src = ResidentSource(blank_take())  # (e) needs the device memory back
             settle()
@@ -406,6 +468,10 @@ def main(args) -> int:
         if "e" in parts:
             offline(args, loaded, results)
     finally:
+        gc.callbacks.remove(on_gc)
+        probe["stop"] = True
+        if stacks:
+            results["probe_stacks"] = dict(sorted(stacks.items(), key=lambda kv: -kv[1])[:24])
         if engine is not None:
             engine.close()
         osc.stop()
@@ -436,11 +502,22 @@ def main(args) -> int:
                                                                  if results.get("d_capture") else ""))
     for name, v, unit in rows:
         print(f"{name:<50} {'n/a' if v is None else f'{v:.4g}':>10} {unit}")
+    if results.get("gc_full_collection_ms") is not None:
+        before = results.get("gc_collect_before_freeze_ms")
+        print(f"   a full garbage collection: {results['gc_full_collection_ms']:.1f} ms with the heap {results['heap']}"
+              + (f" ({results['gc_frozen_objects']} objects frozen; {before:.1f} ms before the freeze)"
+                 if before is not None else ""))
     for part in ("b", "d"):
         for w in results.get(f"{part}_worst_frames", [])[:3]:
             print(f"{part}  a worst frame: {w['interval_ms']:.1f} ms interval; update {w['update_ms']:.1f}, draw "
                   f"{w['draw_ms']:.1f} (selection wait {w.get('ready_ms', 0):.1f}, uploads {w.get('upload_ms', 0):.1f}), "
-                  f"finish {w['finish_ms']:.1f} ms; view {w['view']}{'; a swap pending' if w['swap_pending'] else ''}")
+                  f"finish {w['finish_ms']:.1f} ms; view {w['view']}{'; a swap pending' if w['swap_pending'] else ''}"
+                  + (f"; garbage collection {w['gc_ms']:.1f} ms (generation {w['gc_generation']})" if "gc_ms" in w else "")
+                  + (f"; probe woke {w['probe_late_ms']:.1f} ms late" if "probe_late_ms" in w else ""))
+        if f"{part}_gc" in results:
+            g = results[f"{part}_gc"]
+            print(f"{part}  garbage collections (generations 0, 1, 2): {g['collections']}; longest {g['max_ms']:.1f} ms, "
+                  f"longest full {g['full_max_ms']:.1f} ms")
     if results.get("errors"):
         print("errors: " + " | ".join(results["errors"]), file=sys.stderr)
     if args.json:
