@@ -228,7 +228,6 @@ def main(args) -> int:
         elif "t" in gc_start:
             collections.append((info["generation"], (time.perf_counter() - gc_start.pop("t")) * 1e3))
 
-    gc.callbacks.append(on_gc)
     probe = {"late": 0.0, "stop": False}  # --probe: the longest a sleeping thread overslept since the last frame
 
     stacks: dict = {}  # --probe: where the other threads were when the probe woke over 8 ms late
@@ -252,8 +251,6 @@ def main(args) -> int:
                     key = f"{names.get(ident, ident)}: " + " < ".join(where)
                     stacks[key] = stacks.get(key, 0) + 1
 
-    if getattr(args, "probe", False):
-        threading.Thread(target=run_probe, name="paik-bench-probe", daemon=True).start()
 
     def gc_summary():
         """Collections per generation and the longest, over the last running loop."""
@@ -339,6 +336,9 @@ def main(args) -> int:
         return intervals, late
 
     try:
+        gc.callbacks.append(on_gc)
+        if getattr(args, "probe", False):
+            threading.Thread(target=run_probe, name="paik-bench-probe", daemon=True).start()
         frame(time.perf_counter())  # the blank take: GL and programs warm
         if parts & {"a", "b", "c"} and not args.cold:
             # paik live starts a first take when it opens, so a performer's /paik/generate finds the
@@ -468,7 +468,8 @@ def main(args) -> int:
         if "e" in parts:
             offline(args, loaded, results)
     finally:
-        gc.callbacks.remove(on_gc)
+        if on_gc in gc.callbacks:
+            gc.callbacks.remove(on_gc)
         probe["stop"] = True
         if stacks:
             results["probe_stacks"] = dict(sorted(stacks.items(), key=lambda kv: -kv[1])[:24])

@@ -51,8 +51,8 @@ class Staging:
             if self.buf is not None:
                 self.buf.release()
             self.buf = self.ctx.buffer(reserve=max(data.nbytes, 1 << 16), dynamic=True)
-        else:
-            self.buf.orphan(self.buf.size)
+        else:  # fresh storage the size of this upload: a large one before does not make every later one large
+            self.buf.orphan(max(data.nbytes, 1 << 16))
         self.buf.write(data)
         tex.write(self.buf)
         # later uploads and reads from host memory must not see the pixel buffer still bound:

@@ -28,7 +28,12 @@ def egl_context(priority: str | None = None):
     if priority is not None:
         if priority not in PRIORITIES:
             raise PaikError(f"GL context priority {priority!r}: expected one of {', '.join(PRIORITIES)}")
-        ctx = _priority_context(priority)
+        try:
+            ctx = _priority_context(priority)
+        except Exception as e:  # noqa: BLE001 - a missing entry point or library: the default context will do
+            log.info("a GL context with priority %s could not be made (%s: %s); using the default one",
+                     priority, type(e).__name__, e)
+            ctx = None
         if ctx is not None:
             return ctx
     try:

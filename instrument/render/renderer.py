@@ -228,7 +228,9 @@ class Renderer:
         mark = _clock()
         if self.selector is not None:
             # never waits long: the old plan, its bank and its prepared volumes if the new one is not ready
-            growing = p.follow and getattr(self.src.bundle, "status", None) == "running"
+            # the newest step of a take forming and followed: what follow mode moves to as steps arrive
+            growing = (p.follow and getattr(self.src.bundle, "status", None) == "running"
+                       and p.step >= self.src.dims.n_steps - 1)
             pl, p, prep = self.selector.ready(pl, p, self._range_key(p), growing)
         self.profile["ready_ms"], mark = (_clock() - mark) * 1e3, _clock()
         if self._changed("selection", pl.selection) or (prep is not None and prep is not self.prepared):
@@ -271,7 +273,8 @@ class Renderer:
         # the heatmap alone needs no background: do not decode the video for it (first frame fast)
         bg_mode = "none" if p.composite == "heatmap" else p.background
         # a live take's previews grow, its video arrives; no background stays none whatever comes
-        version = 0 if bg_mode == "none" else getattr(self.src, "version", 0)
+        current = getattr(self.src, "version", 0)
+        version = 0 if bg_mode == "none" else current
         want = self._bg_asked = (bg_mode, version)
         if self._bg_key != want:
             hit = self._bg_cache.get(want)
@@ -281,11 +284,18 @@ class Renderer:
                 if data is not None:  # live: None while its thread decodes; the old background stays
                     # a growing take's previews keep their atlas size (packed for every planned step):
                     # the older version's texture is written over, never remade each step
+                    # (only when its size matches: a failed upload then leaves the old one intact)
                     older = next((k for k in self._bg_cache if k[0] == bg_mode and k[1] != version), None)
-                    reuse = self._bg_cache.pop(older)[0] if older is not None else None
+                    reuse = None
+                    if older is not None and data[1] is not None:
+                        tex, (d, h, w, c) = self._bg_cache[older][0], data[1][0].shape
+                        reuse = tex if (tex.size, tex.components, tex.dtype) == ((w, h, d), c, "f1") else None
                     hit = self._upload_background(data[1], reuse)
+                    if reuse is not None:
+                        self._bg_cache.pop(older)
                     self.profile["bg_bytes"] = 0 if data[1] is None else data[1][0].nbytes
-                    for k in [k for k in self._bg_cache if k[1] != version]:  # replaced: an older version's
+                    # replaced: an older version's (none, made once, and the current version's stay)
+                    for k in [k for k in self._bg_cache if k[0] != "none" and k[1] != current]:
                         self._bg_cache.pop(k)[0].release()
                     self._bg_cache[want] = hit
             if hit is not None:
