@@ -197,7 +197,7 @@ def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
     make_bundle(tmp_path / "a", steps=3, blocks=4, heads=2)
     out = {}
     for name, extra in (("synthetic", ["--parts", "d,e", "--synthetic", "3x2x2x4", "--latent", "2x3x4"]),
-                        ("bundle", ["--parts", "d", "--bundle", str(tmp_path / "a")])):
+                        ("bundle", ["--parts", "d", "--bundle", str(tmp_path / "a"), "--probe", "--heap", "default"])):
         js = tmp_path / f"{name}.json"
         r = subprocess.run([sys.executable, "-m", "paik", "bench", "live", *extra, "--size", "96x54", "--seconds", "1",
                             "--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--json", str(js)],
@@ -212,3 +212,9 @@ def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
         assert r["d_frames"] > 5 and r["d_worst_interval_ms"] > 0 and r["d_p99_osc_to_frame_ms"] > 0
     assert syn["e_generate_s"] > 0 and syn["e_plain_pipeline_mp4_s"] > 0 and syn["e_settings"] == [2, 5, 32, 32]
     assert syn["e_step_buffers"] == 3 and "e_generate_peak_gib" not in syn  # no GPU: no GPU memory to report
+    # the diagnostics: collections counted, the heap frozen (as paik live) or left alone, the probe's wake-ups
+    assert syn["heap"] == "frozen" and syn["gc_frozen_objects"] > 0 and syn["gc_collect_before_freeze_ms"] > 0
+    assert bun["heap"] == "default" and bun["gc_frozen_objects"] == 0 and bun["gc_collect_before_freeze_ms"] is None
+    for r in (syn, bun):
+        assert len(r["d_gc"]["collections"]) == 3 and r["gc_full_collection_ms"] >= 0
+    assert all("probe_late_ms" in w for w in bun["d_worst_frames"]) and not any("probe_late_ms" in w for w in syn["d_worst_frames"])
