@@ -218,3 +218,21 @@ def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
     for r in (syn, bun):
         assert len(r["d_gc"]["collections"]) == 3 and r["gc_full_collection_ms"] >= 0
     assert all("probe_late_ms" in w for w in bun["d_worst_frames"]) and not any("probe_late_ms" in w for w in syn["d_worst_frames"])
+
+
+def test_the_torch_reducer_keeps_its_index_lists_on_the_maps_device_bounded():
+    """The device path's block, head and token lists: long tensors on the maps' device with the
+    values asked, made once per list (the copy that makes them is not repeated each selection)
+    and at most 64 kept."""
+    import torch
+
+    from paik.instrument.bench.live import synthetic_take
+    from paik.instrument.render.resident import TorchReducer
+
+    r = TorchReducer(synthetic_take(2, 3, 2, 4, (2, 3, 4), "cpu"))
+    a = r._index([2, 0, 1])
+    assert a.dtype == torch.long and a.device == r.take.maps.device and a.tolist() == [2, 0, 1]
+    assert r._index((2, 0, 1)) is a and r._index(np.array([2, 0, 1])) is a
+    for i in range(70):
+        r._index([i])
+    assert len(r._indices) == 64 and r._index([2, 0, 1]) is not a and r._index([69]).tolist() == [69]

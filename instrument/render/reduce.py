@@ -119,8 +119,10 @@ class Reducer:
         if self.torch is not None:
             full = self._table(sel.tokens, "full")  # cuda [S_all, B_all, H, F', H', W'] f16
             t = self.torch
-            idx_s = t.tensor(sel.steps, device=full.device)
-            idx_b = t.tensor(sel.blocks, device=full.device)
+            # made on the host, copied by Tensor.to (the interpreter lock let go, unlike
+            # torch.tensor(..., device=cuda), which copies holding it)
+            idx_s = t.tensor(sel.steps, dtype=t.long).to(full.device, non_blocking=True)
+            idx_b = t.tensor(sel.blocks, dtype=t.long).to(full.device, non_blocking=True)
             a = full.index_select(0, idx_s).index_select(1, idx_b).float()
             dims = tuple(i for i, ax in enumerate(AXES) if ax not in sel.keep)
             a = a.mean(dim=dims) if sel.reduce == "mean" else a.amax(dim=dims)

@@ -121,6 +121,7 @@ class TorchReducer:
         self._results: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache = cache
         self._lock = threading.Lock()  # the async worker and a synchronous caller may meet
+        self._indices: OrderedDict[tuple, object] = OrderedDict()  # index lists on the maps' device
 
     def volumes(self, sel: Selection) -> np.ndarray:
         """[cells, F', H', W'] float32 (cells = product of the kept axes' sizes)."""
@@ -156,6 +157,23 @@ class TorchReducer:
                 self._results.popitem(last=False)
             return out
 
+    def _index(self, values) -> object:
+        """``values`` as a long tensor on the maps' device, kept for the next selection that asks.
+        Made on the host and copied by ``Tensor.to``, which lets the interpreter lock go:
+        ``torch.tensor(values, device="cuda")`` copies synchronously with the lock held, so every
+        other thread (the render loop's) waits as long as the GPU takes to get to the copy."""
+        key = tuple(int(v) for v in values)
+        hit = self._indices.get(key)
+        if hit is None:
+            t = self.torch
+            hit = t.tensor(key, dtype=t.long).to(self.take.maps.device, non_blocking=True)
+            self._indices[key] = hit
+            while len(self._indices) > 64:
+                self._indices.popitem(last=False)
+        else:
+            self._indices.move_to_end(key)
+        return hit
+
     def _compute(self, sel: Selection, steps: list[int]) -> np.ndarray:
         maps = self.take.maps
         slots = [self.take.step_slot[steps[s]] for s in sel.steps]
@@ -176,10 +194,7 @@ class TorchReducer:
             a = a if keep_s else red(a, 0)
             return np.ascontiguousarray(a.reshape(-1, *self.latent), dtype=np.float32)
         t = self.torch
-        dev = maps.device
-        blocks = t.tensor(sel.blocks, device=dev)
-        heads_t = t.tensor(heads, device=dev)
-        tokens = t.tensor(sel.tokens, device=dev)
+        blocks, heads_t, tokens = self._index(sel.blocks), self._index(heads), self._index(sel.tokens)
         red = (lambda a, d: a.mean(d, keepdim=True)) if sel.reduce == "mean" else \
             (lambda a, d: a.amax(d, keepdim=True))
         per_step = []
