@@ -62,6 +62,7 @@ def register(sub, bench) -> None:
     from paik.instrument.cli import _look_flags, _size, add_resident_flag
     from paik.instrument.control.hub import add_flags
     from paik.instrument.control.params import VIEWS
+    from paik.instrument.render.headless import PRIORITIES
     from paik.instrument.outputs import add_play_flags
 
     ap = sub.add_parser(
@@ -124,7 +125,7 @@ def register(sub, bench) -> None:
     b.add_argument("--reduce-stream", choices=["high", "default"], default=None,
                    help="the CUDA stream live selections reduce on (PAIK_REDUCE_STREAM; default high)")
     b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
-    b.add_argument("--gl-priority", choices=["high", "medium", "low"], default=None,
+    b.add_argument("--gl-priority", choices=PRIORITIES, default=None,
                    help="the GL context's scheduling priority (EGL_IMG_context_priority, where offered)")
     b.add_argument("--heap", choices=["frozen", "default"], default="frozen",
                    help="frozen (as paik live): the loaded heap is moved out of the garbage collector's "

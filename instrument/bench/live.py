@@ -72,6 +72,83 @@ def synthetic_take(steps: int, blocks: int, heads: int, tokens: int, latent, dev
     return take
 
 
+class Collections:
+    """Every garbage collection while started (any thread): its generation and duration."""
+
+    def __init__(self):
+        self.log: list[tuple[int, float]] = []  # (generation, ms)
+        self._seen = 0  # collections already counted into a frame
+        self._t = None
+
+    def _on_gc(self, phase, info):
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t is not None:
+            self.log.append((info["generation"], (time.perf_counter() - self._t) * 1e3))
+            self._t = None
+
+    def start(self):
+        gc.callbacks.append(self._on_gc)
+
+    def stop(self):
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def clear(self):
+        self.log.clear()
+        self._seen = 0
+
+    def since_last(self) -> dict:
+        """The collections since the last call (a frame's, or its wait's), for that frame's phases."""
+        new, self._seen = self.log[self._seen:], len(self.log)
+        return {"gc_ms": sum(ms for _, ms in new), "gc_generation": max(g for g, _ in new)} if new else {}
+
+    def summary(self) -> dict:
+        """Collections per generation and the longest, since the last clear."""
+        return {"collections": [sum(1 for g, _ in self.log if g == gen) for gen in range(3)],
+                "max_ms": round(max((ms for _, ms in self.log), default=0.0), 3),
+                "full_max_ms": round(max((ms for g, ms in self.log if g == 2), default=0.0), 3)}
+
+
+class Probe:
+    """--probe: a thread sleeping 1 ms at a time; how late it wakes says whether another thread held
+    the interpreter lock, and where the other threads were when it woke over 8 ms late."""
+
+    def __init__(self):
+        self.late = 0.0  # the longest oversleep (ms) since the last since_last()
+        self.stacks: dict[str, int] = {}
+        self._stop = False
+
+    def start(self):
+        threading.Thread(target=self._run, name="paik-bench-probe", daemon=True).start()
+
+    def stop(self):
+        self._stop = True
+
+    def since_last(self) -> dict:
+        out, self.late = {"probe_late_ms": self.late}, 0.0
+        return out
+
+    def _run(self):
+        me = threading.get_ident()
+        while not self._stop:
+            t = time.perf_counter()
+            time.sleep(0.001)
+            late = (time.perf_counter() - t - 0.001) * 1e3
+            self.late = max(self.late, late)
+            if late > 8.0:
+                names = {th.ident: th.name for th in threading.enumerate()}
+                for ident, f in sys._current_frames().items():
+                    if ident == me:
+                        continue
+                    where = []
+                    while f is not None and len(where) < 4:
+                        where.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+                        f = f.f_back
+                    key = f"{names.get(ident, ident)}: " + " < ".join(where)
+                    self.stacks[key] = self.stacks.get(key, 0) + 1
+
+
 def _d_source(args, device: str):
     """(d)'s capture: --bundle, resident when it fits (else streamed), or the synthetic one."""
     from paik.capture.bundle import open_bundle
@@ -188,8 +265,7 @@ def main(args) -> int:
     p.tokens = args.tokens or ""
     from paik.instrument.control import live as live_module
 
-    if getattr(args, "heap", "frozen") == "default":
-        live_module._HEAP_FROZEN = True  # as if frozen already: Live leaves the collector as it is
+    live_module.FREEZE_HEAP = getattr(args, "heap", "frozen") == "frozen"
     live = EngineLive(src, p, engine, TakeRequest) if engine is not None else Live(src, p)
     osc = OscServer(live, "127.0.0.1", 0).start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -218,45 +294,8 @@ def main(args) -> int:
     gc.collect()  # what a full collection costs from here on (frozen: only what was made since the freeze)
     results["gc_full_collection_ms"] = round((time.perf_counter() - t_gc) * 1e3, 3)
     phases: list = []  # per frame of the running loop: what it spent where (the worst frames are reported)
-    collections: list = []  # (generation, ms) of each garbage collection during the running loop, any thread
-    gc_seen = [0]  # collections already counted into a frame
-    gc_start: dict = {}
-
-    def on_gc(phase, info):
-        if phase == "start":
-            gc_start["t"] = time.perf_counter()
-        elif "t" in gc_start:
-            collections.append((info["generation"], (time.perf_counter() - gc_start.pop("t")) * 1e3))
-
-    probe = {"late": 0.0, "stop": False}  # --probe: the longest a sleeping thread overslept since the last frame
-
-    stacks: dict = {}  # --probe: where the other threads were when the probe woke over 8 ms late
-
-    def run_probe():
-        me = threading.get_ident()
-        while not probe["stop"]:
-            t = time.perf_counter()
-            time.sleep(0.001)
-            late = (time.perf_counter() - t - 0.001) * 1e3
-            probe["late"] = max(probe["late"], late)
-            if late > 8.0:
-                names = {th.ident: th.name for th in threading.enumerate()}
-                for ident, f in sys._current_frames().items():
-                    if ident == me:
-                        continue
-                    where = []
-                    while f is not None and len(where) < 4:
-                        where.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
-                        f = f.f_back
-                    key = f"{names.get(ident, ident)}: " + " < ".join(where)
-                    stacks[key] = stacks.get(key, 0) + 1
-
-
-    def gc_summary():
-        """Collections per generation and the longest, over the last running loop."""
-        return {"collections": [sum(1 for g, _ in collections if g == gen) for gen in range(3)],
-                "max_ms": round(max((ms for _, ms in collections), default=0.0), 3),
-                "full_max_ms": round(max((ms for g, ms in collections if g == 2), default=0.0), 3)}
+    collections = Collections()
+    probe = Probe()
 
     def frame(now, tick=None):
         t0 = time.perf_counter()
@@ -272,12 +311,7 @@ def main(args) -> int:
         t2 = time.perf_counter()
         ctx.finish()
         t3 = time.perf_counter()
-        prof = renderer.profile
-        new, gc_seen[0] = collections[gc_seen[0]:], len(collections)
-        if getattr(args, "probe", False):
-            prof, probe["late"] = {**prof, "probe_late_ms": probe["late"]}, 0.0
-        if new:  # collections since the last frame ended (this frame's, or its wait's)
-            prof = {**prof, "gc_ms": sum(ms for _, ms in new), "gc_generation": max(g for g, _ in new)}
+        prof = {**renderer.profile, **collections.since_last(), **(probe.since_last() if getattr(args, "probe", False) else {})}
         phases.append((t0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, shown.view,
                        stage.next is not None, renderer.selector.late if renderer.selector else 0,
                        {"start_late_ms": 0.0 if tick is None else (t0 - tick) * 1e3, "stage_ms": (ts - t1) * 1e3,
@@ -317,7 +351,6 @@ def main(args) -> int:
         last, intervals, late = None, [], 0
         phases.clear()
         collections.clear()
-        gc_seen[0] = 0
         while not until() and time.perf_counter() - t_start < limit:
             now = time.perf_counter()
             if now < next_tick:
@@ -336,9 +369,9 @@ def main(args) -> int:
         return intervals, late
 
     try:
-        gc.callbacks.append(on_gc)
+        collections.start()
         if getattr(args, "probe", False):
-            threading.Thread(target=run_probe, name="paik-bench-probe", daemon=True).start()
+            probe.start()
         frame(time.perf_counter())  # the blank take: GL and programs warm
         if parts & {"a", "b", "c"} and not args.cold:
             # paik live starts a first take when it opens, so a performer's /paik/generate finds the
@@ -369,7 +402,7 @@ def main(args) -> int:
             results["b_p99_interval_ms"] = _pct(intervals, 99) * 1e3
             results["b_max_interval_ms"] = max(intervals, default=float("nan")) * 1e3
             results["b_worst_frames"] = worst(intervals)
-            results["b_gc"] = gc_summary()
+            results["b_gc"] = collections.summary()
             if args.frames_json:
                 Path(args.frames_json).write_text(json.dumps(every(intervals)))
             take_s = None
@@ -459,7 +492,7 @@ def main(args) -> int:
             results["d_p99_osc_to_frame_ms"] = _pct(lat, 99) * 1e3
             results["d_steps_blocks"] = [d.n_steps, d.n_blocks]
             results["d_worst_frames"] = worst(intervals)
-            results["d_gc"] = gc_summary()
+            results["d_gc"] = collections.summary()
             results["d_render_errors"] = sorted({m for _, m in live.errors if "render" in m or "view" in m})[:5]
             live._pending_src = ResidentSource(blank_take())  # (e) needs the device memory back
             settle()
@@ -468,11 +501,10 @@ def main(args) -> int:
         if "e" in parts:
             offline(args, loaded, results)
     finally:
-        if on_gc in gc.callbacks:
-            gc.callbacks.remove(on_gc)
-        probe["stop"] = True
-        if stacks:
-            results["probe_stacks"] = dict(sorted(stacks.items(), key=lambda kv: -kv[1])[:24])
+        collections.stop()
+        probe.stop()
+        if probe.stacks:
+            results["probe_stacks"] = dict(sorted(probe.stacks.items(), key=lambda kv: -kv[1])[:24])
         if engine is not None:
             engine.close()
         osc.stop()

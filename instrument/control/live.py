@@ -43,7 +43,7 @@ MAX_SNAPSHOTS = 16  # names waiting for a frame; more are refused (a flood must 
 MAX_WRITERS = 2  # frames being encoded and written at once (each holds one frame's pixels)
 
 
-_HEAP_FROZEN = False
+FREEZE_HEAP = True  # paik bench live --heap default turns it off (a diagnostic)
 HEAP: dict = {}  # what freeze_heap did: objects frozen, and the full collection before it (ms)
 
 
@@ -56,10 +56,8 @@ def freeze_heap() -> bool:
     in a long show one comes sooner or later, and the frame that meets it is late. After the
     freeze a full collection scans only what was made since. Once a process (the first
     :class:`Live`, made once the model and bundle are loaded); True when this call froze."""
-    global _HEAP_FROZEN
-    if _HEAP_FROZEN:
+    if not FREEZE_HEAP or HEAP:
         return False
-    _HEAP_FROZEN = True
     t = _time.perf_counter()
     gc.collect()  # what is garbage now is freed, not frozen
     HEAP["collect_ms"] = (_time.perf_counter() - t) * 1e3

@@ -47,12 +47,11 @@ class Staging:
 
     def write(self, tex, data: np.ndarray) -> None:
         data = np.ascontiguousarray(data)
-        if self.buf is None or self.buf.size < data.nbytes:
-            if self.buf is not None:
-                self.buf.release()
-            self.buf = self.ctx.buffer(reserve=max(data.nbytes, 1 << 16), dynamic=True)
-        else:  # fresh storage the size of this upload: a large one before does not make every later one large
-            self.buf.orphan(max(data.nbytes, 1 << 16))
+        size = max(data.nbytes, 1 << 16)
+        if self.buf is None:
+            self.buf = self.ctx.buffer(reserve=size, dynamic=True)
+        else:  # fresh storage the size of this upload (a large one before does not make every later one large)
+            self.buf.orphan(size)
         self.buf.write(data)
         tex.write(self.buf)
         # later uploads and reads from host memory must not see the pixel buffer still bound:
@@ -64,11 +63,17 @@ class Staging:
             self.buf = None
 
 
+def fits(tex, atlas: np.ndarray, dtype: str) -> bool:
+    """Whether ``tex`` can hold ``atlas`` [D, H, W, C] as it is (written over, not remade)."""
+    d, h, w, c = atlas.shape
+    return tex is not None and tex.size == (w, h, d) and tex.components == c and tex.dtype == dtype
+
+
 def upload(ctx, tex, atlas: np.ndarray, dtype: str, staging: Staging | None = None):
-    """Write ``atlas`` [D, H, W, C] into ``tex`` (reused when the size matches) and return it;
+    """Write ``atlas`` [D, H, W, C] into ``tex`` (reused when it :func:`fits`) and return it;
     through ``staging`` (a :class:`Staging`) when given."""
     d, h, w, c = atlas.shape
-    if tex is None or tex.size != (w, h, d) or tex.components != c or tex.dtype != dtype:
+    if not fits(tex, atlas, dtype):
         if tex is not None:
             tex.release()
         tex = ctx.texture3d((w, h, d), c, dtype=dtype)

@@ -286,10 +286,9 @@ class Renderer:
                     # the older version's texture is written over, never remade each step
                     # (only when its size matches: a failed upload then leaves the old one intact)
                     older = next((k for k in self._bg_cache if k[0] == bg_mode and k[1] != version), None)
-                    reuse = None
-                    if older is not None and data[1] is not None:
-                        tex, (d, h, w, c) = self._bg_cache[older][0], data[1][0].shape
-                        reuse = tex if (tex.size, tex.components, tex.dtype) == ((w, h, d), c, "f1") else None
+                    reuse = self._bg_cache[older][0] if older is not None and data[1] is not None else None
+                    if reuse is not None and not atlas.fits(reuse, data[1][0], "f1"):
+                        reuse = None
                     hit = self._upload_background(data[1], reuse)
                     if reuse is not None:
                         self._bg_cache.pop(older)
@@ -388,9 +387,8 @@ class Renderer:
         return mode, (packed, (n, cols, (w, h, d), nearest))
 
     def _upload_background(self, data, tex=None):
+        """(texture, info) of a background's data; ``tex``, when given, is written over (it fits)."""
         if data is None:
-            if tex is not None:
-                tex.release()
             tex = self.ctx.texture3d((1, 1, 1), 4, bytes(4))
             return tex, (0, 1, (1, 1, 1), False)
         packed, info = data
