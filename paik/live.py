@@ -125,6 +125,8 @@ def register(sub, bench) -> None:
     b.add_argument("--reduce-stream", choices=["high", "default"], default=None,
                    help="the CUDA stream live selections reduce on (PAIK_REDUCE_STREAM; default high)")
     b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
+    b.add_argument("--e-repeats", type=int, default=2,
+                   help="(e): timed runs of each, alternating which goes first, after a warm-up of both")
     b.add_argument("--gl-priority", choices=PRIORITIES, default=None,
                    help="the GL context's scheduling priority (EGL_IMG_context_priority, where offered)")
     b.add_argument("--heap", choices=["frozen", "default"], default="frozen",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -200,7 +201,7 @@ def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
                         ("bundle", ["--parts", "d", "--bundle", str(tmp_path / "a"), "--probe", "--heap", "default"])):
         js = tmp_path / f"{name}.json"
         r = subprocess.run([sys.executable, "-m", "paik", "bench", "live", *extra, "--size", "96x54", "--seconds", "1",
-                            "--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--json", str(js)],
+                            "--steps", "3", "--frames", "5", "--height", "32", "--width", "32", "--json", str(js)],
                            cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
                            timeout=400)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -210,14 +211,49 @@ def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
     assert bun["d_capture"].endswith("(resident on cpu)") and bun["d_steps_blocks"] == [3, 4]
     for r in (syn, bun):
         assert r["d_frames"] > 5 and r["d_worst_interval_ms"] > 0 and r["d_p99_osc_to_frame_ms"] > 0
-    assert syn["e_generate_s"] > 0 and syn["e_plain_pipeline_mp4_s"] > 0 and syn["e_settings"] == [2, 5, 32, 32]
+    assert syn["e_generate_s"] > 0 and syn["e_plain_pipeline_mp4_s"] > 0 and syn["e_settings"] == [3, 5, 32, 32]
     assert syn["e_step_buffers"] == 3 and "e_generate_peak_gib" not in syn  # no GPU: no GPU memory to report
+    # after a warm-up of both, two timed runs each, in alternating order; the take's own timings kept
+    assert syn["e_repeats"] == 2 and len(syn["e_generate_runs_s"]) == len(syn["e_plain_runs_s"]) == 2
+    assert syn["e_capture"]["captured"][0] == 3 and syn["e_capture"]["bundle_gib"] > 0
+    assert syn["e_plain_steps"] == [3, 3]  # the timed plain calls at the take's settings, not the warm-up's
+    assert syn["e_generate_s"] == statistics.median(syn["e_generate_runs_s"])
+    assert all(t["total_s"] > 0 and t["write_s_total"] > 0 for t in syn["e_generate_timings"])
     # the diagnostics: collections counted, the heap frozen (as paik live) or left alone, the probe's wake-ups
     assert syn["heap"] == "frozen" and syn["gc_frozen_objects"] > 0 and syn["gc_collect_before_freeze_ms"] > 0
     assert bun["heap"] == "default" and bun["gc_frozen_objects"] == 0 and bun["gc_collect_before_freeze_ms"] is None
     for r in (syn, bun):
         assert len(r["d_gc"]["collections"]) == 3 and r["gc_full_collection_ms"] >= 0
     assert all("probe_late_ms" in w for w in bun["d_worst_frames"]) and not any("probe_late_ms" in w for w in syn["d_worst_frames"])
+
+
+def test_the_probe_names_the_thread_holding_the_interpreter_lock():
+    """--probe's watchdog dump is taken while the holder still holds the lock: a thread summing a
+    long range in C (no switch to another thread until it is done) is caught at its own line."""
+    import threading
+    import time
+
+    from paik.instrument.bench.live import Probe
+
+    probe = Probe()
+    probe.start()
+    time.sleep(0.05)
+
+    def hog():
+        for _ in range(3):
+            time.sleep(0.02)
+            sum(range(5 * 10**6))  # the line the dump must show
+
+    th = threading.Thread(target=hog, name="the-hog")
+    th.start()
+    th.join()
+    time.sleep(0.05)
+    probe.stop()
+    out = probe.since_last()
+    assert out["probe_late_ms"] > Probe.DUMP_MS, out
+    held = [k for k in probe.stacks if k.startswith("the-hog: ")]
+    assert held and all(" hog < " in k for k in held), probe.stacks
+    assert any("the-hog" in d for d in out["probe_dumps"])
 
 
 def test_the_torch_reducer_keeps_its_index_lists_on_the_maps_device_bounded():

@@ -112,14 +112,21 @@ class Collections:
 
 class Probe:
     """--probe: a thread sleeping 1 ms at a time; how late it wakes says whether another thread held
-    the interpreter lock, and where the other threads were when it woke over 8 ms late."""
+    the interpreter lock. Before each sleep it arms faulthandler's watchdog (a C thread, which needs
+    no lock) to dump every thread's stack if the probe is not back within ``DUMP_MS``: the dump is
+    taken while the holder still holds the lock, so it shows the line the holder is stuck in."""
+
+    DUMP_MS = 8.0
 
     def __init__(self):
         self.late = 0.0  # the longest oversleep (ms) since the last since_last()
-        self.stacks: dict[str, int] = {}
+        self.stacks: dict[str, int] = {}  # "thread: innermost frames" of threads not waiting, over all dumps
+        self.dumps: list[dict] = []  # the dumps since the last since_last(): {thread: frames}
         self._stop = False
+        self._file = None
 
     def start(self):
+        self._file = tempfile.TemporaryFile()
         threading.Thread(target=self._run, name="paik-bench-probe", daemon=True).start()
 
     def stop(self):
@@ -127,26 +134,61 @@ class Probe:
 
     def since_last(self) -> dict:
         out, self.late = {"probe_late_ms": self.late}, 0.0
+        if self.dumps:
+            out["probe_dumps"], self.dumps = self.dumps[:2], []
         return out
 
     def _run(self):
-        me = threading.get_ident()
+        import faulthandler
+
+        fd, seen = self._file.fileno(), 0
         while not self._stop:
+            faulthandler.dump_traceback_later(self.DUMP_MS / 1e3, file=fd)
             t = time.perf_counter()
             time.sleep(0.001)
             late = (time.perf_counter() - t - 0.001) * 1e3
+            faulthandler.cancel_dump_traceback_later()
             self.late = max(self.late, late)
-            if late > 8.0:
-                names = {th.ident: th.name for th in threading.enumerate()}
-                for ident, f in sys._current_frames().items():
-                    if ident == me:
-                        continue
-                    where = []
-                    while f is not None and len(where) < 4:
-                        where.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
-                        f = f.f_back
-                    key = f"{names.get(ident, ident)}: " + " < ".join(where)
-                    self.stacks[key] = self.stacks.get(key, 0) + 1
+            size = os.fstat(fd).st_size
+            if size > seen:
+                text, seen = os.pread(fd, size - seen, seen).decode(errors="replace"), size
+                for dump in parse_dumps(text):
+                    self.dumps.append(dump)
+                    for thread, frames in dump.items():
+                        key = f"{thread}: {frames}"
+                        self.stacks[key] = self.stacks.get(key, 0) + 1
+
+
+_IDLE = ("wait", "sleep", "_wait_for_tstate_lock", "select", "recvfrom", "get", "acquire")
+
+
+def parse_dumps(text: str) -> list[dict]:
+    """faulthandler's watchdog output -> one {thread name: innermost frames} per dump, without
+    the probe itself and threads parked in a wait or a sleep (the holder is among the rest)."""
+    names = {th.ident: th.name for th in threading.enumerate()}
+    out = []
+    for chunk in text.split("Timeout (")[1:]:
+        dump, thread, frames = {}, None, []
+
+        def flush():
+            if thread is not None and frames and not thread.startswith("paik-bench-probe") \
+                    and frames[0].split(" ")[-1] not in _IDLE:
+                dump[thread] = " < ".join(frames[:4])
+
+        for line in chunk.splitlines():
+            line = line.strip()
+            if line.startswith(("Thread 0x", "Current thread 0x")):
+                flush()
+                ident = int(line.split("0x")[1].split()[0], 16)
+                thread, frames = names.get(ident, hex(ident)), []
+            elif line.startswith("File ") and thread is not None:
+                # File "/x/y.py", line 12 in name
+                path, rest = line[6:].split('", line ', 1)
+                lineno, _, func = rest.partition(" in ")
+                frames.append(f"{Path(path).name}:{lineno} {func}")
+        flush()
+        out.append(dump)
+    return out
 
 
 def _d_source(args, device: str):
@@ -172,8 +214,12 @@ def _d_source(args, device: str):
 
 
 def offline(args, loaded, results: dict) -> None:
-    """(e): ``paik generate`` as the CLI runs it, against the plain pipeline call and an MP4."""
+    """(e): ``paik generate`` as the CLI runs it, against the plain pipeline call and an MP4.
+    Both are warmed first by a two-step run of each at the same size (the first call's kernel
+    selection and allocator growth belong to neither), then timed ``--e-repeats`` times each in
+    alternating order (g p, p g, ...); the ratio is of the medians, every time is kept."""
     import shutil
+    import statistics
 
     import torch
 
@@ -196,27 +242,58 @@ def offline(args, loaded, results: dict) -> None:
             torch.cuda.synchronize()
         return round(time.perf_counter() - t0, 3), (torch.cuda.max_memory_allocated() if cuda else None)
 
-    opts = GenerateOptions(prompt=args.prompt, out=str(work / "take"), model=args.model, steps=args.steps,
-                           frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
-                           tokens=split_token_list(args.tokens) if args.tokens else [], quiet=True,
-                           step_buffers=args.step_buffers, overwrite=True)
+    def options(steps=None):
+        return GenerateOptions(prompt=args.prompt, out=str(work / f"take{len(gen)}"), model=args.model,
+                               steps=steps or args.steps, frames=args.frames, height=args.height, width=args.width,
+                               guidance=args.guidance, tokens=split_token_list(args.tokens) if args.tokens else [],
+                               quiet=True, step_buffers=args.step_buffers, overwrite=True)
+
+    def paik_generate(steps=None):
+        generate(options(steps), loaded=loaded)
+
+    def plain(steps=None):
+        plain_steps.append(steps or s["steps"])
+        with torch.inference_mode():
+            out = pipe(prompt=args.prompt, height=s["height"], width=s["width"], num_frames=s["frames"],
+                       num_inference_steps=steps or s["steps"], guidance_scale=s["guidance"],
+                       generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+        write_mp4(work / "plain.mp4", out.frames[0], s["fps"])
+
+    gen, pl, timings, plain_steps, capture = [], [], [], [], {}
     try:
-        gen_s, gen_peak = measure(lambda: generate(opts, loaded=loaded))
-        s = json.loads((work / "take" / "manifest.json").read_text())["settings"]
-
-        def plain():
-            with torch.inference_mode():
-                out = pipe(prompt=args.prompt, height=s["height"], width=s["width"], num_frames=s["frames"],
-                           num_inference_steps=s["steps"], guidance_scale=s["guidance"],
-                           generator=torch.Generator("cpu").manual_seed(0), output_type="np")
-            write_mp4(work / "plain.mp4", out.frames[0], s["fps"])
-
-        plain_s, plain_peak = measure(plain)
+        # each take is written to a folder of its own and the one before removed outside the timing:
+        # deleting a 14 GiB bundle (what --overwrite does first) took 3-4 s there, and is not writing one
+        measure(lambda: paik_generate(2))  # warm-up (the plain call's sizes: its manifest's)
+        s = json.loads((work / "take0" / "manifest.json").read_text())["settings"]
+        shutil.rmtree(work / "take0")
+        measure(lambda: plain(2))
+        # the timed runs start with paik generate: its manifest gives the plain call every setting
+        for i in range(max(1, args.e_repeats)):
+            order = [("g", paik_generate), ("p", plain)]
+            for which, fn in (order if i % 2 == 0 else order[::-1]):
+                (gen if which == "g" else pl).append(measure(fn))
+                if which == "g":
+                    take = work / f"take{len(gen) - 1}"
+                    m = json.loads((take / "manifest.json").read_text())
+                    s, t = m["settings"], m.get("timings", {})
+                    lay = m["layout"]
+                    capture = {"captured": [len(lay["steps"]), len(lay["blocks"]), lay["heads"], len(lay["tokens"])],
+                               "bundle_gib": sum(f.stat().st_size for f in take.rglob("*") if f.is_file()) / 1024**3}
+                    shutil.rmtree(take)
+                    timings.append({k: v for k, v in t.items() if not isinstance(v, list)}
+                                   | {"write_s_total": round(sum(t.get("write_s", [])), 3),
+                                      "step_s_total": round(sum(t.get("step_s", [])), 3)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    gen_s = statistics.median(g for g, _ in gen)
+    plain_s = statistics.median(p for p, _ in pl)
     results.update(e_generate_s=gen_s, e_plain_pipeline_mp4_s=plain_s, e_ratio=gen_s / plain_s,
+                   e_generate_runs_s=[g for g, _ in gen], e_plain_runs_s=[p for p, _ in pl],
+                   e_generate_timings=timings, e_repeats=len(gen), e_plain_steps=plain_steps[1:],
+                   e_capture=capture,
                    e_step_buffers=args.step_buffers, e_settings=[s["steps"], s["frames"], s["height"], s["width"]])
     if cuda:
+        gen_peak, plain_peak = max(m for _, m in gen), max(m for _, m in pl)
         results.update(e_generate_peak_gib=gen_peak / 1024**3, e_plain_peak_gib=plain_peak / 1024**3,
                        e_extra_gib=(gen_peak - plain_peak) / 1024**3)
 
@@ -503,7 +580,7 @@ def main(args) -> int:
     finally:
         collections.stop()
         probe.stop()
-        if probe.stacks:
+        if probe.stacks:  # what the threads not waiting were doing while the probe was kept out
             results["probe_stacks"] = dict(sorted(probe.stacks.items(), key=lambda kv: -kv[1])[:24])
         if engine is not None:
             engine.close()
@@ -547,10 +624,19 @@ def main(args) -> int:
                   f"finish {w['finish_ms']:.1f} ms; view {w['view']}{'; a swap pending' if w['swap_pending'] else ''}"
                   + (f"; garbage collection {w['gc_ms']:.1f} ms (generation {w['gc_generation']})" if "gc_ms" in w else "")
                   + (f"; probe woke {w['probe_late_ms']:.1f} ms late" if "probe_late_ms" in w else ""))
+            for dump in w.get("probe_dumps", []):  # the threads not waiting while the probe was kept out
+                for thread, frames in dump.items():
+                    print(f"     running then: {thread}: {frames}")
         if f"{part}_gc" in results:
             g = results[f"{part}_gc"]
             print(f"{part}  garbage collections (generations 0, 1, 2): {g['collections']}; longest {g['max_ms']:.1f} ms, "
                   f"longest full {g['full_max_ms']:.1f} ms")
+    if results.get("e_generate_runs_s"):
+        print(f"e  every run (alternating, after a warm-up of both): paik generate {results['e_generate_runs_s']} s, "
+              f"plain + MP4 {results['e_plain_runs_s']} s; captured (steps, blocks, heads, tokens) "
+              f"{results['e_capture']['captured']}, a bundle of {results['e_capture']['bundle_gib']:.2f} GiB")
+    for key, n in list(results.get("probe_stacks", {}).items())[:6]:
+        print(f"   probe kept out {n}x while running: {key}")
     if results.get("errors"):
         print("errors: " + " | ".join(results["errors"]), file=sys.stderr)
     if args.json:
