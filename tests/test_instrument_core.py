@@ -151,3 +151,26 @@ def test_broken_shader_keeps_the_last_good_program(tmp_path):
     r.draw(p, 0.0, (0, 0, 32, 24))
     red = off.read()
     assert (red[..., 0] == 255).all() and (red[..., 1] == 0).all()
+
+
+def test_the_atlas_places_every_tile_at_its_origin_and_zeroes_the_rest():
+    """atlas.pack against a tile-by-tile placement: each tile at the origin atlas.origins gives,
+    the unused slots of the last row zero (the atlas is made with np.empty, so they are written)."""
+    from paik.instrument.render import atlas
+
+    rng = np.random.default_rng(0)
+    n, d, h, w = 5, 3, 3, 6
+    tiles = rng.standard_normal((n, d, h, w, 1)).astype(np.float16) + 1  # no tile is zero anywhere
+    packed, cols = atlas.pack(tiles, max_size=2 * w + 1)  # 2 columns: 3 rows, one slot unused
+    assert cols == 2 and packed.shape == (d, 3 * h, 2 * w, 1)
+    want = np.zeros_like(packed)
+    for i, (x, y) in enumerate(atlas.origins(n, cols, w, h).astype(int)):
+        want[:, y:y + h, x:x + w] = tiles[i]
+    np.testing.assert_array_equal(packed, want)
+    assert not packed[:, 2 * h:, w:].any()
+
+    # laid out for more slots than tiles (a forming take's previews): the same tiles, more zeros
+    more, cols = atlas.pack(tiles, max_size=2 * w + 1, slots=8)
+    assert cols == 2 and more.shape == (d, 4 * h, 2 * w, 1)
+    np.testing.assert_array_equal(more[:, :3 * h], want)
+    assert not more[:, 3 * h:].any()

@@ -26,13 +26,18 @@ def layout(n: int, tile_w: int, tile_h: int, max_size: int) -> tuple[int, int]:
     return cols, rows
 
 
-def pack(tiles: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
-    """tiles [N, D, H, W, C] -> (atlas [D, rows*H, cols*W, C], cols), unused tiles zero."""
+def pack(tiles: np.ndarray, max_size: int, slots: int | None = None) -> tuple[np.ndarray, int]:
+    """tiles [N, D, H, W, C] -> (atlas [D, rows*H, cols*W, C], cols) laid out for ``slots`` tiles
+    (at least N; default N), unused tiles zero."""
     n, d, h, w, c = tiles.shape
-    cols, rows = layout(n, w, h, max_size)
-    out = np.zeros((d, rows, cols, h, w, c), tiles.dtype)
+    cols, rows = layout(max(n, slots or 0), w, h, max_size)
+    # np.empty, not np.zeros: a large calloc is zeroed (and its pages faulted in) with the
+    # interpreter lock held, which kept the render thread out for 13-20 ms a selection of
+    # 300 tiles (paik bench live --probe, H200); numpy's copies and fills let it go
+    out = np.empty((d, rows, cols, h, w, c), tiles.dtype)
     flat = out.reshape(d, rows * cols, h, w, c)
     flat[:, :n] = tiles.transpose(1, 0, 2, 3, 4)
+    flat[:, n:] = 0
     return np.ascontiguousarray(out.transpose(0, 1, 3, 2, 4, 5).reshape(d, rows * h, cols * w, c)), cols
 
 

@@ -380,10 +380,9 @@ class Renderer:
             return mode, None
         n, d, h, w, _ = tiles.shape
         planned = len(getattr(getattr(self.src.bundle, "layout", None), "steps", ()))
-        if mode == "preview" and getattr(self.src, "asynchronous", False) and planned > n:
-            # a take still forming: room for every planned step, so the atlas keeps one size
-            tiles = np.concatenate([tiles, np.zeros((planned - n, *tiles.shape[1:]), tiles.dtype)])
-        packed, cols = atlas.pack(tiles, self.max3d)
+        # a take still forming: room for every planned step, so the atlas keeps one size
+        forming = mode == "preview" and getattr(self.src, "asynchronous", False) and planned > n
+        packed, cols = atlas.pack(tiles, self.max3d, slots=planned if forming else None)
         return mode, (packed, (n, cols, (w, h, d), nearest))
 
     def _upload_background(self, data, tex=None):
