@@ -21,16 +21,6 @@ ENGINES = ("process", "thread")
 DEFAULT_ENGINE = "thread"  # measured: see docs/performance.md, paik bench live --engine
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return n
-
-
 def start_engine(kind: str, model, dtype, device, offload, defaults, takes, loaded=None):
     """The live engine: ``process`` (paik.capture.engine_process: the model loaded in a child) or
     ``thread`` (paik.capture.engine, on ``loaded`` or a pipeline loaded here)."""
@@ -135,7 +125,7 @@ def register(sub, bench) -> None:
     b.add_argument("--reduce-stream", choices=["high", "default"], default=None,
                    help="the CUDA stream live selections reduce on (PAIK_REDUCE_STREAM; default high)")
     b.add_argument("--step-buffers", type=int, default=3, help="(e): paik generate's device step buffers")
-    b.add_argument("--e-repeats", type=_at_least_one, default=3,
+    b.add_argument("--e-repeats", type=int, default=3,
                    help="(e): timed runs of each, alternating which goes first, after a warm-up of both; "
                         "the ratio is of the medians")
     b.add_argument("--gl-priority", choices=PRIORITIES, default=None,
@@ -145,9 +135,12 @@ def register(sub, bench) -> None:
                         "reach when the instrument starts; default: left to it (a diagnostic)")
     b.add_argument("--probe", action="store_true",
                    help="a thread sleeping 1 ms at a time records how late it wakes in each frame (probe_late_ms): "
-                        "whether something held the interpreter lock, and when it is kept out over 8 ms every "
-                        "thread's stack (faulthandler's watchdog; a diagnostic that costs the render thread up "
-                        "to a few ms on a loaded CPU)")
+                        "whether something held the interpreter lock (a diagnostic; it adds a thread)")
+    b.add_argument("--probe-dumps", action="store_true",
+                   help="--probe, and when the probe is kept out over 8 ms every thread's stack, taken by "
+                        "faulthandler's watchdog while the holder holds the lock (it names the holder's line). "
+                        "A diagnostic that can crash the bench: the watchdog reads running threads' frames "
+                        "without the lock; it also costs the render thread up to a few ms on a loaded CPU")
     b.add_argument("--frames-json", default=None, help="(b): write every frame's interval and phases here")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.set_defaults(func=cmd_bench_live)

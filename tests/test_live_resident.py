@@ -227,6 +227,15 @@ def test_bench_live_d_and_e_run_on_the_cpu_at_a_tiny_size(tmp_path):
     assert all("probe_late_ms" in w for w in bun["d_worst_frames"]) and not any("probe_late_ms" in w for w in syn["d_worst_frames"])
 
 
+def test_bench_live_refuses_bad_parts_and_counts_in_one_line_before_loading_anything(tmp_path):
+    for extra, said in ((["--parts", "d,x"], "--parts d,x: no part x"), (["--e-repeats", "0"], "--e-repeats 0: needs at least 1"),
+                        (["--step-buffers", "-1"], "--step-buffers -1: needs at least 1")):
+        r = subprocess.run([sys.executable, "-m", "paik", "bench", "live", *extra], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+        assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "loading" not in r.stderr
+
+
 @pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="no interpreter lock to hold")
 def test_the_probe_names_the_thread_holding_the_interpreter_lock():
     """--probe's watchdog dump is taken while the holder still holds the lock: a thread summing a
@@ -237,7 +246,7 @@ def test_the_probe_names_the_thread_holding_the_interpreter_lock():
 
     from paik.instrument.bench.live import Probe
 
-    probe = Probe()
+    probe = Probe(dumps=True)
     probe.start()
     time.sleep(0.05)
 

@@ -18,6 +18,7 @@ Runs on a CPU at a tiny size too (``--model tiny``); the numbers that matter com
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import os
@@ -113,15 +114,19 @@ class Collections:
 
 class Probe:
     """--probe: a thread sleeping 1 ms at a time; how late it wakes says whether another thread held
-    the interpreter lock. Before each sleep it arms faulthandler's watchdog (a C thread, which needs
-    no lock) to dump every thread's stack if the probe is not back within ``DUMP_MS``: the dump is
-    taken while the holder still holds the lock, so it shows the line the holder is stuck in.
-    Arming costs a watchdog thread a sleep (cancelling it waits for that thread with the lock
-    held: 0.06 ms median on an idle 16-core host, about 2 ms on a loaded 2-core one)."""
+    the interpreter lock. With ``dumps`` (--probe-dumps) it arms faulthandler's watchdog before each
+    sleep (a C thread, which needs no lock) to dump every thread's stack if the probe is not back
+    within ``DUMP_MS``: the dump is taken while the holder still holds the lock, so it shows the
+    line the holder is stuck in. That is a diagnostic with a price: the watchdog reads the other
+    threads' frames without the lock, so a thread running Python code meanwhile can crash the
+    process (seen twice in CPU runs on a loaded 2-core machine, never on the H200 host), and
+    cancelling it waits for the watchdog thread with the lock held (0.06 ms median on an idle
+    16-core host, about 2 ms on a loaded 2-core one)."""
 
     DUMP_MS = 8.0
 
-    def __init__(self):
+    def __init__(self, dumps: bool = False):
+        self.with_dumps = dumps
         self.late = 0.0  # the longest oversleep (ms) since the last since_last()
         self.stacks: dict[str, int] = {}  # "thread: innermost frames" of threads not waiting, over all dumps
         self.dumps: list[dict] = []  # the dumps since the last since_last(): {thread: frames}
@@ -130,19 +135,18 @@ class Probe:
         self._names: dict[int, str] = {}
 
     def start(self):
-        self._file = tempfile.TemporaryFile()
+        if self.with_dumps:
+            self._file = tempfile.TemporaryFile()
         self._thread = threading.Thread(target=self._run, name="paik-bench-probe", daemon=True)
         self._thread.start()
 
     def stop(self):
         """Stop the thread and its watchdog (none may fire after this, at exit least of all)."""
-        import faulthandler
-
         self._stop = True
         if self._thread is not None:
             self._thread.join(1.0)
-        faulthandler.cancel_dump_traceback_later()
         if self._file is not None:
+            faulthandler.cancel_dump_traceback_later()
             self._file.close()
             self._file = None
 
@@ -152,9 +156,16 @@ class Probe:
             out["probe_dumps"], self.dumps = self.dumps[:2], []
         return out
 
-    def _run(self):
-        import faulthandler
+    def _sleep(self) -> None:
+        t = time.perf_counter()
+        time.sleep(0.001)
+        self.late = max(self.late, (time.perf_counter() - t - 0.001) * 1e3)
 
+    def _run(self):
+        if self._file is None:
+            while not self._stop:
+                self._sleep()
+            return
         fd, seen, n = self._file.fileno(), 0, 0
         try:
             while not self._stop:
@@ -162,11 +173,8 @@ class Probe:
                     self._names.update({th.ident: th.name for th in threading.enumerate()})
                 n += 1
                 faulthandler.dump_traceback_later(self.DUMP_MS / 1e3, file=fd)
-                t = time.perf_counter()
-                time.sleep(0.001)
-                late = (time.perf_counter() - t - 0.001) * 1e3
+                self._sleep()
                 faulthandler.cancel_dump_traceback_later()
-                self.late = max(self.late, late)
                 size = os.fstat(fd).st_size
                 if size > seen:
                     text, seen = os.pread(fd, size - seen, seen).decode(errors="replace"), size
@@ -277,14 +285,11 @@ def offline(args, loaded, results: dict) -> None:
             torch.cuda.synchronize()
         return round(time.perf_counter() - t0, 3), (torch.cuda.max_memory_allocated() if cuda else None)
 
-    def options(steps=None):
-        return GenerateOptions(prompt=args.prompt, out=str(work / f"take{len(gen)}"), model=args.model,
-                               steps=steps or args.steps, frames=args.frames, height=args.height, width=args.width,
-                               guidance=args.guidance, tokens=split_token_list(args.tokens) if args.tokens else [],
-                               quiet=True, step_buffers=args.step_buffers, overwrite=True)
-
-    def paik_generate(steps=None):
-        generate(options(steps), loaded=loaded)
+    def paik_generate(out: Path, steps=None):
+        generate(GenerateOptions(prompt=args.prompt, out=str(out), model=args.model, steps=steps or args.steps,
+                                 frames=args.frames, height=args.height, width=args.width, guidance=args.guidance,
+                                 tokens=split_token_list(args.tokens) if args.tokens else [], quiet=True,
+                                 step_buffers=args.step_buffers), loaded=loaded)
 
     def plain(steps=None):
         plain_steps.append(steps or s["steps"])
@@ -294,30 +299,35 @@ def offline(args, loaded, results: dict) -> None:
                        generator=torch.Generator("cpu").manual_seed(0), output_type="np")
         write_mp4(work / "plain.mp4", out.frames[0], s["fps"])
 
-    gen, pl, timings, plain_steps, capture = [], [], [], [], {}
+    def timed_generate(i: int):
+        """One timed take in a folder of its own, removed afterwards outside the timing: deleting
+        a 14 GiB bundle (what --overwrite does first) took 3-4 s on the H200 machine, and is not
+        writing one. Its manifest gives the plain call every setting."""
+        nonlocal s, capture
+        take = work / f"take{i}"
+        gen.append(measure(lambda: paik_generate(take)))
+        m = json.loads((take / "manifest.json").read_text())
+        s, t, lay = m["settings"], m.get("timings", {}), m["layout"]
+        capture = {"captured": [len(lay["steps"]), len(lay["blocks"]), lay["heads"], len(lay["tokens"])],
+                   "bundle_gib": sum(f.stat().st_size for f in take.rglob("*") if f.is_file()) / 1024**3}
+        timings.append({k: v for k, v in t.items() if not isinstance(v, list)}
+                       | {"write_s_total": round(sum(t.get("write_s", [])), 3),
+                          "step_s_total": round(sum(t.get("step_s", [])), 3)})
+        shutil.rmtree(take)
+
+    gen, pl, timings, plain_steps, capture, s = [], [], [], [], {}, None
     try:
-        # each take is written to a folder of its own and the one before removed outside the timing:
-        # deleting a 14 GiB bundle (what --overwrite does first) took 3-4 s there, and is not writing one
-        measure(lambda: paik_generate(2))  # warm-up (the plain call's sizes: its manifest's)
-        s = json.loads((work / "take0" / "manifest.json").read_text())["settings"]
-        shutil.rmtree(work / "take0")
+        measure(lambda: paik_generate(work / "warm-up", 2))  # warm-up (the plain call's sizes: its manifest's)
+        s = json.loads((work / "warm-up" / "manifest.json").read_text())["settings"]
+        shutil.rmtree(work / "warm-up")
         measure(lambda: plain(2))
-        # the timed runs start with paik generate: its manifest gives the plain call every setting
-        for i in range(max(1, args.e_repeats)):
-            order = [("g", paik_generate), ("p", plain)]
-            for which, fn in (order if i % 2 == 0 else order[::-1]):
-                (gen if which == "g" else pl).append(measure(fn))
-                if which == "g":
-                    take = work / f"take{len(gen) - 1}"
-                    m = json.loads((take / "manifest.json").read_text())
-                    s, t = m["settings"], m.get("timings", {})
-                    lay = m["layout"]
-                    capture = {"captured": [len(lay["steps"]), len(lay["blocks"]), lay["heads"], len(lay["tokens"])],
-                               "bundle_gib": sum(f.stat().st_size for f in take.rglob("*") if f.is_file()) / 1024**3}
-                    shutil.rmtree(take)
-                    timings.append({k: v for k, v in t.items() if not isinstance(v, list)}
-                                   | {"write_s_total": round(sum(t.get("write_s", [])), 3),
-                                      "step_s_total": round(sum(t.get("step_s", [])), 3)})
+        for i in range(args.e_repeats):  # g p, p g, ...: the first timed run is a take (the plain call's settings)
+            if i % 2 == 0:
+                timed_generate(i)
+                pl.append(measure(plain))
+            else:
+                pl.append(measure(plain))
+                timed_generate(i)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     gen_s = statistics.median(g for g, _ in gen)
@@ -354,6 +364,12 @@ def main(args) -> int:
     if getattr(args, "reduce_stream", None):
         os.environ["PAIK_REDUCE_STREAM"] = args.reduce_stream
     parts = set(args.parts.split(","))
+    unknown = parts - set("abcde")
+    if unknown:
+        raise PaikError(f"--parts {args.parts}: no part {', '.join(sorted(unknown))} (the parts are a, b, c, d and e)")
+    for flag, v in (("--e-repeats", args.e_repeats), ("--step-buffers", args.step_buffers)):
+        if v < 1:
+            raise PaikError(f"{flag} {v}: needs at least 1")
     period = 1.0 / args.rate
     engine = loaded = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -407,7 +423,8 @@ def main(args) -> int:
     results["gc_full_collection_ms"] = round((time.perf_counter() - t_gc) * 1e3, 3)
     phases: list = []  # per frame of the running loop: what it spent where (the worst frames are reported)
     collections = Collections()
-    probe = Probe()
+    probing = getattr(args, "probe", False) or getattr(args, "probe_dumps", False)
+    probe = Probe(dumps=getattr(args, "probe_dumps", False))
 
     def frame(now, tick=None):
         t0 = time.perf_counter()
@@ -423,7 +440,7 @@ def main(args) -> int:
         t2 = time.perf_counter()
         ctx.finish()
         t3 = time.perf_counter()
-        prof = {**renderer.profile, **collections.since_last(), **(probe.since_last() if getattr(args, "probe", False) else {})}
+        prof = {**renderer.profile, **collections.since_last(), **(probe.since_last() if probing else {})}
         phases.append((t0, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, shown.view,
                        stage.next is not None, renderer.selector.late if renderer.selector else 0,
                        {"start_late_ms": 0.0 if tick is None else (t0 - tick) * 1e3, "stage_ms": (ts - t1) * 1e3,
@@ -482,7 +499,7 @@ def main(args) -> int:
 
     try:
         collections.start()
-        if getattr(args, "probe", False):
+        if probing:
             probe.start()
         frame(time.perf_counter())  # the blank take: GL and programs warm
         if parts & {"a", "b", "c"} and not args.cold:
